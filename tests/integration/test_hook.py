@@ -1,0 +1,473 @@
+"""Integration tests for hooks/post-receive + ci.sh with real git and real processes.
+
+Each test builds a project home in tmp_path (bare repo.git with the hook and ci.sh
+installed the way `orchestrator init` does it), pushes agent branches from a work
+clone, and polls for the status JSON written by the detached CI job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOOK_SRC = REPO_ROOT / "hooks" / "post-receive"
+CI_SRC = REPO_ROOT / "ci.sh"
+
+POLL_TIMEOUT_S = 30.0
+ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+STATUS_KEYS = {
+    "sha",
+    "ref",
+    "status",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "log_tail",
+}
+
+TEST_OK = """\
+import unittest
+
+
+class OkTest(unittest.TestCase):
+    def test_ok(self):
+        self.assertEqual(1 + 1, 2)
+"""
+
+TEST_FAIL = """\
+import unittest
+
+
+class BadTest(unittest.TestCase):
+    def test_bad(self):
+        self.assertEqual("expected-value", "DELIBERATE-FAILURE-MARKER")
+"""
+
+
+def sleeping_test(seconds: float) -> str:
+    return (
+        "import time\nimport unittest\n\n\n"
+        "class SlowTest(unittest.TestCase):\n"
+        "    def test_slow(self):\n"
+        f"        time.sleep({seconds})\n"
+    )
+
+
+def wait_for(pred: Callable[[], object], what: str, timeout: float = POLL_TIMEOUT_S) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = pred()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Home:
+    """A project home: DIR/repo.git (bare, hook installed), DIR/ci.sh, a work clone."""
+
+    root: Path
+    bare: Path
+    work: Path
+    env: dict[str, str]
+    tmpdir: Path
+
+    def run(self, *args: str, cwd: Path | None = None) -> str:
+        proc = subprocess.run(
+            list(args),
+            cwd=cwd or self.work,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc.stdout
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        return self.run("git", *args, cwd=cwd)
+
+    def config(self, key: str, value: str | None) -> None:
+        if value is None:
+            subprocess.run(
+                ["git", "--git-dir", str(self.bare), "config", "--unset", key],
+                env=self.env,
+                check=False,
+                capture_output=True,
+            )
+        else:
+            self.git("--git-dir", str(self.bare), "config", key, value)
+
+    def commit(self, branch: str, files: dict[str, str], message: str = "change") -> str:
+        """Create `branch` from main (or reuse it), commit `files`; return the sha."""
+        existing = self.git("branch", "--list", branch).strip()
+        if existing:
+            self.git("checkout", "-q", branch)
+        else:
+            self.git("checkout", "-q", "-b", branch, "main")
+        for rel, text in files.items():
+            path = self.work / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            self.git("add", rel)
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        return self.git("rev-parse", "HEAD").strip()
+
+    def push(self, *refspecs: str) -> str:
+        proc = subprocess.run(
+            ["git", "push", "-q", "origin", *refspecs],
+            cwd=self.work,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    @property
+    def status_dir(self) -> Path:
+        return self.bare / "ci-status"
+
+    def status_path(self, sha: str) -> Path:
+        return self.status_dir / f"{sha}.json"
+
+    def log_path(self, sha: str) -> Path:
+        return self.status_dir / f"{sha}.log"
+
+    def read_log(self, sha: str) -> str:
+        try:
+            return self.log_path(sha).read_text(errors="replace")
+        except FileNotFoundError:
+            return "<no log file>"
+
+    def wait_status(self, sha: str) -> dict:
+        """Wait until the status JSON exists and the background job has finished."""
+        path = self.status_path(sha)
+        try:
+            wait_for(path.exists, f"status file {path.name}")
+            wait_for(lambda: f"CI for {sha} done" in self.read_log(sha), "CI job to finish")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- job log ---\n{self.read_log(sha)}") from None
+        return json.loads(path.read_text())
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    root = tmp_path / "home"
+    root.mkdir()
+    fake_home = tmp_path / "userhome"
+    fake_home.mkdir()
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        HOME=str(fake_home),
+        TMPDIR=str(tmpdir),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+
+    # Source repo with one commit containing a tiny stdlib unittest suite.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tests").mkdir()
+    (src / "tests" / "test_ok.py").write_text(TEST_OK)
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "init"]):
+        subprocess.run(["git", *args], cwd=src, env=env, check=True, capture_output=True)
+
+    bare = root / "repo.git"
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(src), str(bare)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+    # Install as `orchestrator init` does.
+    hook = bare / "hooks" / "post-receive"
+    shutil.copyfile(HOOK_SRC, hook)
+    hook.chmod(0o755)
+    ci = root / "ci.sh"
+    shutil.copyfile(CI_SRC, ci)
+    ci.chmod(ci.stat().st_mode | stat.S_IXUSR)
+    ci_command = f"{shlex.quote(sys.executable)} -m unittest discover -s tests -q"
+    for key, value in (
+        ("orchestrator.ciScript", str(ci)),
+        ("orchestrator.ciCommand", ci_command),
+        ("orchestrator.ciTimeoutS", "60"),
+        ("orchestrator.python", sys.executable),
+    ):
+        subprocess.run(
+            ["git", "--git-dir", str(bare), "config", key, value],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+
+    work = tmp_path / "work"
+    subprocess.run(
+        ["git", "clone", "-q", str(bare), str(work)], env=env, check=True, capture_output=True
+    )
+    return Home(root=root, bare=bare, work=work, env=env, tmpdir=tmpdir)
+
+
+@dataclass
+class FakeDaemon:
+    """A real Unix socket server speaking the daemon's line protocol (one thread)."""
+
+    path: str
+    received: queue.Queue = field(default_factory=queue.Queue)
+    errors: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(8)
+        self._sock.settimeout(0.1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                try:
+                    self._handle(conn)
+                except Exception as exc:  # recorded, asserted on by the test
+                    self.errors.append(exc)
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        conn.sendall(b'{"type": "hello", "version": 1}\n')
+        # A large snapshot: the client has to read it across several recv() calls.
+        snapshot = {"type": "snapshot", "agents": [{"id": i, "pad": "x" * 200} for i in range(500)]}
+        conn.sendall(json.dumps(snapshot).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise ConnectionError("client closed before sending a line")
+            buf += chunk
+        line, _, rest = buf.partition(b"\n")
+        assert rest == b"", f"more than one line sent: {rest!r}"
+        self.received.put(json.loads(line))
+        conn.sendall(b'{"type": "reply", "ok": true}\n')
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # Unix socket paths must be < 108 bytes; tmp_path can be longer than that.
+    d = tempfile.mkdtemp(prefix="orch-", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_dir: Path) -> Iterator[FakeDaemon]:
+    d = FakeDaemon(str(short_dir / "d.sock"))
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def assert_schema(doc: dict, sha: str, ref: str) -> None:
+    assert set(doc) == STATUS_KEYS
+    assert doc["sha"] == sha
+    assert doc["ref"] == ref
+    assert doc["status"] in {"pass", "fail", "error"}
+    assert type(doc["exit_code"]) is int
+    assert isinstance(doc["started_at"], str) and ISO_RE.match(doc["started_at"])
+    assert isinstance(doc["finished_at"], str) and ISO_RE.match(doc["finished_at"])
+    assert doc["started_at"] <= doc["finished_at"]
+    assert type(doc["duration_s"]) is float and doc["duration_s"] >= 0
+    assert isinstance(doc["log_tail"], str)
+    assert len(doc["log_tail"]) <= 8000
+    assert len(doc["log_tail"].splitlines()) <= 100
+
+
+def assert_cleaned_up(home: Home) -> None:
+    # The throw-away checkout (and ci.sh's temp log) live in TMPDIR and must be gone.
+    assert list(home.tmpdir.iterdir()) == []
+
+
+def test_passing_commit_writes_pass_status(home: Home) -> None:
+    sha = home.commit("agent-1/t1", {"tests/test_more.py": TEST_OK.replace("OkTest", "More")})
+    out = home.push("agent-1/t1")
+    assert "CI started for agent-1/t1" in out
+
+    doc = home.wait_status(sha)
+    assert_schema(doc, sha, "refs/heads/agent-1/t1")
+    assert doc["status"] == "pass", doc
+    assert doc["exit_code"] == 0
+    assert "OK" in doc["log_tail"]
+    # No socket configured: the file is still written, the log says why nobody was told.
+    assert "picked up when the daemon starts" in home.read_log(sha)
+    assert not list(home.status_dir.glob("*.tmp.*"))
+    assert_cleaned_up(home)
+
+
+def test_push_returns_before_ci_finishes(home: Home) -> None:
+    sha = home.commit("agent-1/t1", {"tests/test_slow.py": sleeping_test(3)})
+    home.push("agent-1/t1")
+    # The tests take >= 3 s, so if push had waited for CI the file would exist.
+    assert not home.status_path(sha).exists()
+    assert home.log_path(sha).exists()  # the job was started by the hook
+
+    doc = home.wait_status(sha)
+    assert doc["status"] == "pass", doc
+    assert doc["duration_s"] >= 2.5
+
+
+def test_failing_test_writes_fail_status(home: Home) -> None:
+    sha = home.commit("agent-2/broken", {"tests/test_bad.py": TEST_FAIL})
+    home.push("agent-2/broken")
+
+    doc = home.wait_status(sha)
+    assert_schema(doc, sha, "refs/heads/agent-2/broken")
+    assert doc["status"] == "fail", doc
+    assert doc["exit_code"] == 1
+    assert "DELIBERATE-FAILURE-MARKER" in doc["log_tail"]
+    assert "FAILED" in doc["log_tail"]
+    assert_cleaned_up(home)
+
+
+def test_timeout_writes_error_status(home: Home) -> None:
+    home.config("orchestrator.ciTimeoutS", "1")
+    sha = home.commit("agent-1/slow", {"tests/test_slow.py": sleeping_test(5)})
+    home.push("agent-1/slow")
+
+    doc = home.wait_status(sha)
+    assert_schema(doc, sha, "refs/heads/agent-1/slow")
+    assert doc["status"] == "error", doc
+    assert doc["exit_code"] in (124, 137)
+    assert "timed out after 1 s" in doc["log_tail"]
+    assert doc["duration_s"] < 5
+    assert_cleaned_up(home)
+
+
+def test_missing_ci_command_writes_error_status(home: Home) -> None:
+    home.config("orchestrator.ciCommand", None)
+    sha = home.commit("agent-1/t1", {})
+    home.push("agent-1/t1")
+
+    doc = home.wait_status(sha)
+    assert_schema(doc, sha, "refs/heads/agent-1/t1")
+    assert doc["status"] == "error"
+    assert "no CI command configured (git config orchestrator.ciCommand)" in doc["log_tail"]
+
+
+def test_non_agent_refs_do_nothing(home: Home) -> None:
+    main_sha = home.commit("main", {"tests/test_main.py": TEST_OK.replace("OkTest", "Main")})
+    home.git("tag", "v1")
+    home.push("main", "v1")
+    # The hook creates the job's log synchronously, so anything started would show now.
+    assert not home.status_dir.exists() or list(home.status_dir.iterdir()) == []
+
+    # Branch deletions are ignored too.
+    sha = home.commit("agent-1/t1", {})
+    home.push("agent-1/t1")
+    home.wait_status(sha)
+    before = sorted(p.name for p in home.status_dir.iterdir())
+    home.push(":agent-1/t1")
+    assert sorted(p.name for p in home.status_dir.iterdir()) == before
+    assert not home.status_path(main_sha).exists()
+    assert not home.log_path(main_sha).exists()
+
+
+def test_daemon_is_notified(home: Home, daemon: FakeDaemon) -> None:
+    home.config("orchestrator.socket", daemon.path)
+    sha = home.commit("agent-3/notify", {})
+    home.push("agent-3/notify")
+
+    doc = home.wait_status(sha)
+    assert doc["status"] == "pass", doc
+    msg = daemon.received.get(timeout=POLL_TIMEOUT_S)
+    assert msg == {"type": "ci_notify", "sha": sha}
+    assert daemon.errors == []
+    assert "notified daemon" in home.read_log(sha)
+
+
+def test_absent_daemon_still_writes_status(home: Home, short_dir: Path) -> None:
+    # Socket configured but nothing listening (path does not exist), and ciScript
+    # unset so the default $GIT_DIR/../ci.sh is used.
+    home.config("orchestrator.socket", str(short_dir / "gone.sock"))
+    home.config("orchestrator.ciScript", None)
+    sha = home.commit("agent-1/t1", {})
+    home.push("agent-1/t1")
+
+    doc = home.wait_status(sha)
+    assert doc["status"] == "pass", doc
+    log = home.read_log(sha)
+    assert "picked up when the daemon starts" in log
+
+
+def test_ref_names_are_not_code(home: Home) -> None:
+    branch = "agent-4/x;touch${IFS}PWNED$(touch${IFS}PWNED2)`touch${IFS}PWNED3`"
+    sha = home.commit(branch, {})
+    home.push(branch)
+
+    doc = home.wait_status(sha)
+    assert doc["status"] == "pass", doc
+    assert doc["ref"] == f"refs/heads/{branch}"
+    leaked = list(home.root.parent.rglob("PWNED*"))
+    assert leaked == []
+
+
+def test_ci_runs_in_clean_checkout_of_the_sha(home: Home) -> None:
+    # No GIT_* variable from the hook may leak into the test command, and the
+    # command runs at the root of a checkout of exactly the pushed sha.
+    home.config(
+        "orchestrator.ciCommand",
+        'env | grep "^GIT_" && exit 3; '
+        'test "$(git rev-parse HEAD)" = "$CI_SHA" || exit 4; '
+        "test -f tests/test_ok.py || exit 5; "
+        "git status --porcelain | grep . && exit 6; echo CLEAN-OK",
+    )
+    sha = home.commit("agent-5/env", {"README": "hello\n"})
+    home.push("agent-5/env")
+
+    doc = home.wait_status(sha)
+    assert doc["status"] == "pass", doc
+    assert "CLEAN-OK" in doc["log_tail"]
+    assert_cleaned_up(home)
