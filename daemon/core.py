@@ -1,0 +1,1074 @@
+"""The pure state machine at the heart of the daemon.
+
+``Core.handle(input)`` takes one input (a ticket file read, an agent exit, a CI
+result, a command, a clock tick...) and returns an :class:`Outcome`: the effects
+the shell must perform, the events to persist and publish, and for commands the
+reply. It performs no I/O and never reads the clock: time arrives in the inputs
+(``now`` is Unix time in seconds). The rules it applies are documented in
+docs/architecture.md (state machine), docs/scheduling.md (order, eligibility,
+aging, starvation) and docs/liveness.md (heartbeats, staleness).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from daemon.locks import LockConflict, LockTable, paths_outside
+from shared.config import Config
+from shared.models import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    AgentState,
+    AgentView,
+    CIView,
+    LeaseView,
+    Ticket,
+    TicketState,
+    TicketView,
+)
+from shared.protocol import Event
+
+#: A dependency that is still unknown this long after its dependent arrived
+#: rejects the dependent (it may simply not have been read yet before that).
+UNKNOWN_DEPENDENCY_GRACE_S = 5.0
+#: CI that has not reported this long after its time limit counts as an error.
+CI_REPORT_MARGIN_S = 120.0
+#: How much of a log goes into the next attempt's feedback.
+FEEDBACK_TAIL_CHARS = 4000
+
+S = TicketState
+
+
+class TicketRecord(msgspec.Struct, kw_only=True):
+    """Everything the daemon knows about one ticket; persisted as JSON."""
+
+    ticket: Ticket
+    file: str
+    state: TicketState
+    seq: int
+    queued_at: float
+    state_since: float
+    attempt: int = 0
+    max_attempts: int = 3
+    agent: str | None = None
+    branch: str | None = None
+    reason: str = ""
+    feedback: str = ""
+    """Feedback for the next attempt (log tail, CI log, conflict, reviewer text)."""
+    ci: CIView | None = None
+    ci_sha: str | None = None
+    """The commit whose CI result the ticket waits for."""
+    ci_started: float = 0.0
+    rebuild: bool = False
+    """The next attempt starts its branch afresh from main (after a merge conflict)."""
+    stop_requested: str = ""
+    """Why the running agent is being stopped: ``stop``, ``stale`` or ``shutdown``."""
+    approved: bool = False
+    merged_sha: str | None = None
+    log_file: str = ""
+    feedback_file: str = ""
+    reserved: bool = False
+    agent_pid: int | None = None
+    """The running agent's pid (= its process group), to end it after a crash."""
+
+    @property
+    def id(self) -> str:
+        assert self.ticket.id is not None
+        return self.ticket.id
+
+
+@dataclass
+class Worker:
+    """A worker ``agent-K`` (not persisted: derived from tickets on start)."""
+
+    name: str
+    worktree: str
+    ticket: str | None = None
+    state_since: float = 0.0
+    pid: int | None = None
+    last_activity: float = 0.0
+    note: str = ""
+    stale_since: float | None = None
+
+
+# --- inputs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TicketRead:
+    """A backlog file was read: ``ticket`` when valid, else ``error``."""
+
+    path: str
+    now: float
+    ticket: Ticket | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class TicketFileGone:
+    path: str
+    now: float
+
+
+@dataclass(frozen=True)
+class FileMoved:
+    ticket: str
+    path: str
+    now: float
+
+
+@dataclass(frozen=True)
+class AgentStarted:
+    agent: str
+    ticket: str
+    attempt: int
+    pid: int
+    log_file: str
+    feedback_file: str
+    now: float
+
+
+@dataclass(frozen=True)
+class AgentExited:
+    """The agent process ended and the worker committed what it left.
+
+    ``exit_code`` is None when it could not be started (``reason`` says why).
+    ``changed`` lists the paths the branch changes against main; ``new_work``
+    is False when the attempt produced no change at all.
+    """
+
+    agent: str
+    ticket: str
+    attempt: int
+    exit_code: int | None
+    now: float
+    changed: tuple[str, ...] = ()
+    new_work: bool = False
+    log_tail: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Pushed:
+    ticket: str
+    attempt: int
+    sha: str
+    now: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CIResult:
+    sha: str
+    status: str
+    now: float
+    exit_code: int | None = None
+    duration_s: float | None = None
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """``outcome``: ``merged`` (main is at ``sha``), ``recheck`` (rebased to ``sha``,
+    pushed for CI), ``conflict`` or ``error`` (``text`` says why)."""
+
+    ticket: str
+    outcome: str
+    now: float
+    sha: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Signs of life from an agent: output, a worktree change or a heartbeat call."""
+
+    agent: str
+    now: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class Command:
+    """A person's command: approve, stop, continue, reject, priority, heartbeat."""
+
+    name: str
+    ticket: str
+    now: float
+    feedback: str = ""
+    priority: int | None = None
+    note: str = ""
+
+
+Input = (
+    TicketRead
+    | TicketFileGone
+    | FileMoved
+    | AgentStarted
+    | AgentExited
+    | Pushed
+    | CIResult
+    | MergeResult
+    | Progress
+    | Tick
+    | Command
+)
+
+# --- effects ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartAgent:
+    agent: str
+    ticket: str
+    attempt: int
+    branch: str
+    feedback: str
+    rebuild: bool
+
+
+@dataclass(frozen=True)
+class StopAgent:
+    agent: str
+    ticket: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Push:
+    agent: str
+    ticket: str
+    attempt: int
+    branch: str
+
+
+@dataclass(frozen=True)
+class Merge:
+    ticket: str
+    branch: str
+
+
+@dataclass(frozen=True)
+class MoveFile:
+    """Move a backlog file into ``dest`` (``done`` or ``rejected``); ``error`` goes
+    beside it as ``<name>.error``. ``ticket`` is None for files that never parsed."""
+
+    path: str
+    dest: str
+    ticket: str | None = None
+    error: str = ""
+
+
+Effect = StartAgent | StopAgent | Push | Merge | MoveFile
+
+
+@dataclass
+class Outcome:
+    effects: list[Effect] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    ok: bool = True
+    message: str = ""
+    dirty: set[str] = field(default_factory=set)
+    """Ids of tickets whose record changed (to persist)."""
+
+
+class Core:
+    """The daemon's state and rules. One instance, mutated only by :meth:`handle`."""
+
+    def __init__(self, config: Config, worktrees: dict[str, str]) -> None:
+        """Args:
+        config: the project settings.
+        worktrees: worker name -> worktree path, e.g. ``{"agent-1": ".../agent-1"}``.
+        """
+        self.config = config
+        self.tickets: dict[str, TicketRecord] = {}
+        self.by_file: dict[str, str] = {}
+        self.workers: dict[str, Worker] = {n: Worker(n, p) for n, p in worktrees.items()}
+        self.locks = LockTable()
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._out = Outcome()
+        self.accepting = True
+        """False during shutdown: nothing new is assigned."""
+
+    # --- public -----------------------------------------------------------
+
+    def restore(self, records: Iterable[TicketRecord], now: float) -> Outcome:
+        """Load persisted records after a restart and reconcile what was in flight.
+
+        Running attempts are requeued on their branch (the attempt is re-run,
+        not counted again); CI, approval and merges resume with their worker.
+        The shell must stop any agent process that outlived the old daemon and
+        commit its work before feeding further inputs.
+        """
+        self._out = Outcome()
+        for rec in sorted(records, key=lambda r: r.seq):
+            self.tickets[rec.id] = rec
+            self._seq = max(self._seq, rec.seq + 1)
+            if rec.state not in FINAL_STATES:
+                self.by_file[rec.file] = rec.id
+        for rec in sorted(self.tickets.values(), key=lambda r: r.seq):
+            if rec.state == S.RUNNING:
+                rec.stop_requested = ""
+                rec.attempt = max(0, rec.attempt - 1)
+                rec.reason = "daemon restarted while the agent ran; its work is on the branch"
+                self._set_state(rec, S.QUEUED, now)
+            elif rec.state in ACTIVE_STATES:
+                worker = self.workers.get(rec.agent or "")
+                if worker is None or worker.ticket is not None or not self._take_locks(rec, now):
+                    rec.reason = "requeued after restart (its worker or locks changed)"
+                    self._set_state(rec, S.QUEUED, now)
+                    continue
+                worker.ticket = rec.id
+                worker.state_since = rec.state_since
+                if rec.state == S.MERGING:
+                    assert rec.branch is not None
+                    self._effect(Merge(rec.id, rec.branch))
+            if rec.state == S.QUEUED:
+                self._push_heap(rec)
+        self._schedule(now)
+        return self._take()
+
+    def handle(self, event: Input) -> Outcome:
+        """Apply one input; return the effects, events and (for commands) reply."""
+        self._out = Outcome()
+        match event:
+            case TicketRead():
+                self._on_ticket_read(event)
+            case TicketFileGone():
+                self._on_file_gone(event)
+            case FileMoved():
+                rec = self.tickets.get(event.ticket)
+                if rec is not None:
+                    self.by_file.pop(rec.file, None)
+                    rec.file = event.path
+                    self._dirty(rec)
+            case AgentStarted():
+                self._on_agent_started(event)
+            case AgentExited():
+                self._on_agent_exited(event)
+            case Pushed():
+                self._on_pushed(event)
+            case CIResult():
+                self._on_ci(event)
+            case MergeResult():
+                self._on_merge(event)
+            case Progress():
+                self._on_progress(event.agent, event.now, event.note)
+            case Tick():
+                self._on_tick(event.now)
+            case Command():
+                self._on_command(event)
+        self._schedule(getattr(event, "now", 0.0))
+        return self._take()
+
+    # --- views ------------------------------------------------------------
+
+    def rank(self, rec: TicketRecord) -> float:
+        """Queue order key: ``priority + queued_at / aging_interval_s`` (lower first).
+
+        Equivalent to ordering by effective priority ``priority - age /
+        aging_interval_s`` at any instant, but constant in time, so the heap
+        never needs re-keying as tickets age.
+        """
+        return rec.ticket.priority + rec.queued_at / self.config.aging_interval_s
+
+    def ticket_view(self, rec: TicketRecord, now: float | None = None) -> TicketView:
+        t = rec.ticket
+        age_s = max(0.0, (now if now is not None else rec.state_since) - rec.queued_at)
+        return TicketView(
+            id=rec.id,
+            title=t.title,
+            state=rec.state,
+            priority=t.priority,
+            effective_priority=round(t.priority - age_s / self.config.aging_interval_s, 3),
+            rank=self.rank(rec),
+            locks=list(t.locks),
+            depends_on=list(t.depends_on),
+            agent=rec.agent,
+            branch=rec.branch,
+            attempt=rec.attempt,
+            max_attempts=rec.max_attempts,
+            reason=rec.reason,
+            queued_at=rec.queued_at,
+            state_since=rec.state_since,
+            ci=rec.ci,
+            file=rec.file,
+            log_file=rec.log_file,
+            feedback_file=rec.feedback_file,
+        )
+
+    def agent_view(self, worker: Worker) -> AgentView:
+        rec = self.tickets.get(worker.ticket) if worker.ticket else None
+        if rec is None:
+            state = AgentState.IDLE
+        elif rec.stop_requested:
+            state = AgentState.STOPPING
+        elif rec.state == S.RUNNING:
+            state = AgentState.STALE if worker.stale_since is not None else AgentState.RUNNING
+        elif rec.state == S.CI_RUNNING:
+            state = AgentState.WAITING_CI
+        elif rec.state == S.AWAITING_APPROVAL:
+            state = AgentState.AWAITING_APPROVAL
+        else:
+            state = AgentState.MERGING
+        return AgentView(
+            name=worker.name,
+            state=state,
+            worktree=worker.worktree,
+            ticket=worker.ticket,
+            branch=rec.branch if rec else None,
+            attempt=rec.attempt if rec else 0,
+            pid=worker.pid,
+            state_since=worker.state_since,
+            last_activity=worker.last_activity,
+            note=worker.note,
+        )
+
+    def lease_views(self) -> list[LeaseView]:
+        views = [
+            LeaseView(
+                path=lease.path,
+                ticket=lease.owner,
+                agent=lease.agent,
+                acquired_at=lease.acquired_at_s,
+                expires_at=lease.expires_at_s,
+            )
+            for lease in self.locks.leases()
+        ]
+        for owner, paths in self.locks.reservations().items():
+            rec = self.tickets[owner]
+            views.extend(
+                LeaseView(
+                    path=p, ticket=owner, agent="", acquired_at=rec.queued_at,
+                    expires_at=0.0, reserved=True,
+                )
+                for p in paths
+            )
+        return views
+
+    def ordered(self) -> list[TicketRecord]:
+        """Queued tickets in the order they will be taken, then all others by arrival."""
+        queued = sorted(
+            (r for r in self.tickets.values() if r.state == S.QUEUED),
+            key=lambda r: (self.rank(r), r.seq),
+        )
+        rest = sorted(
+            (r for r in self.tickets.values() if r.state != S.QUEUED), key=lambda r: r.seq
+        )
+        return queued + rest
+
+    # --- intake -----------------------------------------------------------
+
+    def _on_ticket_read(self, ev: TicketRead) -> None:
+        if ev.ticket is None:
+            self._reject_file(ev.path, ev.error, ev.now)
+            return
+        ticket = ev.ticket
+        assert ticket.id is not None
+        rec = self.tickets.get(ticket.id)
+        if rec is not None and rec.file != ev.path and rec.state != S.CANCELLED:
+            where = "already merged" if rec.state == S.MERGED else f"from {rec.file}"
+            self._reject_file(ev.path, f"id: duplicate ticket id {ticket.id!r} ({where})", ev.now)
+            return
+        cycle = self._cycle_through(ticket)
+        if cycle:
+            self._reject_file(ev.path, f"depends_on: dependency cycle {' -> '.join(cycle)}", ev.now)
+            return
+        if rec is None or rec.state == S.CANCELLED:
+            if rec is None:
+                rec = TicketRecord(
+                    ticket=ticket, file=ev.path, state=S.QUEUED, seq=self._seq,
+                    queued_at=ev.now, state_since=ev.now,
+                    max_attempts=ticket.max_attempts or self.config.max_attempts,
+                )
+                self._seq += 1
+                self.tickets[ticket.id] = rec
+            rec.ticket, rec.file = ticket, ev.path
+            self.by_file[ev.path] = ticket.id
+            self._set_state(rec, S.QUEUED, ev.now, kind="ticket.queued")
+            self._push_heap(rec)
+            self._refresh_blocked(ev.now)
+            return
+        if rec.state in (S.QUEUED, S.BLOCKED, S.STOPPED, S.FAILED):
+            rec.ticket = ticket
+            rec.max_attempts = ticket.max_attempts or self.config.max_attempts
+            if rec.state == S.QUEUED:
+                self._push_heap(rec)
+            self._emit("ticket.updated", f"{rec.id}: ticket file changed", rec, now=ev.now)
+            self._refresh_blocked(ev.now)
+        else:
+            self._emit(
+                "warning",
+                f"{rec.id}: file changed while {rec.state}; the change applies to later attempts",
+                rec, now=ev.now,
+            )
+            rec.ticket = ticket
+            self._dirty(rec)
+
+    def _on_file_gone(self, ev: TicketFileGone) -> None:
+        ticket_id = self.by_file.get(ev.path)
+        rec = self.tickets.get(ticket_id) if ticket_id else None
+        if rec is None or rec.file != ev.path:
+            return
+        if rec.state in (S.QUEUED, S.BLOCKED):
+            rec.reason = "ticket file removed from the backlog"
+            self.locks.unreserve(rec.id)
+            self._set_state(rec, S.CANCELLED, ev.now)
+            self.by_file.pop(ev.path, None)
+            self._refresh_blocked(ev.now)
+
+    def _reject_file(self, path: str, error: str, now: float) -> None:
+        self._effect(MoveFile(path=path, dest="rejected", error=error))
+        self._emit("ticket.rejected", f"{path.rsplit('/', 1)[-1]}: {error}", now=now)
+
+    def _cycle_through(self, ticket: Ticket) -> list[str]:
+        """The dependency path from ``ticket`` back to itself, or [] if none."""
+        assert ticket.id is not None
+        start = ticket.id
+        stack: list[tuple[str, list[str]]] = [(d, [start, d]) for d in ticket.depends_on]
+        seen: set[str] = set()
+        while stack:
+            node, path = stack.pop()
+            if node == start:
+                return path
+            if node in seen:
+                continue
+            seen.add(node)
+            rec = self.tickets.get(node)
+            if rec is not None and rec.state != S.CANCELLED:
+                stack.extend((d, [*path, d]) for d in rec.ticket.depends_on)
+        return []
+
+    # --- scheduling -------------------------------------------------------
+
+    def _push_heap(self, rec: TicketRecord) -> None:
+        heapq.heappush(self._heap, (self.rank(rec), rec.seq, rec.id))
+
+    def _blocking_dependency(self, rec: TicketRecord) -> tuple[str, bool]:
+        """(reason, failed): why the deps are not all merged; failed when one cannot be."""
+        for dep in rec.ticket.depends_on:
+            d = self.tickets.get(dep)
+            if d is None:
+                return f"waits for unknown ticket {dep!r}", False
+            if d.state in (S.FAILED, S.REJECTED, S.CANCELLED, S.BLOCKED):
+                return f"dependency {dep!r} is {d.state}", True
+            if d.state != S.MERGED:
+                return f"waits for {dep!r} ({d.state})", False
+        return "", False
+
+    def _refresh_blocked(self, now: float) -> None:
+        """Move queued tickets whose dependency can no longer merge to blocked, and back."""
+        changed = True
+        while changed:
+            changed = False
+            for rec in self.tickets.values():
+                if rec.state not in (S.QUEUED, S.BLOCKED):
+                    continue
+                reason, failed = self._blocking_dependency(rec)
+                if rec.state == S.QUEUED and failed:
+                    rec.reason = reason
+                    self.locks.unreserve(rec.id)
+                    self._set_state(rec, S.BLOCKED, now)
+                    changed = True
+                elif rec.state == S.BLOCKED and not failed:
+                    rec.reason = reason
+                    self._set_state(rec, S.QUEUED, now)
+                    self._push_heap(rec)
+                    changed = True
+
+    def _schedule(self, now: float) -> None:
+        """Assign eligible queued tickets to idle workers, most urgent first.
+
+        Pops the heap in order; entries that are stale (lazy deletion) are
+        dropped, ineligible ones are set aside and pushed back afterwards, so an
+        ineligible head never blocks eligible tickets behind it.
+        """
+        idle = [w for w in self.workers.values() if w.ticket is None]
+        if not self.accepting or not idle or not self._heap:
+            return
+        skipped: list[tuple[float, int, str]] = []
+        seen: set[str] = set()
+        while idle and self._heap:
+            entry = heapq.heappop(self._heap)
+            rank, _, ticket_id = entry
+            rec = self.tickets.get(ticket_id)
+            if rec is None or rec.state != S.QUEUED or ticket_id in seen or rank != self.rank(rec):
+                continue
+            seen.add(ticket_id)
+            reason = self._ineligible(rec, now)
+            if reason:
+                if reason != rec.reason:
+                    rec.reason = reason
+                    self._dirty(rec)
+                skipped.append(entry)
+                continue
+            self._assign(rec, idle.pop(0), now)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+
+    def _ineligible(self, rec: TicketRecord, now: float) -> str:
+        reason, _ = self._blocking_dependency(rec)
+        if reason:
+            return reason
+        conflicts = self.locks.conflicts(rec.ticket.locks, owner=rec.id)
+        if conflicts:
+            path, owner = conflicts[0]
+            more = f" (+{len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            return f"lock {path} held by {owner}{more}"
+        return ""
+
+    def _take_locks(self, rec: TicketRecord, now: float) -> bool:
+        try:
+            self.locks.acquire(
+                rec.id, rec.agent or "", rec.ticket.locks, now, self.config.lease_ttl_s
+            )
+        except LockConflict:
+            return False
+        return True
+
+    def _assign(self, rec: TicketRecord, worker: Worker, now: float) -> None:
+        rec.agent = worker.name
+        if not self._take_locks(rec, now):  # cannot happen after _ineligible; keep queued
+            rec.agent = None
+            return
+        rec.reserved = False
+        if rec.branch is None:
+            rec.branch = f"{worker.name}/{rec.id}"
+        worker.ticket = rec.id
+        worker.state_since = now
+        worker.last_activity = now
+        worker.stale_since = None
+        worker.note = ""
+        worker.pid = None
+        self._start_attempt(rec, worker, now)
+        self._emit("lease.acquired", f"{rec.id}: holds {', '.join(rec.ticket.locks) or 'no locks'}",
+                   rec, now=now, leases=True)
+
+    def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
+        rec.attempt += 1
+        rec.reason = ""
+        rec.ci = None
+        rec.ci_sha = None
+        rec.approved = False
+        self._set_state(rec, S.RUNNING, now)
+        assert rec.branch is not None
+        self._effect(StartAgent(worker.name, rec.id, rec.attempt, rec.branch, rec.feedback,
+                                rec.rebuild))
+        rec.rebuild = False
+
+    # --- agent lifecycle --------------------------------------------------
+
+    def _worker_of(self, rec: TicketRecord) -> Worker | None:
+        w = self.workers.get(rec.agent or "")
+        return w if w is not None and w.ticket == rec.id else None
+
+    def _on_agent_started(self, ev: AgentStarted) -> None:
+        rec = self.tickets.get(ev.ticket)
+        worker = self.workers.get(ev.agent)
+        if rec is None or worker is None or rec.attempt != ev.attempt:
+            return
+        worker.pid = ev.pid
+        worker.last_activity = ev.now
+        rec.log_file, rec.feedback_file = ev.log_file, ev.feedback_file
+        self._emit("agent.started", f"{ev.agent}: started {ev.ticket} attempt {ev.attempt} "
+                   f"(pid {ev.pid})", rec, worker, now=ev.now)
+
+    def _on_agent_exited(self, ev: AgentExited) -> None:
+        rec = self.tickets.get(ev.ticket)
+        worker = self.workers.get(ev.agent)
+        if rec is None or worker is None or rec.attempt != ev.attempt or rec.state != S.RUNNING:
+            return
+        worker.pid = None
+        why = rec.stop_requested
+        rec.stop_requested = ""
+        if why == "stop":
+            rec.reason = "stopped by request; work committed on " + (rec.branch or "")
+            self._release(rec, S.STOPPED, ev.now)
+            return
+        if why in ("stale", "shutdown", "expired"):
+            rec.reason = {
+                "stale": "agent stale; requeued, work committed on its branch",
+                "expired": "lease expired; requeued, work committed on its branch",
+                "shutdown": "daemon stopped while the agent ran; requeued",
+            }[why]
+            if why == "shutdown":
+                rec.attempt -= 1
+            self._requeue(rec, ev.now, feedback=ev.log_tail if why != "shutdown" else rec.feedback)
+            return
+        if ev.exit_code is None:
+            self._fail_attempt(rec, f"agent could not start: {ev.reason}", "", ev.now)
+        elif ev.exit_code != 0:
+            self._fail_attempt(rec, f"agent exited with code {ev.exit_code}", ev.log_tail, ev.now)
+        elif not ev.new_work:
+            self._fail_attempt(rec, "agent exited 0 but changed nothing", ev.log_tail, ev.now)
+        else:
+            outside = paths_outside(ev.changed, rec.ticket.locks)
+            if outside and self.config.lock_policy == "reject":
+                listing = ", ".join(outside[:20]) + (" ..." if len(outside) > 20 else "")
+                self._fail_attempt(
+                    rec, f"changed paths outside its locks: {listing}",
+                    f"Your change touched paths outside this ticket's locks "
+                    f"({', '.join(rec.ticket.locks) or 'none'}): {listing}. "
+                    "Revert those changes or ask for wider locks.",
+                    ev.now,
+                )
+                return
+            if outside:
+                self._emit("warning", f"{rec.id}: changed paths outside its locks: "
+                           f"{', '.join(outside[:20])}", rec, now=ev.now)
+            assert rec.branch is not None
+            self._effect(Push(ev.agent, rec.id, rec.attempt, rec.branch))
+            self._emit("agent.exited", f"{ev.agent}: {rec.id} attempt {rec.attempt} done; "
+                       "pushing", rec, worker, now=ev.now)
+
+    def _on_pushed(self, ev: Pushed) -> None:
+        rec = self.tickets.get(ev.ticket)
+        if rec is None or rec.attempt != ev.attempt:
+            return
+        if ev.error:
+            self._fail_attempt(rec, f"push failed: {ev.error}", "", ev.now)
+            return
+        if rec.state not in (S.RUNNING, S.MERGING):
+            return
+        rec.ci_sha = ev.sha
+        rec.ci = CIView(sha=ev.sha)
+        rec.ci_started = ev.now
+        if rec.state == S.RUNNING:
+            self._set_state(rec, S.CI_RUNNING, ev.now, message=f"{rec.id}: pushed {ev.sha[:10]}, "
+                            "CI running")
+
+    def _on_ci(self, ev: CIResult) -> None:
+        rec = next(
+            (r for r in self.tickets.values()
+             if r.ci_sha == ev.sha and r.state in (S.CI_RUNNING, S.MERGING)),
+            None,
+        )
+        if rec is None:
+            return
+        rec.ci = CIView(sha=ev.sha, status=ev.status, duration_s=ev.duration_s,
+                        log_tail=ev.log_tail[-FEEDBACK_TAIL_CHARS:])
+        rec.ci_sha = None
+        self._emit("ci.result", f"{rec.id}: CI {ev.status} on {ev.sha[:10]}", rec,
+                   now=ev.now, text=ev.log_tail[-2000:])
+        if ev.status == "pass":
+            if rec.state == S.MERGING:
+                assert rec.branch is not None
+                self._effect(Merge(rec.id, rec.branch))
+            elif self.config.approval == "auto":
+                self._approve(rec, ev.now, auto=True)
+            else:
+                rec.reason = "CI passed; press c (or `orchestrator approve`) to merge"
+                self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+        else:
+            what = "after rebase onto main " if rec.state == S.MERGING else ""
+            self._fail_attempt(rec, f"CI {ev.status} {what}(exit {ev.exit_code})",
+                               f"CI failed on your branch. Its output ended with:\n{ev.log_tail}",
+                               ev.now)
+
+    def _approve(self, rec: TicketRecord, now: float, auto: bool = False) -> None:
+        rec.approved = True
+        rec.reason = "auto-approved" if auto else "approved"
+        self._set_state(rec, S.MERGING, now)
+        assert rec.branch is not None
+        self._effect(Merge(rec.id, rec.branch))
+
+    def _on_merge(self, ev: MergeResult) -> None:
+        rec = self.tickets.get(ev.ticket)
+        if rec is None or rec.state != S.MERGING:
+            return
+        if ev.outcome == "merged":
+            rec.merged_sha = ev.sha
+            rec.reason = f"main fast-forwarded to {ev.sha[:10]}"
+            self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
+            self._release(rec, S.MERGED, ev.now)
+            self._refresh_blocked(ev.now)
+        elif ev.outcome == "recheck":
+            rec.ci_sha = ev.sha
+            rec.ci = CIView(sha=ev.sha)
+            rec.ci_started = ev.now
+            rec.reason = f"main moved; CI runs again on rebased {ev.sha[:10]}"
+            self._emit("merge.recheck", f"{rec.id}: {rec.reason}", rec, now=ev.now)
+        elif ev.outcome == "conflict":
+            rec.rebuild = True
+            self._fail_attempt(rec, "rebase onto main conflicted",
+                               f"Rebasing your branch onto main conflicted:\n{ev.text}\n"
+                               "Your branch starts again from the current main; redo the change "
+                               "on top of it.", ev.now)
+        else:
+            rec.reason = f"merge failed: {ev.text}"
+            self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+
+    def _fail_attempt(self, rec: TicketRecord, reason: str, feedback: str, now: float) -> None:
+        """An attempt failed: run again with feedback on the same worker, or fail."""
+        rec.reason = reason
+        rec.feedback = f"Attempt {rec.attempt} failed: {reason}\n{feedback[-FEEDBACK_TAIL_CHARS:]}"
+        worker = self._worker_of(rec)
+        self._emit("attempt.failed", f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec,
+                   now=now)
+        if rec.attempt >= rec.max_attempts or worker is None:
+            rec.reason = f"{reason} (attempt {rec.attempt} of {rec.max_attempts})"
+            self._release(rec, S.FAILED, now)
+            self._refresh_blocked(now)
+            return
+        worker.state_since = now
+        worker.stale_since = None
+        worker.last_activity = now
+        self._start_attempt(rec, worker, now)
+        rec.reason = reason
+
+    def _requeue(self, rec: TicketRecord, now: float, feedback: str) -> None:
+        if feedback:
+            rec.feedback = feedback[-FEEDBACK_TAIL_CHARS:]
+        self._release(rec, S.QUEUED, now)
+        if rec.attempt >= rec.max_attempts:
+            rec.reason += f"; attempts used up ({rec.attempt})"
+            self._set_state(rec, S.FAILED, now)
+            self._refresh_blocked(now)
+            return
+        self._push_heap(rec)
+
+    def _release(self, rec: TicketRecord, state: TicketState, now: float) -> None:
+        """Free the ticket's worker and leases and move it to ``state``."""
+        released = self.locks.release(rec.id)
+        worker = self._worker_of(rec)
+        if worker is not None:
+            worker.ticket = None
+            worker.pid = None
+            worker.stale_since = None
+            worker.state_since = now
+        self._set_state(rec, state, now)
+        if released:
+            self._emit("lease.released", f"{rec.id}: released {len(released)} lock(s)", rec,
+                       now=now, leases=True)
+        if worker is not None:
+            self._emit("agent.state", f"{worker.name}: idle", agent=worker, now=now)
+
+    # --- liveness ---------------------------------------------------------
+
+    def _on_progress(self, agent: str, now: float, note: str) -> None:
+        worker = self.workers.get(agent)
+        if worker is None or worker.ticket is None:
+            return
+        rec = self.tickets[worker.ticket]
+        worker.last_activity = now
+        if note:
+            worker.note = note
+        self.locks.renew(rec.id, now, self.config.lease_ttl_s)
+        if worker.stale_since is not None and rec.state == S.RUNNING:
+            worker.stale_since = None
+            self._emit("agent.state", f"{agent}: progress again, no longer stale", agent=worker,
+                       now=now)
+        elif note:
+            self._emit("agent.heartbeat", f"{agent}: {note}", agent=worker, now=now)
+
+    def _on_tick(self, now: float) -> None:
+        cfg = self.config
+        for worker in self.workers.values():
+            rec = self.tickets.get(worker.ticket) if worker.ticket else None
+            if rec is None:
+                continue
+            if rec.state != S.RUNNING:
+                # No agent runs; the pipeline (CI, approval, merge) holds the leases.
+                self.locks.renew(rec.id, now, cfg.lease_ttl_s)
+                if (rec.state == S.CI_RUNNING and rec.ci_sha
+                        and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S):
+                    self._on_ci(CIResult(sha=rec.ci_sha, status="error", now=now,
+                                         log_tail="CI did not report a result in time"))
+                continue
+            if rec.stop_requested:
+                continue
+            idle_s = now - worker.last_activity
+            if worker.stale_since is None and idle_s >= cfg.stale_after_s:
+                worker.stale_since = now
+                self._emit("agent.stale", f"{worker.name}: no progress for {idle_s:.0f} s on "
+                           f"{rec.id}", rec, worker, now=now)
+            elif worker.stale_since is not None and now - worker.stale_since >= cfg.stale_grace_s:
+                rec.stop_requested = "stale"
+                self._effect(StopAgent(worker.name, rec.id, "stale"))
+                self._emit("agent.stopping", f"{worker.name}: stale past grace; stopping, work "
+                           "will be committed", rec, worker, now=now)
+            if worker.stale_since is None and worker.pid is not None:
+                self.locks.renew(rec.id, now, cfg.lease_ttl_s)
+        for owner in self.locks.expired(now):
+            rec = self.tickets[owner]
+            worker = self._worker_of(rec)
+            if rec.state == S.RUNNING and worker is not None and not rec.stop_requested:
+                rec.stop_requested = "expired"
+                self._effect(StopAgent(worker.name, rec.id, "expired"))
+                self._emit("lease.expired", f"{rec.id}: lease expired", rec, now=now)
+        self._reserve_starved(now)
+        for rec in self.tickets.values():
+            if (rec.state == S.QUEUED and now - rec.queued_at > UNKNOWN_DEPENDENCY_GRACE_S):
+                unknown = [d for d in rec.ticket.depends_on if d not in self.tickets]
+                if unknown:
+                    rec.reason = f"depends_on: unknown ticket {unknown[0]!r}"
+                    self._set_state(rec, S.REJECTED, now)
+                    self._effect(MoveFile(path=rec.file, dest="rejected", ticket=rec.id,
+                                          error=rec.reason))
+                    self._refresh_blocked(now)
+                    break  # the dict may have new dependents blocked; next tick continues
+
+    def _reserve_starved(self, now: float) -> None:
+        """Reserve the locks of tickets that waited past ``starvation_after_s`` for locks."""
+        limit = self.config.starvation_after_s
+        for rec in sorted(self.tickets.values(), key=lambda r: r.queued_at):
+            if rec.state != S.QUEUED or rec.reserved or not rec.ticket.locks:
+                continue
+            if now - rec.queued_at < limit or not rec.reason.startswith("lock "):
+                continue
+            others = self.locks.reservations()
+            if any(self.locks.conflicts(rec.ticket.locks, owner=rec.id) and o != rec.id
+                   for o in others):
+                continue
+            self.locks.reserve(rec.id, rec.ticket.locks)
+            rec.reserved = True
+            self._emit("lease.reserved", f"{rec.id}: waited {now - rec.queued_at:.0f} s; its "
+                       "locks are reserved", rec, now=now, leases=True)
+
+    # --- commands ---------------------------------------------------------
+
+    def _on_command(self, cmd: Command) -> None:
+        rec = self.tickets.get(cmd.ticket)
+        if rec is None:
+            self._reply(False, f"unknown ticket {cmd.ticket!r}")
+            return
+        now = cmd.now
+        st = rec.state
+        match cmd.name:
+            case "approve":
+                if st == S.AWAITING_APPROVAL:
+                    self._approve(rec, now)
+                    self._reply(True, f"{rec.id}: approved; merging")
+                elif st in (S.MERGING, S.MERGED):
+                    self._reply(True, f"{rec.id}: already approved ({st})")
+                else:
+                    self._reply(False, f"{rec.id} is {st}; only awaiting_approval can be approved")
+            case "stop":
+                self._stop(rec, now)
+            case "continue":
+                if st == S.AWAITING_APPROVAL:
+                    self._approve(rec, now)
+                    self._reply(True, f"{rec.id}: approved; merging")
+                elif st in (S.STOPPED, S.FAILED, S.BLOCKED):
+                    rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+                    rec.reason = f"continued after {st}"
+                    self._set_state(rec, S.QUEUED, now)
+                    self._push_heap(rec)
+                    self._refresh_blocked(now)
+                    self._reply(True, f"{rec.id}: queued again on {rec.branch or 'a new branch'}")
+                elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.MERGING, S.MERGED):
+                    self._reply(True, f"{rec.id}: already {st}")
+                else:
+                    self._reply(False, f"{rec.id} is {st}; nothing to continue")
+            case "reject":
+                if st != S.AWAITING_APPROVAL:
+                    self._reply(False, f"{rec.id} is {st}; only awaiting_approval can be rejected")
+                    return
+                rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+                self._fail_attempt(rec, "rejected by reviewer",
+                                   f"The reviewer rejected the change:\n{cmd.feedback}", now)
+                self._reply(True, f"{rec.id}: sent back with feedback (attempt {rec.attempt})")
+            case "priority":
+                if cmd.priority is None or not 0 <= cmd.priority <= 4:
+                    self._reply(False, "priority must be 0..4")
+                    return
+                rec.ticket.priority = cmd.priority
+                if st == S.QUEUED:
+                    self._push_heap(rec)
+                self._emit("ticket.updated", f"{rec.id}: priority P{cmd.priority}", rec, now=now)
+                self._reply(True, f"{rec.id}: priority P{cmd.priority}")
+            case "heartbeat":
+                worker = self._worker_of(rec)
+                if worker is None or st != S.RUNNING:
+                    self._reply(False, f"{rec.id} is {st}; no running agent to heartbeat")
+                    return
+                self._on_progress(worker.name, now, cmd.note or "heartbeat")
+                self._reply(True, f"{rec.id}: lease renewed")
+            case _:
+                self._reply(False, f"unknown command {cmd.name!r}")
+
+    def _stop(self, rec: TicketRecord, now: float) -> None:
+        st = rec.state
+        if st == S.RUNNING:
+            worker = self._worker_of(rec)
+            if rec.stop_requested:
+                self._reply(True, f"{rec.id}: already stopping")
+                return
+            rec.stop_requested = "stop"
+            assert worker is not None
+            self._effect(StopAgent(worker.name, rec.id, "stop"))
+            self._emit("agent.stopping", f"{worker.name}: stopping {rec.id}", rec, worker, now=now)
+            self._reply(True, f"{rec.id}: stopping; its work will be committed on {rec.branch}")
+        elif st in (S.QUEUED, S.BLOCKED, S.CI_RUNNING, S.AWAITING_APPROVAL):
+            rec.reason = f"stopped by request while {st}"
+            self.locks.unreserve(rec.id)
+            rec.ci_sha = None
+            self._release(rec, S.STOPPED, now)
+            self._reply(True, f"{rec.id}: stopped")
+        elif st == S.STOPPED:
+            self._reply(True, f"{rec.id}: already stopped")
+        else:
+            self._reply(False, f"{rec.id} is {st}; it cannot be stopped now")
+
+    def stop_all(self, now: float) -> Outcome:
+        """Shutdown: stop every running agent (work committed, ticket requeued)."""
+        self._out = Outcome()
+        self.accepting = False
+        for rec in self.tickets.values():
+            worker = self._worker_of(rec)
+            if rec.state == S.RUNNING and worker is not None and not rec.stop_requested:
+                rec.stop_requested = "shutdown"
+                self._effect(StopAgent(worker.name, rec.id, "shutdown"))
+        return self._take()
+
+    # --- plumbing ---------------------------------------------------------
+
+    def _set_state(self, rec: TicketRecord, state: TicketState, now: float,
+                   kind: str = "ticket.state", message: str = "") -> None:
+        rec.state = state
+        rec.state_since = now
+        if state == S.QUEUED and kind == "ticket.state":
+            rec.reserved = False
+        text = message or f"{rec.id}: {state}" + (f" ({rec.reason})" if rec.reason else "")
+        worker = self._worker_of(rec)
+        self._emit(kind, text, rec, worker, now=now)
+
+    def _emit(self, kind: str, message: str, rec: TicketRecord | None = None,
+              agent: Worker | None = None, *, now: float, leases: bool = False,
+              text: str | None = None) -> None:
+        if rec is not None:
+            self._dirty(rec)
+            if agent is None:
+                agent = self._worker_of(rec)
+        self._out.events.append(Event(
+            id=0, ts=now, kind=kind, message=message,
+            ticket=rec.id if rec else None,
+            agent=agent.name if agent else None,
+            ticket_view=self.ticket_view(rec, now) if rec else None,
+            agent_view=self.agent_view(agent) if agent else None,
+            leases=self.lease_views() if leases else None,
+            text=text,
+        ))
+
+    def _dirty(self, rec: TicketRecord) -> None:
+        self._out.dirty.add(rec.id)
+
+    def _effect(self, effect: Effect) -> None:
+        self._out.effects.append(effect)
+
+    def _reply(self, ok: bool, message: str) -> None:
+        self._out.ok, self._out.message = ok, message
+
+    def _take(self) -> Outcome:
+        out, self._out = self._out, Outcome()
+        return out

@@ -1,0 +1,183 @@
+"""``orchestrator demo``: the whole pipeline on a sample project, offline, no LLM.
+
+Copies examples/demo/project into a fresh git repository, creates a project
+home for it with the bundled demo agent (which replays recorded changes per
+ticket and attempt), starts a real daemon, drops the sample tickets into the
+backlog, then shows the TUI (or, with ``--headless``, the event stream). With
+``--headless --auto-approve`` it runs to the end and exits 0 only when every
+ticket was merged into main of repo.git with a linear history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from daemon.git import git_sync
+from daemon.home import init_home, resource
+from shared import protocol as P
+from shared.client import Client
+from shared.config import load_config
+from shared.errors import OrchestratorError
+from shared.models import FINAL_STATES, TicketState
+
+DEMO_EXTRA_CONFIG = "heartbeat_interval_s: 1\nlease_ttl_s: 30\n"
+
+
+def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> Path:
+    """Create the sample repo and its project home under ``base``; return config.yaml."""
+    source = base / "project"
+    if not source.exists():
+        shutil.copytree(resource("examples/demo/project"), source,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        git_sync(source, "init", "--quiet", "--initial-branch=main")
+        git_sync(source, "add", "-A")
+        git_sync(source, "commit", "--quiet", "-m", "Sample inventory project")
+    agent = [sys.executable, str(resource("examples/demo/demo_agent.py"))]
+    ci = f"{_q(sys.executable)} -m unittest discover -s tests -q"
+    config = init_home(base / "home", str(source), ci_command=ci, workers=3,
+                       agent_command=agent, approval="auto" if auto_approve else "manual",
+                       force=(base / "home" / "config.yaml").exists(),
+                       extra_config=DEMO_EXTRA_CONFIG)
+    # the demo agent's pace (seconds between its progress lines)
+    text = config.read_text().replace("  stop_grace_s: 10",
+                                      f"  stop_grace_s: 5\n  env: {{DEMO_AGENT_DELAY_S: "
+                                      f"'{agent_delay_s}'}}")
+    config.write_text(text)
+    return config
+
+
+def _q(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
+
+
+def start_daemon(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
+    """Start ``orchestrator daemon`` as a child process; wait until its socket answers.
+
+    Raises:
+        OrchestratorError: it exited or did not answer within 30 s (its log says why).
+    """
+    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "daemon", "--config", str(config)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    socket_path = load_config(config).socket_path
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise OrchestratorError(f"the daemon exited with {proc.returncode}; see {log_file}")
+        if socket_path.exists():
+            return proc
+        time.sleep(0.05)
+    proc.terminate()
+    raise OrchestratorError(f"the daemon did not start within 30 s; see {log_file}")
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def drop_tickets(backlog: Path) -> list[str]:
+    """Copy the sample tickets into the backlog atomically; return their ids."""
+    ids = []
+    for ticket in sorted(resource("examples/demo/tickets").glob("*.yaml")):
+        tmp = backlog / f".{ticket.name}.tmp"
+        shutil.copyfile(ticket, tmp)
+        os.replace(tmp, backlog / ticket.name)
+        ids.append(ticket.stem)
+    return ids
+
+
+async def follow(config: Path, expected: int, timeout_s: float, quiet: bool = False
+                 ) -> dict[str, str]:
+    """Print events until ``expected`` tickets are final (or failed); return id -> state."""
+    socket_path = load_config(config).socket_path
+    states: dict[str, str] = {}
+    async with Client(socket_path) as client:
+        assert client.snapshot is not None
+        states = {t.id: t.state for t in client.snapshot.tickets}
+        async with asyncio.timeout(timeout_s):
+            async for message in client.messages():
+                if isinstance(message, P.Snapshot):
+                    states = {t.id: t.state for t in message.tickets}
+                    continue
+                if message.ticket_view is not None:
+                    states[message.ticket_view.id] = message.ticket_view.state
+                if not quiet and message.kind != "agent.output":
+                    stamp = time.strftime("%H:%M:%S", time.localtime(message.ts))
+                    print(f"{stamp} {message.kind:<17} {message.message}", flush=True)
+                done = [s for s in states.values()
+                        if s in FINAL_STATES or s == TicketState.FAILED]
+                if len(states) >= expected and len(done) == len(states):
+                    return states
+    return states
+
+
+def check_main(repo: Path, ids: list[str]) -> list[str]:
+    """Problems with main in repo.git: non-linear history, a ticket missing or twice."""
+    problems = []
+    merges = git_sync(repo, "rev-list", "--merges", "main")
+    if merges:
+        problems.append("main has merge commits (history is not linear)")
+    log = git_sync(repo, "log", "--format=%B%x00", "main")
+    for ticket_id in ids:
+        count = sum(1 for body in log.split("\x00") if f"Ticket: {ticket_id}\n" in body + "\n")
+        if count == 0:
+            problems.append(f"{ticket_id}: not in main")
+    return problems
+
+
+def run_demo(directory: Path | None, headless: bool, auto_approve: bool,
+             timeout_s: float = 600.0) -> int:
+    base = directory.resolve() if directory else Path(tempfile.mkdtemp(prefix="orch-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    config = prepare_demo(base, auto_approve)
+    home = load_config(config)
+    print(f"demo project home: {home.root}")
+    proc = start_daemon(config, base / "daemon.log")
+    try:
+        ids = drop_tickets(home.backlog)
+        print(f"dropped {len(ids)} tickets into {home.backlog}")
+        if not headless:
+            from tui.app import run
+
+            return run(home.socket_path)
+        if not auto_approve:
+            print("approval is manual: approve with "
+                  f"`orchestrator approve TICKET --config {config}` (or run the TUI)")
+        states = asyncio.run(follow(config, len(ids), timeout_s))
+    except TimeoutError:
+        print(f"demo: not finished within {timeout_s:.0f} s", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop_daemon(proc)
+    print("\nsummary:")
+    for ticket_id, state in sorted(states.items()):
+        print(f"  {ticket_id:<20} {state}")
+    problems = check_main(home.repo, ids)
+    not_merged = [i for i, s in states.items() if s != TicketState.MERGED]
+    for problem in problems:
+        print(f"  problem: {problem}")
+    head = git_sync(home.repo, "log", "--oneline", "main")
+    print(f"\nmain in {home.repo}:\n{head}")
+    ok = not problems and not not_merged and len(states) == len(ids)
+    print("\ndemo: every ticket merged into main" if ok else "\ndemo: FAILED")
+    return 0 if ok else 1

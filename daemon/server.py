@@ -1,0 +1,166 @@
+"""The Unix socket server: hello + snapshot on connect, live events, commands.
+
+Protocol: shared/protocol.py, docs/protocol.md. Each client has a bounded
+outgoing buffer; a client that falls behind by more than
+:data:`MAX_BUFFERED_BYTES` loses its backlog of events and is sent a fresh
+snapshot instead, so a slow or stopped reader never slows the daemon or grows
+its memory without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import msgspec
+from anyio.abc import SocketStream, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from shared.protocol import (
+    MAX_COMMAND_BYTES,
+    ClientCommand,
+    Event,
+    Message,
+    Reply,
+    decode_command,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+#: A client further behind than this (bytes of unsent messages) is resynchronised.
+MAX_BUFFERED_BYTES = 8 << 20
+
+Dispatch = Callable[[ClientCommand], Awaitable[Reply]]
+
+
+class _Peer:
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.ready = anyio.Event()
+        self.resyncs = 0
+
+    def push(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        self.ready.set()
+
+
+class Server:
+    """Serves one socket path.
+
+    Args:
+        path: the socket file (its directory is created 0700, the socket is 0600).
+        greeting: returns the encoded hello + snapshot lines for a new client.
+        dispatch: answers one command (awaited; runs in the client's task).
+    """
+
+    def __init__(self, path: Path, greeting: Callable[[], bytes], dispatch: Dispatch) -> None:
+        self.path = path
+        self.greeting = greeting
+        self.dispatch = dispatch
+        self.peers: set[_Peer] = set()
+        self.events_sent = 0
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.is_socket():
+            self.path.unlink()  # a stale socket of ours; the daemon lock proves no one uses it
+        old_umask = os.umask(0o177)
+        try:
+            listener = await anyio.create_unix_listener(self.path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        async with listener:
+            task_status.started()
+            try:
+                await listener.serve(self._handle)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    self.path.unlink(missing_ok=True)
+
+    def publish(self, events: list[Event]) -> None:
+        """Send events to every client (non-blocking; buffers per client)."""
+        if not self.peers or not events:
+            return
+        data = b"".join(encode(e) for e in events)
+        for peer in list(self.peers):
+            if peer.size + len(data) > MAX_BUFFERED_BYTES:
+                peer.chunks.clear()
+                peer.size = 0
+                peer.resyncs += 1
+                peer.push(self.greeting().split(b"\n", 1)[1])  # snapshot only
+                log.warning("a socket client fell behind; sent it a fresh snapshot")
+            else:
+                peer.push(data)
+
+    async def _handle(self, stream: SocketStream) -> None:
+        peer = _Peer(stream)
+        peer.push(self.greeting())
+        self.peers.add(peer)
+        try:
+            async with stream, anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, peer)
+                await self._reader(peer)
+                tg.cancel_scope.cancel()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self.peers.discard(peer)
+
+    async def _writer(self, peer: _Peer) -> None:
+        while True:
+            await peer.ready.wait()
+            peer.ready = anyio.Event()
+            if not peer.chunks:
+                continue
+            data = b"".join(peer.chunks)
+            peer.chunks.clear()
+            peer.size = 0
+            await peer.stream.send(data)
+
+    async def _reader(self, peer: _Peer) -> None:
+        buffered = BufferedByteReceiveStream(peer.stream)
+        while True:
+            try:
+                line = await buffered.receive_until(b"\n", MAX_COMMAND_BYTES)
+            except anyio.IncompleteRead:
+                return
+            except anyio.DelimiterNotFound:
+                peer.push(encode(Reply(ok=False, message=(
+                    f"line longer than {MAX_COMMAND_BYTES} bytes; closing"))))
+                await anyio.sleep(0.05)
+                return
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            if not line.strip():
+                continue
+            peer.push(encode(await self._answer(line)))
+
+    async def _answer(self, line: bytes) -> Message:
+        try:
+            command = decode_command(line)
+        except msgspec.DecodeError as exc:
+            return Reply(ok=False, message=f"invalid command: {exc}", req=_req_of(line))
+        try:
+            reply = await self.dispatch(command)
+        except Exception as exc:  # a bug must not take the connection or daemon down
+            log.exception("command %s failed", type(command).__name__)
+            reply = Reply(ok=False, message=f"internal error: {exc}")
+        reply.req = command.req
+        return reply
+
+
+def _req_of(line: bytes) -> str | None:
+    try:
+        value = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+    req = value.get("req") if isinstance(value, dict) else None
+    return req if isinstance(req, str) else None

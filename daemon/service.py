@@ -1,0 +1,414 @@
+"""The daemon's imperative shell: wiring, the main loop, signals and sd_notify.
+
+One task (:meth:`Daemon._loop`) owns the :class:`daemon.core.Core`: it drains
+the inbox in batches, applies each input, commits the changed records and the
+events to the store in one transaction, and only then publishes the events and
+answers the commands. Effects (start/stop agents, pushes, merges, file moves)
+run in their own tasks and report back through the inbox.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from daemon import core as C
+from daemon.backlog import Backlog
+from daemon.ci import CIStatusDir
+from daemon.git import git
+from daemon.home import sync_repo_config
+from daemon.merger import Merger
+from daemon.server import Server
+from daemon.store import Store
+from daemon.workers import Workers, _kill_group
+from shared import protocol as P
+from shared.config import Home
+from shared.errors import OrchestratorError, TicketError
+from shared.fsutil import atomic_write, move_aside
+from shared.models import TicketState, parse_ticket
+
+log = logging.getLogger("orchestrator")
+
+#: Inputs applied per store transaction at most (bounds latency under bursts).
+MAX_BATCH = 2000
+
+
+class AlreadyRunning(OrchestratorError):
+    pass
+
+
+def sd_notify(state: str) -> None:
+    """Send one sd_notify(3) datagram to $NOTIFY_SOCKET (no-op when unset)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("sd_notify %s failed: %s", state, exc)
+
+
+class Daemon:
+    """The long-running daemon of one project home.
+
+    ``run()`` blocks until SIGTERM/SIGINT (exit code 0 after a graceful stop);
+    tests call ``await async_run()`` inside their own event loop.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        cfg = home.config
+        self.names = [f"agent-{k}" for k in range(1, cfg.workers + 1)]
+        self.core = C.Core(cfg, {n: str(home.worktrees / n) for n in self.names})
+        self._inbox_send, self._inbox = anyio.create_memory_object_stream[
+            tuple[C.Input, anyio.Event | None]
+        ](float("inf"))
+        self._notices: list[P.Event] = []
+        self._replies: dict[int, C.Outcome] = {}
+        self.repo_lock = anyio.Lock()
+        self.workers = Workers(home, self.submit, self._publish_raw, self.repo_lock)
+        self.merger = Merger(home, self.repo_lock)
+        self.backlog = Backlog(home.backlog, self.submit, cfg.rescan_interval_s)
+        self.ci = CIStatusDir(home.ci_status_dir, self.submit, self.notice, cfg.rescan_interval_s)
+        self.server = Server(home.socket_path, self._greeting, self._dispatch)
+        self.store: Store | None = None
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._lock_fd: int | None = None
+
+    # --- entry points -----------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            anyio.run(self.async_run)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    async def async_run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                        ) -> None:
+        self._take_lock()
+        self.store = Store(self.home.state_db)
+        try:
+            await self._start(task_status)
+        finally:
+            self.store.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.home.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another daemon (pid {other}) is already running for {self.home.root}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def _start(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        assert self.store is not None
+        await self._prepare_home()
+        records = self.store.load()
+        await self._reconcile(records)
+        outcome = self.core.restore(records, time.time())
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._commit_and_publish(outcome)
+            await tg.start(self.server.serve)
+            await tg.start(self.backlog.run)
+            await tg.start(self.ci.run)
+            tg.start_soon(self._loop)
+            tg.start_soon(self._ticker)
+            tg.start_soon(self._signals)
+            self._execute(outcome.effects)
+            self.notice(f"daemon started (pid {os.getpid()}, {len(self.names)} workers, "
+                        f"socket {self.home.socket_path})", kind="daemon.started")
+            log.info("ready: %d workers, socket %s", len(self.names), self.home.socket_path)
+            sd_notify("READY=1\nSTATUS=running")
+            task_status.started()
+            tg.start_soon(self._watchdog)
+
+    async def _prepare_home(self) -> None:
+        home = self.home
+        for d in (home.backlog, home.done_dir, home.rejected_dir, home.runs, home.worktrees):
+            d.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(sync_repo_config, home)
+        await git(home.work, "fetch", "--quiet", "origin", "main")
+        await self.workers.ensure_worktrees(self.names)
+        await self.merger.ensure_worktree()
+
+    async def _reconcile(self, records: list[C.TicketRecord]) -> None:
+        """After a crash: end agents that outlived the old daemon and commit their work."""
+        for rec in records:
+            if rec.state != TicketState.RUNNING:
+                continue
+            if rec.agent_pid:
+                _kill_group(rec.agent_pid, signal.SIGKILL)
+            if rec.agent:
+                wt = self.workers.worktree(rec.agent)
+                try:
+                    await self.workers.salvage(
+                        wt, f"{rec.id}: work of attempt {rec.attempt} saved after a daemon restart")
+                    if await git(wt, "symbolic-ref", "-q", "HEAD", check=False):
+                        await git(wt, "checkout", "--quiet", "--detach")
+                except OrchestratorError as exc:
+                    log.error("%s: could not save work in %s: %s", rec.id, wt, exc)
+
+    # --- the loop ---------------------------------------------------------
+
+    def submit(self, inputs: list[C.Input]) -> None:
+        """Queue inputs for the core (callable from any task of the loop)."""
+        for item in inputs:
+            self._inbox_send.send_nowait((item, None))
+
+    async def ask(self, item: C.Input) -> C.Outcome:
+        """Queue one input and wait until it is applied and persisted."""
+        done = anyio.Event()
+        self._inbox_send.send_nowait((item, done))
+        await done.wait()
+        return self._replies.pop(id(done))
+
+    def notice(self, message: str, kind: str = "warning") -> None:
+        """Persist and publish an event that is not a state change (a warning...)."""
+        (log.warning if kind == "warning" else log.info)("%s", message)
+        self._notices.append(P.Event(id=0, ts=time.time(), kind=kind, message=message))
+        self._inbox_send.send_nowait((C.Tick(time.time()), None))
+
+    async def _loop(self) -> None:
+        async with self._inbox:
+            while True:
+                first = await self._inbox.receive()
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._inbox.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                self._apply(batch)
+
+    def _apply(self, batch: list[tuple[C.Input, anyio.Event | None]]) -> None:
+        total = C.Outcome()
+        waiters = []
+        for item, done in batch:
+            outcome = self.core.handle(item)
+            total.effects += outcome.effects
+            total.events += outcome.events
+            total.dirty |= outcome.dirty
+            if done is not None:
+                self._replies[id(done)] = outcome
+                waiters.append(done)
+        self._commit_and_publish(total)
+        for done in waiters:
+            done.set()
+        self._execute(total.effects)
+
+    def _commit_and_publish(self, outcome: C.Outcome) -> None:
+        assert self.store is not None
+        for worker in self.core.workers.values():
+            if worker.ticket and worker.ticket in self.core.tickets:
+                rec = self.core.tickets[worker.ticket]
+                if rec.agent_pid != worker.pid:
+                    rec.agent_pid = worker.pid
+                    outcome.dirty.add(rec.id)
+        events = self._notices + outcome.events
+        self._notices = []
+        records = [self.core.tickets[i] for i in outcome.dirty if i in self.core.tickets]
+        events = self.store.commit(records, events)
+        self.server.publish(events)
+
+    def _publish_raw(self, events: list[P.Event]) -> None:
+        self.server.publish(events)
+
+    # --- effects ----------------------------------------------------------
+
+    def _execute(self, effects: list[C.Effect]) -> None:
+        assert self._tg is not None
+        for effect in effects:
+            match effect:
+                case C.StartAgent():
+                    self._tg.start_soon(self.workers.run_attempt, effect)
+                case C.StopAgent():
+                    self._tg.start_soon(self.workers.stop, effect.agent, effect.reason)
+                case C.Push():
+                    self._tg.start_soon(self._push, effect)
+                case C.Merge():
+                    self._tg.start_soon(self._merge, effect)
+                case C.MoveFile():
+                    self._move(effect)
+
+    async def _push(self, effect: C.Push) -> None:
+        await self.workers.push(effect.ticket, effect.attempt, effect.branch)
+
+    async def _merge(self, effect: C.Merge) -> None:
+        result = await self.merger.merge(effect.ticket, effect.branch)
+        self.submit([result])
+        if result.outcome == "recheck":
+            self.ci.apply(result.sha)
+
+    def _move(self, effect: C.MoveFile) -> None:
+        src = Path(effect.path)
+        dest_dir = self.home.done_dir if effect.dest == "done" else self.home.rejected_dir
+        self.backlog.forget(effect.path)
+        try:
+            dest = move_aside(src, dest_dir)
+            if effect.error:
+                atomic_write(dest.with_name(dest.name + ".error"), effect.error.rstrip() + "\n")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.notice(f"cannot move {src} to {dest_dir}: {exc.strerror}")
+            return
+        if effect.ticket:
+            self.submit([C.FileMoved(effect.ticket, str(dest), time.time())])
+
+    # --- timers, signals, systemd ------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = self.home.config.heartbeat_interval_s
+        while True:
+            await anyio.sleep(interval)
+            await self.workers.check_worktrees()
+            self.submit([C.Tick(time.time())])
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return
+        interval = int(usec) / 2e6
+        while True:
+            sd_notify("WATCHDOG=1")
+            await anyio.sleep(interval)
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: stopping agents (work is committed), then exiting",
+                         signal.Signals(signum).name)
+                await self.shutdown()
+                return
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new work, agents stopped with work committed, state flushed."""
+        if self._stopping:
+            return
+        self._stopping = True
+        sd_notify("STOPPING=1")
+        outcome = self.core.stop_all(time.time())
+        self._commit_and_publish(outcome)
+        self._execute(outcome.effects)
+        deadline = self.home.config.agent.stop_grace_s + 10
+        with anyio.move_on_after(deadline):
+            while self.workers.runs:
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.1)  # let the loop apply the last exits
+        self.notice("daemon stopped", kind="daemon.stopping")
+        await anyio.sleep(0.05)
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+
+    # --- socket ------------------------------------------------------------
+
+    def snapshot(self) -> P.Snapshot:
+        now = time.time()
+        return P.Snapshot(
+            version=P.PROTOCOL_VERSION,
+            last_event_id=self.store.last_event_id if self.store else 0,
+            tickets=[self.core.ticket_view(r, now) for r in self.core.ordered()],
+            agents=[self.core.agent_view(w) for w in self.core.workers.values()],
+            leases=self.core.lease_views(),
+            approval=self.home.config.approval,
+        )
+
+    def _greeting(self) -> bytes:
+        hello = P.Hello(version=P.PROTOCOL_VERSION, home=str(self.home.root), pid=os.getpid())
+        return P.encode(hello) + P.encode(self.snapshot())
+
+    async def _dispatch(self, command: P.ClientCommand) -> P.Reply:
+        now = time.time()
+        match command:
+            case P.Status():
+                return P.Reply(ok=True, message="status", data=self.snapshot())
+            case P.CINotify(sha=sha):
+                found = self.ci.apply(sha)
+                return P.Reply(ok=found, message="applied" if found else f"no status for {sha}")
+            case P.Enqueue():
+                return self._enqueue(command)
+            case P.Approve() | P.Stop() | P.Continue():
+                name = {P.Approve: "approve", P.Stop: "stop", P.Continue: "continue"}[
+                    type(command)]
+                cmd = C.Command(name, command.ticket, now)
+            case P.Reject():
+                cmd = C.Command("reject", command.ticket, now, feedback=command.feedback)
+            case P.SetPriority():
+                cmd = C.Command("priority", command.ticket, now, priority=command.priority)
+            case P.Heartbeat():
+                cmd = C.Command("heartbeat", command.ticket, now, note=command.note)
+            case _:
+                return P.Reply(ok=False, message=f"unsupported command {type(command).__name__}")
+        if self._stopping:
+            return P.Reply(ok=False, message="the daemon is shutting down")
+        outcome = await self.ask(cmd)
+        return P.Reply(ok=outcome.ok, message=outcome.message)
+
+    def _enqueue(self, command: P.Enqueue) -> P.Reply:
+        name = Path(command.name).name
+        if not name.endswith((".yaml", ".yml")):
+            name += ".yaml"
+        try:
+            ticket = parse_ticket(command.yaml.encode(), Path(name))
+        except TicketError as exc:
+            return P.Reply(ok=False, message=str(exc))
+        target = self.home.backlog / name
+        if target.exists() or ticket.id in self.core.tickets:
+            return P.Reply(ok=False, message=f"{name}: a ticket {ticket.id!r} already exists")
+        atomic_write(target, command.yaml)
+        return P.Reply(ok=True, message=f"{ticket.id}: placed in the backlog")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr; under systemd (JOURNAL_STREAM set) without our own timestamps."""
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "<%(levelno)s>%(levelname)s %(name)s: %(message)s" if journald else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if journald:
+        # sd-daemon(3) prefixes: <3> error, <4> warning, <6> info, <7> debug.
+        class _Prefix(logging.Formatter):
+            LEVELS = {logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+            def format(self, record: logging.LogRecord) -> str:
+                record.levelno = self.LEVELS.get(record.levelno, 6)
+                return super().format(record)
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Prefix(fmt))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+def main(home: Home) -> int:
+    configure_logging()
+    try:
+        return Daemon(home).run()
+    except msgspec.DecodeError as exc:
+        log.error("state database is unreadable: %s", exc)
+        return 2

@@ -1,0 +1,98 @@
+"""Durable state in SQLite (stdlib sqlite3, WAL journal).
+
+Tables: ``tickets`` (one JSON record per ticket, see daemon.core.TicketRecord)
+and ``events`` (the append-only event log). One transaction per batch of
+inputs: the daemon commits before it announces anything on the socket.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL`` (see
+https://www.sqlite.org/pragma.html#pragma_synchronous). A killed daemon
+(``kill -9``, OOM) loses nothing that was committed; a power loss or kernel
+crash may roll back the transactions of the last moments (since the last WAL
+sync), never corrupting the database. docs/architecture.md records this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from daemon.core import TicketRecord
+from shared.protocol import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tickets (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, ticket TEXT, data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_record_decoder = msgspec.json.Decoder(TicketRecord)
+_event_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+class Store:
+    """The state database of one project home (``state.db``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        self.last_event_id: int = row[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+    def load(self) -> list[TicketRecord]:
+        """Every persisted ticket record, in arrival order."""
+        rows = self.db.execute("SELECT data FROM tickets ORDER BY seq").fetchall()
+        return [_record_decoder.decode(r[0]) for r in rows]
+
+    def commit(self, records: Iterable[TicketRecord], events: list[Event]) -> list[Event]:
+        """Persist records and events in one transaction; return the events with ids."""
+        numbered = []
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO tickets (id, seq, data) VALUES (?, ?, ?)",
+                [(r.id, r.seq, _encoder.encode(r)) for r in records],
+            )
+            rows = []
+            for event in events:
+                self.last_event_id += 1
+                event = msgspec.structs.replace(event, id=self.last_event_id)
+                numbered.append(event)
+                rows.append((event.id, event.ts, event.kind, event.ticket, _encoder.encode(event)))
+            self.db.executemany(
+                "INSERT INTO events (id, ts, kind, ticket, data) VALUES (?, ?, ?, ?, ?)", rows
+            )
+        return numbered
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def events(self, since_id: int = 0, since_ts: float = 0.0) -> Iterator[Event]:
+        """Persisted events with id > since_id and ts >= since_ts, oldest first."""
+        cursor = self.db.execute(
+            "SELECT data FROM events WHERE id > ? AND ts >= ? ORDER BY id", (since_id, since_ts)
+        )
+        for (data,) in cursor:
+            yield _event_decoder.decode(data)
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

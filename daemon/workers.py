@@ -1,0 +1,307 @@
+"""Agent workers: prepare the worktree, run the agent, commit what it left, push.
+
+Each worker ``agent-K`` owns the worktree ``<home>/worktrees/agent-K`` of the
+clone ``<home>/work`` (whose ``origin`` is repo.git). Between attempts the
+worktree is detached, so any worker can later check out any ticket branch.
+Agents are started from argv lists (never a shell) in their own session and
+process group, so a stop ends the whole tree: SIGTERM to the group, a grace
+period, then SIGKILL (like watchfiles' process supervisor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import Process
+
+from daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
+from daemon.git import git, run_git
+from shared.config import Home
+from shared.errors import GitError
+from shared.protocol import Event
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_RE = re.compile(r"\{(prompt|prompt_file|ticket_file|ticket_id|worktree|branch|"
+                            r"attempt|feedback_file)\}")
+LOG_TAIL_CHARS = 4000
+#: At most one Progress input per agent this often (s), however chatty its output.
+PROGRESS_EVERY_S = 1.0
+
+
+def fill_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:
+    """Replace the documented ``{name}`` placeholders in each argv item; leave other braces."""
+    return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], item) for item in argv]
+
+
+@dataclass
+class _Run:
+    effect: StartAgent
+    process: Process | None = None
+    stop_reason: str = ""
+    tail: bytearray = field(default_factory=bytearray)
+    status_hash: str = ""
+
+
+class Workers:
+    """Runs attempts and pushes for all workers of one home.
+
+    Args:
+        home: the project home.
+        submit: hands inputs to the core (non-blocking).
+        publish: sends non-persisted events (agent output) to socket clients.
+        repo_lock: serialises git operations that update refs in the shared clone.
+    """
+
+    def __init__(self, home: Home, submit: Callable[[list[Input]], None],
+                 publish: Callable[[list[Event]], None], repo_lock: anyio.Lock) -> None:
+        self.home = home
+        self.submit = submit
+        self.publish = publish
+        self.repo_lock = repo_lock
+        self.runs: dict[str, _Run] = {}
+
+    def worktree(self, agent: str) -> Path:
+        return self.home.worktrees / agent
+
+    async def ensure_worktrees(self, names: list[str]) -> None:
+        """Create missing worktrees (detached at origin/main); prune vanished ones."""
+        work = self.home.work
+        await git(work, "worktree", "prune")
+        for name in names:
+            path = self.worktree(name)
+            if not (path / ".git").exists():
+                await git(work, "worktree", "add", "--detach", "--force", str(path), "origin/main")
+
+    # --- an attempt -------------------------------------------------------
+
+    async def run_attempt(self, effect: StartAgent) -> None:
+        """Prepare, run and finish one attempt; always ends with an AgentExited input."""
+        run = _Run(effect)
+        self.runs[effect.agent] = run
+        try:
+            await self._run(run)
+        finally:
+            self.runs.pop(effect.agent, None)
+
+    async def _run(self, run: _Run) -> None:
+        eff = run.effect
+        wt = self.worktree(eff.agent)
+        attempt_dir = self.home.runs / eff.ticket / str(eff.attempt)
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        log_file = attempt_dir / "agent.log"
+        try:
+            start_sha = await self._prepare(wt, eff)
+        except GitError as exc:
+            self._exited(eff, None, reason=f"cannot prepare worktree: {exc}")
+            return
+        ticket_file = self._ticket_file(eff.ticket)
+        prompt = self._prompt(eff, ticket_file)
+        prompt_file = attempt_dir / "prompt.md"
+        prompt_file.write_text(prompt)
+        feedback_file = attempt_dir / "feedback.md" if eff.feedback else None
+        if feedback_file is not None:
+            feedback_file.write_text(eff.feedback)
+        values = {
+            "prompt": prompt, "prompt_file": str(prompt_file), "ticket_file": ticket_file,
+            "ticket_id": eff.ticket, "worktree": str(wt), "branch": eff.branch,
+            "attempt": str(eff.attempt), "feedback_file": str(feedback_file or ""),
+        }
+        argv = fill_placeholders(self.home.config.agent.command, values)
+        env = dict(os.environ)
+        env.update(self.home.config.agent.env)
+        env.update({
+            "ORCH_TICKET_ID": eff.ticket, "ORCH_TICKET_FILE": ticket_file,
+            "ORCH_PROMPT_FILE": str(prompt_file), "ORCH_WORKTREE": str(wt),
+            "ORCH_BRANCH": eff.branch, "ORCH_ATTEMPT": str(eff.attempt),
+            "ORCH_AGENT": eff.agent, "ORCH_FEEDBACK_FILE": str(feedback_file or ""),
+            "ORCH_CONFIG": str(self.home.config_file),
+        })
+        with open(log_file, "ab") as out:
+            out.write(f"$ {' '.join(argv)}\n".encode())
+            try:
+                run.process = await anyio.open_process(
+                    argv, cwd=wt, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as exc:
+                reason = (f"agent command not found: {argv[0]}"
+                          if isinstance(exc, FileNotFoundError)
+                          else f"cannot start agent {argv[0]}: {exc.strerror or exc}")
+                out.write(f"{reason}\n".encode())
+                await self._finish(run, wt, start_sha, None, reason)
+                return
+            process = run.process
+            self.submit([AgentStarted(eff.agent, eff.ticket, eff.attempt, process.pid,
+                                      str(log_file), str(feedback_file or ""), time.time())])
+            await self._pump_output(run, out)
+            code = await process.wait()
+            _kill_group(process.pid, signal.SIGKILL)  # what the agent left running ends too
+            out.write(f"[orchestrator] agent exited with code {code}\n".encode())
+        await self._finish(run, wt, start_sha, code, "")
+
+    async def _pump_output(self, run: _Run, out: object) -> None:
+        eff = run.effect
+        assert run.process is not None and run.process.stdout is not None
+        last_progress = 0.0
+        async for chunk in run.process.stdout:
+            out.write(chunk)  # type: ignore[attr-defined]
+            out.flush()  # type: ignore[attr-defined]
+            run.tail.extend(chunk)
+            del run.tail[:-LOG_TAIL_CHARS]
+            now = time.time()
+            self.publish([Event(id=0, ts=now, kind="agent.output", ticket=eff.ticket,
+                                agent=eff.agent, text=chunk.decode(errors="replace"))])
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                line = chunk.decode(errors="replace").strip().splitlines()
+                self.submit([Progress(eff.agent, now, note=line[-1][:120] if line else "")])
+
+    async def _prepare(self, wt: Path, eff: StartAgent) -> str:
+        """Check out the ticket branch in the worktree; return its starting commit."""
+        await self.salvage(wt, f"orchestrator: salvage before {eff.ticket} attempt {eff.attempt}")
+        async with self.repo_lock:
+            await git(self.home.work, "fetch", "--quiet", "origin", "main")
+            exists = await _branch_exists(self.home.work, eff.branch)
+            if exists and eff.rebuild:
+                backup = f"refs/orchestrator/attempts/{eff.ticket}/{eff.attempt - 1}"
+                await git(self.home.work, "update-ref", backup, f"refs/heads/{eff.branch}")
+                await git(self.home.work, "branch", "--force", eff.branch, "origin/main")
+        if exists:
+            await git(wt, "checkout", "--quiet", eff.branch)
+        else:
+            await git(wt, "checkout", "--quiet", "-b", eff.branch, "origin/main")
+        return await git(wt, "rev-parse", "HEAD")
+
+    async def salvage(self, wt: Path, message: str) -> bool:
+        """Commit whatever is uncommitted in ``wt`` on its current branch (work is never lost).
+
+        A detached HEAD gets a branch ``orchestrator/salvage/<time>`` first.
+        Returns True when something was committed.
+        """
+        if not (wt / ".git").exists():
+            return False
+        status = await git(wt, "status", "--porcelain")
+        if not status:
+            return False
+        if not await git(wt, "symbolic-ref", "-q", "HEAD", check=False):
+            await git(wt, "checkout", "--quiet", "-b", f"orchestrator/salvage/{int(time.time())}")
+        await git(wt, "add", "-A")
+        await git(wt, "commit", "--quiet", "--no-verify", "-m", message)
+        return True
+
+    async def _finish(self, run: _Run, wt: Path, start_sha: str, code: int | None,
+                      reason: str) -> None:
+        eff = run.effect
+        try:
+            await self.salvage(wt, f"{eff.ticket}: attempt {eff.attempt} by {eff.agent}\n\n"
+                                   f"Ticket: {eff.ticket}")
+            head = await git(wt, "rev-parse", "HEAD")
+            changed = await git(wt, "diff", "--name-only", "origin/main...HEAD")
+            await git(wt, "checkout", "--quiet", "--detach")
+        except GitError as exc:
+            self._exited(eff, code, reason=f"cannot commit the agent's work: {exc}",
+                         tail=bytes(run.tail), force_fail=True)
+            return
+        self._exited(eff, code, reason=reason, tail=bytes(run.tail),
+                     changed=tuple(p for p in changed.splitlines() if p),
+                     new_work=head != start_sha)
+
+    def _exited(self, eff: StartAgent, code: int | None, reason: str, tail: bytes = b"",
+                changed: tuple[str, ...] = (), new_work: bool = False,
+                force_fail: bool = False) -> None:
+        self.submit([AgentExited(
+            agent=eff.agent, ticket=eff.ticket, attempt=eff.attempt,
+            exit_code=None if force_fail else code, now=time.time(), changed=changed,
+            new_work=new_work, log_tail=tail.decode(errors="replace"), reason=reason,
+        )])
+
+    def _ticket_file(self, ticket_id: str) -> str:
+        for candidate in (self.home.backlog / f"{ticket_id}.yaml",
+                          self.home.backlog / f"{ticket_id}.yml"):
+            if candidate.exists():
+                return str(candidate)
+        return ""
+
+    def _prompt(self, eff: StartAgent, ticket_file: str) -> str:
+        text = ""
+        if ticket_file:
+            try:
+                import msgspec.yaml
+
+                from shared.models import Ticket
+
+                t = msgspec.yaml.decode(Path(ticket_file).read_bytes(), type=Ticket)
+                text = f"# {t.title}\n\n{t.description}\n"
+                if t.locks:
+                    text += "\nYou may change only these paths: " + ", ".join(t.locks) + "\n"
+            except (OSError, msgspec.DecodeError):
+                text = ""
+        text = text or f"# Ticket {eff.ticket}\n"
+        if eff.feedback:
+            text += f"\n## Feedback from the previous attempt\n\n{eff.feedback}\n"
+        return text
+
+    # --- stop, liveness, push ---------------------------------------------
+
+    async def stop(self, agent: str, reason: str) -> None:
+        """SIGTERM the agent's process group, wait ``stop_grace_s``, then SIGKILL."""
+        run = self.runs.get(agent)
+        if run is None or run.process is None or run.process.returncode is not None:
+            return
+        run.stop_reason = reason
+        pid = run.process.pid
+        log.info("%s: stopping pid %d (%s): SIGTERM", agent, pid, reason)
+        _kill_group(pid, signal.SIGTERM)
+        _kill_group(pid, signal.SIGCONT)  # a SIGSTOPped agent must see the SIGTERM
+        with anyio.move_on_after(self.home.config.agent.stop_grace_s):
+            await run.process.wait()
+            return
+        log.info("%s: pid %d still alive after %.0f s: SIGKILL", agent, pid,
+                 self.home.config.agent.stop_grace_s)
+        _kill_group(pid, signal.SIGKILL)
+
+    async def check_worktrees(self) -> None:
+        """Feed Progress for agents whose worktree changed since the last check."""
+        for agent, run in list(self.runs.items()):
+            if run.process is None:
+                continue
+            result = await run_git(self.worktree(agent), "status", "--porcelain", "-z")
+            digest = hashlib.sha1(result.stdout, usedforsecurity=False).hexdigest()
+            if run.status_hash and digest != run.status_hash:
+                self.submit([Progress(agent, time.time(), note="worktree changed")])
+            run.status_hash = digest
+
+    async def push(self, ticket: str, attempt: int, branch: str) -> None:
+        """Push the branch to repo.git (post-receive starts CI); feed Pushed."""
+        try:
+            async with self.repo_lock:
+                await git(self.home.work, "push", "--quiet", "--force", "origin",
+                          f"refs/heads/{branch}:refs/heads/{branch}")
+            sha = await git(self.home.work, "rev-parse", f"refs/heads/{branch}")
+        except GitError as exc:
+            self.submit([Pushed(ticket, attempt, "", time.time(), error=str(exc))])
+            return
+        self.submit([Pushed(ticket, attempt, sha, time.time())])
+
+
+async def _branch_exists(repo: Path, branch: str) -> bool:
+    result = await run_git(repo, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}")
+    return result.returncode == 0
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

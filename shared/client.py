@@ -1,0 +1,187 @@
+"""Clients of the daemon socket: a blocking one for CLI commands, an async one for streams.
+
+Both speak the NDJSON protocol of :mod:`shared.protocol` (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+
+from shared.errors import DaemonNotRunning, ProtocolError
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    Command,
+    Event,
+    Hello,
+    Reply,
+    ServerMessage,
+    Snapshot,
+    decode_server,
+    encode,
+)
+
+#: Snapshots of large backlogs are big; one line may be this long (bytes).
+MAX_LINE_BYTES = 256 << 20
+
+
+def _not_running(path: Path, exc: OSError) -> DaemonNotRunning:
+    return DaemonNotRunning(
+        f"no daemon answers on {path} ({exc.strerror or exc}); start it with "
+        "`orchestrator daemon --config CONFIG` or `systemctl --user start orchestrator`"
+    )
+
+
+def _check_hello(message: ServerMessage) -> Hello:
+    if not isinstance(message, Hello):
+        raise ProtocolError(f"expected a hello from the daemon, got {type(message).__name__}")
+    if message.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"the daemon speaks protocol version {message.version}, this client "
+            f"{PROTOCOL_VERSION}: restart the daemon after upgrading (or use the same version)"
+        )
+    return message
+
+
+def _decode(line: bytes) -> ServerMessage:
+    try:
+        return decode_server(line)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"the daemon sent an unreadable line: {exc}") from None
+
+
+def request(path: Path, command: Command, timeout_s: float = 30.0) -> tuple[Snapshot, Reply]:
+    """Send one command and wait for its reply (blocking; for the CLI).
+
+    Returns:
+        The snapshot the daemon sent on connect, and the reply.
+
+    Raises:
+        DaemonNotRunning: nothing listens on ``path``.
+        ProtocolError: version mismatch or an unreadable answer.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        sock.close()
+        raise _not_running(path, exc) from None
+    with sock, sock.makefile("rb") as reader:
+        command.req = "1"
+        sock.sendall(encode(command))
+        snapshot: Snapshot | None = None
+        first = True
+        while True:
+            try:
+                line = reader.readline(MAX_LINE_BYTES)
+            except TimeoutError:
+                raise ProtocolError(f"the daemon did not answer within {timeout_s:.0f} s") from None
+            if not line:
+                raise ProtocolError("the daemon closed the connection without answering")
+            message = _decode(line)
+            if first:
+                _check_hello(message)
+                first = False
+            elif isinstance(message, Snapshot):
+                snapshot = message
+            elif isinstance(message, Reply) and message.req == "1":
+                if snapshot is None:
+                    raise ProtocolError("the daemon replied before sending its snapshot")
+                return snapshot, message
+
+
+class Client:
+    """An async connection: hello, snapshot, then events; commands with replies.
+
+    Use as ``async with Client(path) as client:`` then ``client.snapshot`` and
+    ``async for message in client.messages():`` (yields :class:`Snapshot` and
+    :class:`Event`; a new snapshot arrives when the daemon dropped events for a
+    slow client). ``await client.send(cmd)`` returns the :class:`Reply`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hello: Hello | None = None
+        self.snapshot: Snapshot | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect and read hello + snapshot.
+
+        Raises:
+            DaemonNotRunning, ProtocolError.
+        """
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                str(self.path), limit=MAX_LINE_BYTES
+            )
+        except OSError as exc:
+            raise _not_running(self.path, exc) from None
+        self.hello = _check_hello(await self._read())
+        message = await self._read()
+        if not isinstance(message, Snapshot):
+            raise ProtocolError("expected a snapshot after hello")
+        self.snapshot = message
+
+    async def close(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ProtocolError("connection closed"))
+        self._pending.clear()
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except OSError:
+                pass
+            self._writer = None
+
+    async def _read(self) -> ServerMessage:
+        assert self._reader is not None
+        try:
+            line = await self._reader.readline()
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise ProtocolError(f"connection to the daemon lost: {exc}") from None
+        if not line:
+            raise ProtocolError("the daemon closed the connection")
+        return _decode(line)
+
+    async def messages(self) -> AsyncIterator[Snapshot | Event]:
+        """Yield snapshots and events until the connection ends (then ProtocolError)."""
+        while True:
+            message = await self._read()
+            if isinstance(message, Reply):
+                future = self._pending.pop(message.req or "", None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+                continue
+            if isinstance(message, Snapshot):
+                self.snapshot = message
+            if isinstance(message, Snapshot | Event):
+                yield message
+
+    async def send(self, command: Command, timeout_s: float = 30.0) -> Reply:
+        """Send a command; its reply arrives through :meth:`messages`, which must be running."""
+        assert self._writer is not None, "not connected"
+        command.req = f"c{next(self._ids)}"
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[command.req] = future
+        self._writer.write(encode(command))
+        await self._writer.drain()
+        return await asyncio.wait_for(future, timeout_s)

@@ -1,0 +1,199 @@
+"""config.yaml: the project's settings, and the paths derived from it.
+
+Every key is documented in docs/config.md. The file sits in the project home;
+all other paths (backlog, repo.git, state) are derived from its directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from shared.errors import ConfigError
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+#: AF_UNIX sun_path holds 108 bytes including the terminating NUL (unix(7)).
+MAX_SOCKET_PATH_BYTES = 107
+
+
+class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    command: Annotated[list[str], msgspec.Meta(min_length=1)]
+    """argv list; items may contain {prompt}, {prompt_file}, {ticket_file}, {ticket_id},
+    {worktree}, {branch}, {attempt}, {feedback_file}."""
+    stop_grace_s: Positive = 10.0
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class CIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    command: str = ""
+    """The repo's test command, run by ci.sh with ``bash -c`` in a throw-away checkout."""
+    timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The decoded config.yaml (see docs/config.md for each key)."""
+
+    agent: AgentConfig
+    workers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 3
+    approval: Literal["manual", "auto"] = "manual"
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
+    ci: CIConfig = msgspec.field(default_factory=CIConfig)
+    lock_policy: Literal["reject", "warn"] = "reject"
+    heartbeat_interval_s: Positive = 5.0
+    lease_ttl_s: Positive = 60.0
+    stale_after_s: Positive = 600.0
+    stale_grace_s: Positive = 120.0
+    starvation_after_s: Positive = 900.0
+    aging_interval_s: Positive = 300.0
+    rescan_interval_s: Positive = 2.0
+    socket: str | None = None
+
+
+@dataclass(frozen=True)
+class Home:
+    """The project home and every path the daemon keeps under it."""
+
+    root: Path
+    config: Config
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def backlog(self) -> Path:
+        return self.root / "backlog"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.backlog / "done"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.backlog / "rejected"
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo.git"
+
+    @property
+    def ci_status_dir(self) -> Path:
+        return self.repo / "ci-status"
+
+    @property
+    def work(self) -> Path:
+        """A non-bare clone of repo.git; the agents' worktrees belong to it."""
+        return self.root / "work"
+
+    @property
+    def worktrees(self) -> Path:
+        return self.root / "worktrees"
+
+    @property
+    def runs(self) -> Path:
+        """runs/<ticket>/<attempt>/: prompt, feedback and agent log per attempt."""
+        return self.root / "runs"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def socket_path(self) -> Path:
+        return socket_path_for(self.root, self.config.socket)
+
+
+def load_config(path: Path) -> Home:
+    """Read config.yaml and return the project home it describes.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown key or wrong type; the
+            message names the file and the key.
+    """
+    import msgspec.yaml
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file "
+            "(create a project with `orchestrator init DIR --from REPO`)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        config = msgspec.yaml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_with_key(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    if config.lease_ttl_s <= config.heartbeat_interval_s:
+        raise ConfigError(f"{path}: lease_ttl_s must be greater than heartbeat_interval_s")
+    return Home(root=path.resolve().parent, config=config)
+
+
+def _with_key(message: str) -> str:
+    if " - at `$." in message:
+        reason, _, key = message.partition(" - at `$.")
+        return f"{key.rstrip('`')}: {reason}"
+    return message
+
+
+def default_config_path() -> Path:
+    """``$ORCH_CONFIG``, else ./config.yaml."""
+    return Path(os.environ.get("ORCH_CONFIG", "config.yaml"))
+
+
+def runtime_dir() -> Path:
+    """A private directory (mode 0700, owned by us) for sockets.
+
+    ``$XDG_RUNTIME_DIR/orchestrator`` when that is set (XDG Base Directory
+    Specification), else ``/tmp/orchestrator-<uid>``.
+
+    Raises:
+        ConfigError: the fallback directory exists but is not ours or not private.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "orchestrator" if base else Path(f"/tmp/orchestrator-{os.getuid()}")
+    try:
+        path.mkdir(mode=0o700, parents=False, exist_ok=True)
+    except FileNotFoundError:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(f"{path}: socket directory is not a directory owned by you")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def socket_path_for(root: Path, configured: str | None) -> Path:
+    """The daemon socket of the home at ``root``.
+
+    Raises:
+        ConfigError: the path does not fit in AF_UNIX's 107 bytes.
+    """
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_absolute():
+            path = root / path
+    else:
+        digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+        path = runtime_dir() / f"{root.name[:20]}-{digest}.sock"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(
+            f"socket path {path} is {len(os.fsencode(path))} bytes, more than AF_UNIX allows "
+            f"({MAX_SOCKET_PATH_BYTES}); set `socket:` in config.yaml to a shorter path"
+        )
+    return path

@@ -1,0 +1,260 @@
+"""Tickets, their states, and the views of tickets, agents and leases.
+
+The ticket file format is documented in docs/tickets.md; these structs are the
+single source of truth for it. Decoding uses ``msgspec.yaml`` (a safe loader);
+``msgspec`` reports type errors with a JSON path such as ``$.priority``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from shared.errors import TicketError
+
+#: Ticket ids become part of a git branch name (``agent-K/<id>``), so they are
+#: restricted to a subset that git-check-ref-format(1) always accepts.
+TICKET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+Priority = Annotated[int, msgspec.Meta(ge=0, le=4)]
+Attempts = Annotated[int, msgspec.Meta(ge=1, le=50)]
+
+
+class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A unit of work for one agent, as written by a person in the backlog.
+
+    Attributes:
+        title: one-line summary shown everywhere.
+        id: branch-safe identifier; defaults to the file name stem.
+        priority: 0 (P0, most urgent) .. 4 (P4); default 2.
+        description: the agent's instructions (its prompt).
+        locks: repo-relative files, directories or globs the ticket may change.
+        depends_on: ids of tickets that must be merged first.
+        max_attempts: overrides the project's ``max_attempts`` for this ticket.
+    """
+
+    title: str
+    id: str | None = None
+    priority: Priority = 2
+    description: str = ""
+    locks: list[str] = msgspec.field(default_factory=list)
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    max_attempts: Attempts | None = None
+
+
+def check_ticket_id(ticket_id: str) -> str | None:
+    """Return why ``ticket_id`` cannot name a branch, or None when it can."""
+    if not TICKET_ID_RE.match(ticket_id):
+        return (
+            "must start with a letter or digit and use only letters, digits, '.', '_' "
+            "or '-' (at most 100 characters)"
+        )
+    if ".." in ticket_id or ticket_id.endswith((".lock", ".")):
+        return "must not contain '..' or end with '.' or '.lock' (git branch rules)"
+    return None
+
+
+def _yaml_decode(data: bytes) -> Ticket:
+    import msgspec.yaml
+
+    return msgspec.yaml.decode(data, type=Ticket)
+
+
+def parse_ticket(data: bytes, path: Path) -> Ticket:
+    """Decode and validate one ticket file's bytes.
+
+    Args:
+        data: the raw file content (UTF-8 YAML).
+        path: where it came from; its stem is the default id and its name is
+            used in error messages.
+
+    Returns:
+        The ticket with ``id`` filled in and every lock normalised.
+
+    Raises:
+        TicketError: one line ``<file>: <field>: <reason>`` naming the problem.
+    """
+    from daemon.locks import normalize_lock
+
+    name = str(path)
+    if not data.strip():
+        raise TicketError(f"{name}: file is empty")
+    try:
+        ticket = _yaml_decode(data)
+    except msgspec.ValidationError as exc:
+        raise TicketError(f"{name}: {_field_of(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "not valid YAML"
+        raise TicketError(f"{name}: invalid YAML: {reason}") from None
+    if ticket.id is None:
+        ticket.id = path.stem
+        where = "file name"
+    else:
+        where = "id"
+    why = check_ticket_id(ticket.id)
+    if why:
+        raise TicketError(f"{name}: {where} {ticket.id!r} {why}")
+    if not ticket.title.strip():
+        raise TicketError(f"{name}: title: must not be empty")
+    locks = []
+    for spec in ticket.locks:
+        try:
+            locks.append(normalize_lock(spec))
+        except ValueError as exc:
+            raise TicketError(f"{name}: locks: {exc}") from None
+    ticket.locks = locks
+    for dep in ticket.depends_on:
+        if check_ticket_id(dep):
+            raise TicketError(f"{name}: depends_on: {dep!r} is not a valid ticket id")
+    if ticket.id in ticket.depends_on:
+        raise TicketError(f"{name}: depends_on: a ticket cannot depend on itself")
+    return ticket
+
+
+def _field_of(message: str) -> str:
+    """Turn msgspec's ``Expected `int` - at `$.priority``` into ``priority: Expected `int```."""
+    match = re.search(r"^(.*) - at `\$\.?([^`]*)`$", message)
+    if match:
+        field = match.group(2) or "(document)"
+        return f"{field}: {match.group(1)}"
+    if message.startswith("Object contains unknown field"):
+        return f"unknown field: {message.split('`')[1] if '`' in message else message}"
+    if message.startswith("Object missing required field"):
+        return f"{message.split('`')[1]}: missing required field"
+    return message
+
+
+def load_ticket(path: Path) -> Ticket:
+    """Read and :func:`parse_ticket` a file.
+
+    Raises:
+        TicketError: unreadable or invalid file.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TicketError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_ticket(data, path)
+
+
+class TicketState(enum.StrEnum):
+    """Where a ticket is in its life. See docs/architecture.md for transitions."""
+
+    QUEUED = "queued"
+    """Waiting in the priority heap (possibly waiting on a dependency or lock)."""
+    BLOCKED = "blocked"
+    """A dependency failed or was cancelled; waits until it is continued."""
+    RUNNING = "running"
+    """An agent works on it in a worktree."""
+    CI_RUNNING = "ci_running"
+    """Its branch was pushed; CI runs on the pushed commit."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    """CI passed; waits for a person to approve (``c``)."""
+    MERGING = "merging"
+    """Being rebased onto main, re-checked and fast-forwarded."""
+    MERGED = "merged"
+    """Fast-forwarded into main. Final."""
+    STOPPED = "stopped"
+    """Stopped by a person; work committed on its branch; ``continue`` resumes it."""
+    FAILED = "failed"
+    """Used up its attempts; ``continue`` grants one more."""
+    REJECTED = "rejected"
+    """Invalid file, or rejected at intake (cycle); the file is in backlog/rejected/."""
+    CANCELLED = "cancelled"
+    """Its file was removed from the backlog while it was queued."""
+
+
+#: States from which nothing more happens without a person.
+FINAL_STATES = frozenset({TicketState.MERGED, TicketState.REJECTED, TicketState.CANCELLED})
+#: States in which a ticket holds a worker.
+ACTIVE_STATES = frozenset({
+    TicketState.RUNNING, TicketState.CI_RUNNING, TicketState.AWAITING_APPROVAL, TicketState.MERGING,
+})
+
+
+class AgentState(enum.StrEnum):
+    """A worker's state, as shown in the agents panel."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    """The agent process runs."""
+    STALE = "stale"
+    """The agent process shows no progress for ``stale_after_s``."""
+    STOPPING = "stopping"
+    WAITING_CI = "ci_running"
+    """Its ticket's branch is in CI; the worker stays with the ticket."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    MERGING = "merging"
+
+
+class CIView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The latest CI result of a ticket, from repo.git/ci-status/<sha>.json."""
+
+    sha: str
+    status: str = "running"
+    """``running``, ``pass``, ``fail`` or ``error``."""
+    duration_s: float | None = None
+    log_tail: str = ""
+
+
+class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One ticket as the daemon reports it (snapshot, events, ``status --json``)."""
+
+    id: str
+    title: str
+    state: TicketState
+    priority: int
+    effective_priority: float
+    locks: list[str] = msgspec.field(default_factory=list)
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    agent: str | None = None
+    branch: str | None = None
+    attempt: int = 0
+    max_attempts: int = 3
+    reason: str = ""
+    """Why it waits, failed or was refused; empty when nothing to say."""
+    queued_at: float = 0.0
+    """Unix time (s) the ticket entered the queue; the heap's age tie-break."""
+    state_since: float = 0.0
+    """Unix time (s) of the last state change."""
+    rank: float = 0.0
+    """Queue order key: lower is taken first (see docs/scheduling.md)."""
+    ci: CIView | None = None
+    file: str = ""
+    """The ticket file's current path."""
+    log_file: str = ""
+    """The current attempt's agent output log."""
+    feedback_file: str = ""
+
+
+class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One worker ``agent-K`` as the daemon reports it."""
+
+    name: str
+    state: AgentState
+    worktree: str
+    ticket: str | None = None
+    branch: str | None = None
+    attempt: int = 0
+    pid: int | None = None
+    state_since: float = 0.0
+    last_activity: float = 0.0
+    """Unix time (s) of the agent's last output, worktree change or heartbeat."""
+    note: str = ""
+    """The last ``orchestrator heartbeat --note`` text or output line."""
+
+
+class LeaseView(msgspec.Struct, kw_only=True):
+    """One held path lock."""
+
+    path: str
+    ticket: str
+    agent: str
+    acquired_at: float
+    expires_at: float
+    reserved: bool = False
+    """True for a starvation reservation (held for a waiting ticket)."""
