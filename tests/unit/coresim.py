@@ -1,0 +1,114 @@
+"""A driver for the pure Core: performs its effects the way the shell would, in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from daemon import core as C
+from shared.config import AgentConfig, Config
+from shared.models import ACTIVE_STATES, Ticket, TicketState
+
+
+def make_config(**overrides: object) -> Config:
+    values: dict[str, object] = {"agent": AgentConfig(command=["agent"]), "workers": 3}
+    values.update(overrides)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+def ticket(tid: str, priority: int = 2, locks: list[str] | None = None,
+           depends_on: list[str] | None = None, max_attempts: int | None = None) -> Ticket:
+    return Ticket(id=tid, title=f"ticket {tid}", priority=priority, locks=locks or [],
+                  depends_on=depends_on or [], max_attempts=max_attempts)
+
+
+@dataclass
+class Sim:
+    """Holds a Core, a clock and the effects it asked for."""
+
+    core: C.Core
+    now: float = 1000.0
+    effects: list[C.Effect] = field(default_factory=list)
+    events: list = field(default_factory=list)
+    shas: int = 0
+
+    @classmethod
+    def new(cls, workers: int = 3, **config: object) -> Sim:
+        cfg = make_config(workers=workers, **config)
+        names = {f"agent-{k}": f"/wt/agent-{k}" for k in range(1, workers + 1)}
+        return cls(C.Core(cfg, names))
+
+    def feed(self, item: C.Input) -> C.Outcome:
+        out = self.core.handle(item)
+        self.effects += out.effects
+        self.events += out.events
+        return out
+
+    def add(self, t: Ticket, path: str | None = None) -> C.Outcome:
+        return self.feed(C.TicketRead(path=path or f"/backlog/{t.id}.yaml", now=self.now,
+                                      ticket=t))
+
+    def tick(self, dt: float = 1.0) -> C.Outcome:
+        self.now += dt
+        return self.feed(C.Tick(self.now))
+
+    def command(self, name: str, tid: str, **kw: object) -> C.Outcome:
+        return self.feed(C.Command(name, tid, self.now, **kw))  # type: ignore[arg-type]
+
+    def take(self, kind: type) -> list:
+        found = [e for e in self.effects if isinstance(e, kind)]
+        self.effects = [e for e in self.effects if not isinstance(e, kind)]
+        return found
+
+    def state(self, tid: str) -> TicketState:
+        return self.core.tickets[tid].state
+
+    def rec(self, tid: str) -> C.TicketRecord:
+        return self.core.tickets[tid]
+
+    # --- acting out an attempt ------------------------------------------
+
+    def start(self, eff: C.StartAgent, pid: int = 100) -> None:
+        self.feed(C.AgentStarted(eff.agent, eff.ticket, eff.attempt, pid, "/log", "", self.now))
+
+    def exit(self, eff: C.StartAgent, code: int = 0, changed: tuple[str, ...] | None = None,
+             new_work: bool = True, tail: str = "") -> None:
+        if changed is None:
+            changed = tuple(self.rec(eff.ticket).ticket.locks[:1]) or ()
+        self.feed(C.AgentExited(eff.agent, eff.ticket, eff.attempt, code, self.now,
+                                changed=changed, new_work=new_work, log_tail=tail))
+
+    def push(self, push: C.Push) -> str:
+        self.shas += 1
+        sha = f"{self.shas:040x}"
+        self.feed(C.Pushed(push.ticket, push.attempt, sha, self.now))
+        return sha
+
+    def ci(self, sha: str, status: str = "pass", tail: str = "") -> None:
+        self.feed(C.CIResult(sha=sha, status=status, now=self.now, exit_code=0, log_tail=tail))
+
+    def run_to_ci(self, eff: C.StartAgent) -> str:
+        """Start + successful exit + push; returns the pushed sha."""
+        self.start(eff)
+        self.exit(eff)
+        (push,) = self.take(C.Push)
+        return self.push(push)
+
+
+def check_invariants(core: C.Core) -> None:
+    """The rules that must hold after every input."""
+    leases = core.locks.leases()
+    from daemon.locks import locks_overlap
+
+    for i, a in enumerate(leases):
+        for b in leases[i + 1:]:
+            assert a.owner == b.owner or not locks_overlap(a.path, b.path), (a, b)
+    for lease in leases:
+        assert core.tickets[lease.owner].state in ACTIVE_STATES, lease
+    holders = {w.ticket: w.name for w in core.workers.values() if w.ticket}
+    assert len(holders) == sum(1 for w in core.workers.values() if w.ticket)
+    for rec in core.tickets.values():
+        if rec.state in ACTIVE_STATES:
+            assert holders.get(rec.id) == rec.agent, (rec.id, rec.state, holders)
+        else:
+            assert rec.id not in holders, (rec.id, rec.state)
+        assert isinstance(rec.state, TicketState)

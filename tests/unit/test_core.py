@@ -1,0 +1,320 @@
+"""The pure state machine: scheduling, retries, approval, stop/continue, liveness."""
+
+from __future__ import annotations
+
+from daemon import core as C
+from shared.models import TicketState as S
+from tests.unit.coresim import Sim, check_invariants, ticket
+
+
+def test_most_urgent_first_then_age():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("low", priority=3))
+    # the single worker took "low" at once; the next ones queue behind it
+    sim.add(ticket("p1-old", priority=1))
+    sim.now += 1
+    sim.add(ticket("p1-new", priority=1))
+    sim.add(ticket("p0", priority=0))
+    (first,) = sim.take(C.StartAgent)
+    assert first.ticket == "low"
+    order = [r.id for r in sim.core.ordered() if r.state == S.QUEUED]
+    assert order == ["p0", "p1-old", "p1-new"]
+    sim.command("stop", "low")
+    sim.exit(first)
+    (nxt,) = sim.take(C.StartAgent)
+    assert nxt.ticket == "p0"
+    check_invariants(sim.core)
+
+
+def test_branch_and_attempt_of_an_assignment():
+    sim = Sim.new(workers=2)
+    sim.add(ticket("a"))
+    (eff,) = sim.take(C.StartAgent)
+    assert (eff.agent, eff.branch, eff.attempt, eff.feedback) == ("agent-1", "agent-1/a", 1, "")
+    assert sim.state("a") == S.RUNNING
+
+
+def test_lock_conflict_waits_and_does_not_block_others():
+    sim = Sim.new(workers=3)
+    sim.add(ticket("holder", priority=2, locks=["src/api/"]))
+    sim.add(ticket("blocked", priority=0, locks=["src/api/avatar.py"]))
+    sim.add(ticket("free", priority=4, locks=["docs/"]))
+    started = {e.ticket for e in sim.take(C.StartAgent)}
+    assert started == {"holder", "free"}
+    assert sim.state("blocked") == S.QUEUED
+    assert "lock src/api held by holder" in sim.rec("blocked").reason
+    check_invariants(sim.core)
+
+
+def test_dependency_waits_for_merge_then_runs():
+    sim = Sim.new(workers=2)
+    sim.add(ticket("child", priority=0, depends_on=["parent"]))
+    sim.add(ticket("parent", priority=4))
+    (eff,) = sim.take(C.StartAgent)
+    assert eff.ticket == "parent"
+    assert "waits for 'parent'" in sim.rec("child").reason
+    sha = sim.run_to_ci(eff)
+    sim.ci(sha)
+    sim.command("approve", "parent")
+    (merge,) = sim.take(C.Merge)
+    assert sim.take(C.StartAgent) == []
+    sim.feed(C.MergeResult("parent", "merged", sim.now, sha=sha))
+    assert sim.state("parent") == S.MERGED
+    (child,) = sim.take(C.StartAgent)
+    assert child.ticket == "child"
+
+
+def test_ci_failure_retries_with_feedback_then_passes_and_merges():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["a.py"]))
+    (eff,) = sim.take(C.StartAgent)
+    sha = sim.run_to_ci(eff)
+    assert sim.state("t") == S.CI_RUNNING
+    sim.ci(sha, "fail", tail="AssertionError: 0.1 != 0.10")
+    (retry,) = sim.take(C.StartAgent)
+    assert (retry.attempt, retry.branch, retry.agent) == (2, "agent-1/t", "agent-1")
+    assert "AssertionError: 0.1 != 0.10" in retry.feedback
+    sha2 = sim.run_to_ci(retry)
+    sim.ci(sha2, "pass")
+    assert sim.state("t") == S.AWAITING_APPROVAL
+    reply = sim.command("approve", "t")
+    assert reply.ok
+    (merge,) = sim.take(C.Merge)
+    assert merge.branch == "agent-1/t"
+    sim.feed(C.MergeResult("t", "merged", sim.now, sha=sha2))
+    assert sim.state("t") == S.MERGED
+    (move,) = sim.take(C.MoveFile)
+    assert move.dest == "done"
+    assert sim.core.workers["agent-1"].ticket is None
+    assert len(sim.core.locks) == 0
+
+
+def test_attempts_used_up_fail_the_ticket_and_block_dependents():
+    sim = Sim.new(workers=2)
+    sim.add(ticket("t", max_attempts=2))
+    sim.add(ticket("dep", depends_on=["t"]))
+    for _ in range(2):
+        (eff,) = sim.take(C.StartAgent)
+        sim.start(eff)
+        sim.exit(eff, code=3, tail="boom")
+    assert sim.state("t") == S.FAILED
+    assert "agent exited with code 3" in sim.rec("t").reason
+    assert sim.state("dep") == S.BLOCKED
+    assert "dependency 't' is failed" in sim.rec("dep").reason
+    sim.command("continue", "t")
+    assert sim.state("t") == S.RUNNING
+    assert sim.state("dep") == S.QUEUED
+    check_invariants(sim.core)
+
+
+def test_no_change_fails_the_attempt():
+    sim = Sim.new(workers=1, max_attempts=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.exit(eff, new_work=False, changed=())
+    assert sim.state("t") == S.FAILED
+    assert "changed nothing" in sim.rec("t").reason
+
+
+def test_changes_outside_locks_are_rejected_with_the_paths_named():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["src/a.py"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.exit(eff, changed=("src/a.py", "src/b.py", "README.md"))
+    assert sim.take(C.Push) == []
+    (retry,) = sim.take(C.StartAgent)
+    assert "README.md, src/b.py" in retry.feedback
+    assert "outside its locks" in sim.rec("t").reason
+
+
+def test_lock_policy_warn_pushes_and_warns():
+    sim = Sim.new(workers=1, lock_policy="warn")
+    sim.add(ticket("t", locks=["src/a.py"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.exit(eff, changed=("src/b.py",))
+    assert len(sim.take(C.Push)) == 1
+    assert any(e.kind == "warning" and "src/b.py" in e.message for e in sim.events)
+
+
+def test_stop_running_then_continue_on_the_same_branch():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["x"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.start(eff)
+    out = sim.command("stop", "t")
+    assert out.ok
+    (stop,) = sim.take(C.StopAgent)
+    assert stop.reason == "stop"
+    assert sim.command("stop", "t").message.endswith("already stopping")
+    sim.exit(eff, code=-15)
+    assert sim.state("t") == S.STOPPED
+    assert len(sim.core.locks) == 0
+    assert sim.core.workers["agent-1"].ticket is None
+    sim.command("continue", "t")
+    (again,) = sim.take(C.StartAgent)
+    assert (again.branch, again.attempt) == ("agent-1/t", 2)
+
+
+def test_commands_are_idempotent():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.ci(sim.run_to_ci(eff))
+    assert sim.command("approve", "t").ok
+    second = sim.command("approve", "t")
+    assert second.ok and "already approved" in second.message
+    assert len(sim.take(C.Merge)) == 1
+    assert not sim.command("approve", "nope").ok
+
+
+def test_reject_sends_back_with_feedback():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.ci(sim.run_to_ci(eff))
+    out = sim.command("reject", "t", feedback="please add a test")
+    assert out.ok
+    (retry,) = sim.take(C.StartAgent)
+    assert "please add a test" in retry.feedback and retry.attempt == 2
+
+
+def test_merge_conflict_rebuilds_the_branch_with_feedback():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.ci(sim.run_to_ci(eff))
+    sim.command("approve", "t")
+    sim.take(C.Merge)
+    sim.feed(C.MergeResult("t", "conflict", sim.now, text="conflicting files: a.py"))
+    (retry,) = sim.take(C.StartAgent)
+    assert retry.rebuild and "a.py" in retry.feedback
+
+
+def test_merge_recheck_waits_for_ci_on_the_rebased_commit():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.ci(sim.run_to_ci(eff))
+    sim.command("approve", "t")
+    sim.take(C.Merge)
+    sim.feed(C.MergeResult("t", "recheck", sim.now, sha="b" * 40))
+    assert sim.state("t") == S.MERGING
+    sim.ci("b" * 40, "pass")
+    assert len(sim.take(C.Merge)) == 1
+
+
+def test_auto_approval_merges_without_a_person():
+    sim = Sim.new(workers=1, approval="auto")
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.ci(sim.run_to_ci(eff))
+    assert sim.state("t") == S.MERGING
+    assert len(sim.take(C.Merge)) == 1
+
+
+def test_bad_tickets_are_rejected_with_a_reason():
+    sim = Sim.new(workers=1)
+    sim.feed(C.TicketRead(path="/b/x.yaml", now=sim.now, error="x.yaml: priority: bad"))
+    (move,) = sim.take(C.MoveFile)
+    assert (move.dest, move.error) == ("rejected", "x.yaml: priority: bad")
+    sim.add(ticket("a"), path="/b/a.yaml")
+    sim.add(ticket("a"), path="/b/a-copy.yaml")
+    (dup,) = sim.take(C.MoveFile)
+    assert dup.path == "/b/a-copy.yaml" and "duplicate ticket id" in dup.error
+
+
+def test_dependency_cycle_is_rejected():
+    sim = Sim.new(workers=0)
+    sim.add(ticket("a", depends_on=["b"]))
+    sim.add(ticket("b", depends_on=["c"]))
+    sim.add(ticket("c", depends_on=["a"]))
+    (move,) = sim.take(C.MoveFile)
+    assert move.path.endswith("c.yaml")
+    assert "cycle c -> a -> b -> c" in move.error
+
+
+def test_unknown_dependency_is_rejected_after_a_grace_period():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("a", depends_on=["ghost"]))
+    sim.tick(1)
+    assert sim.state("a") == S.QUEUED
+    sim.tick(C.UNKNOWN_DEPENDENCY_GRACE_S + 1)
+    assert sim.state("a") == S.REJECTED
+    (move,) = sim.take(C.MoveFile)
+    assert "unknown ticket 'ghost'" in move.error
+
+
+def test_editing_and_removing_a_queued_ticket():
+    sim = Sim.new(workers=0)
+    sim.add(ticket("a", priority=4))
+    sim.add(ticket("a", priority=0))
+    assert sim.rec("a").ticket.priority == 0
+    sim.feed(C.TicketFileGone("/backlog/a.yaml", sim.now))
+    assert sim.state("a") == S.CANCELLED
+    sim.add(ticket("a", priority=1))
+    assert sim.state("a") == S.QUEUED
+
+
+def test_stale_agent_is_flagged_then_stopped_and_requeued():
+    sim = Sim.new(workers=1, stale_after_s=100.0, stale_grace_s=50.0, lease_ttl_s=1000.0)
+    sim.add(ticket("t", locks=["a"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.start(eff)
+    sim.tick(99)
+    assert not any(e.kind == "agent.stale" for e in sim.events)
+    sim.tick(2)
+    assert any(e.kind == "agent.stale" for e in sim.events)
+    assert sim.core.agent_view(sim.core.workers["agent-1"]).state == "stale"
+    sim.tick(51)
+    (stop,) = sim.take(C.StopAgent)
+    assert stop.reason == "stale"
+    sim.exit(eff, code=-15)
+    assert sim.state("t") in (S.QUEUED, S.RUNNING)
+    (again,) = sim.take(C.StartAgent)
+    assert again.attempt == 2 and again.branch == "agent-1/t"
+
+
+def test_progress_keeps_an_agent_fresh():
+    sim = Sim.new(workers=1, stale_after_s=100.0, stale_grace_s=50.0)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.start(eff)
+    for _ in range(10):
+        sim.tick(60)
+        sim.feed(C.Progress("agent-1", sim.now, note="thinking"))
+    assert not any(e.kind == "agent.stale" for e in sim.events)
+    out = sim.command("heartbeat", "t", note="still here")
+    assert out.ok
+
+
+def test_aging_lets_old_low_priority_work_overtake():
+    sim = Sim.new(workers=0, aging_interval_s=10.0)
+    sim.add(ticket("old-p4", priority=4))
+    sim.now += 41
+    sim.add(ticket("new-p0", priority=0))
+    assert [r.id for r in sim.core.ordered()][:2] == ["old-p4", "new-p0"]
+
+
+def test_starving_ticket_reserves_its_locks():
+    sim = Sim.new(workers=2, starvation_after_s=100.0)
+    sim.add(ticket("narrow-1", locks=["src/a.py"]))
+    sim.add(ticket("wide", priority=0, locks=["src/"]))
+    sim.take(C.StartAgent)
+    sim.tick(101)
+    assert sim.rec("wide").reserved
+    sim.add(ticket("narrow-2", priority=0, locks=["src/b.py"]))
+    assert sim.take(C.StartAgent) == []
+    assert "src" in sim.rec("narrow-2").reason
+
+
+def test_restore_requeues_running_work_without_counting_the_attempt():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["a"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.start(eff)
+    records = list(sim.core.tickets.values())
+    fresh = Sim.new(workers=1)
+    out = fresh.core.restore(records, sim.now + 5)
+    (again,) = [e for e in out.effects if isinstance(e, C.StartAgent)]
+    assert (again.attempt, again.branch) == (1, "agent-1/t")
+    check_invariants(fresh.core)

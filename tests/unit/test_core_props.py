@@ -1,0 +1,121 @@
+"""Property tests of the pure core over random sequences of inputs (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon import core as C
+from shared.models import TicketState as S
+from tests.unit.coresim import Sim, check_invariants, ticket
+
+LOCKS = ["src/", "src/a.py", "src/b.py", "docs/*.md", "docs/", "tests/", "README.md"]
+IDS = [f"t{i}" for i in range(8)]
+
+op = st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(IDS), st.integers(0, 4),
+              st.lists(st.sampled_from(LOCKS), max_size=2, unique=True),
+              st.lists(st.sampled_from(IDS), max_size=1)),
+    st.tuples(st.just("tick"), st.floats(0.5, 400.0)),
+    st.tuples(st.just("exit"), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("push"), st.booleans()),
+    st.tuples(st.just("ci"), st.sampled_from(["pass", "fail", "error"])),
+    st.tuples(st.just("merge"), st.sampled_from(["merged", "recheck", "conflict", "error"])),
+    st.tuples(st.just("cmd"), st.sampled_from(["approve", "stop", "continue", "reject"]),
+              st.sampled_from(IDS)),
+    st.tuples(st.just("progress"), st.integers(1, 3)),
+    st.tuples(st.just("gone"), st.sampled_from(IDS)),
+)
+
+
+def play(sim: Sim, step: tuple) -> None:
+    kind = step[0]
+    if kind == "add":
+        _, tid, prio, locks, deps = step
+        sim.add(ticket(tid, priority=prio, locks=locks, depends_on=[d for d in deps if d != tid]))
+    elif kind == "tick":
+        sim.tick(step[1])
+    elif kind == "exit":
+        starts = sim.take(C.StartAgent)
+        sim.effects += starts[1:]
+        if starts:
+            eff = starts[0]
+            sim.start(eff)
+            sim.exit(eff, code=step[1], new_work=step[2])
+    elif kind == "push":
+        pushes = sim.take(C.Push)
+        sim.effects += pushes[1:]
+        if pushes:
+            if step[1]:
+                sim.push(pushes[0])
+            else:
+                sim.feed(C.Pushed(pushes[0].ticket, pushes[0].attempt, "", sim.now, error="x"))
+    elif kind == "ci":
+        waiting = [r for r in sim.core.tickets.values() if r.ci_sha]
+        if waiting:
+            sim.ci(waiting[0].ci_sha or "", step[1])
+    elif kind == "merge":
+        merges = sim.take(C.Merge)
+        sim.effects += merges[1:]
+        if merges:
+            sim.shas += 1
+            sim.feed(C.MergeResult(merges[0].ticket, step[1], sim.now, sha=f"{sim.shas:040x}"))
+    elif kind == "cmd":
+        sim.command(step[1], step[2], feedback="fb")
+    elif kind == "progress":
+        sim.feed(C.Progress(f"agent-{step[1]}", sim.now, note="x"))
+    elif kind == "gone":
+        sim.feed(C.TicketFileGone(f"/backlog/{step[1]}.yaml", sim.now))
+    for stop in sim.take(C.StopAgent):  # the shell stops the process; it exits
+        rec = sim.core.tickets[stop.ticket]
+        sim.feed(C.AgentExited(stop.agent, stop.ticket, rec.attempt, -15, sim.now,
+                               new_work=True, changed=tuple(rec.ticket.locks[:1])))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=60))
+def test_invariants_hold_for_any_sequence(steps):
+    sim = Sim.new(workers=3, stale_after_s=300.0, stale_grace_s=100.0, lease_ttl_s=200.0,
+                  heartbeat_interval_s=5.0, starvation_after_s=500.0)
+    added: set[str] = set()
+    for step in steps:
+        play(sim, step)
+        if step[0] == "add":
+            added.add(step[1])
+        check_invariants(sim.core)
+        # no ticket lost: every valid intake is known, in exactly one state
+        assert added <= set(sim.core.tickets) | _rejected_ids(sim)
+    restored = Sim.new(workers=3)
+    restored.core.restore(list(sim.core.tickets.values()), sim.now)
+    check_invariants(restored.core)
+
+
+def _rejected_ids(sim: Sim) -> set[str]:
+    return {e.message.split(".yaml", 1)[0] for e in sim.events if e.kind == "ticket.rejected"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4))
+def test_p4_finishes_under_a_steady_p0_load(workers, p0_per_round):
+    """Aging bounds the wait: a P4 ticket merges although P0 work keeps arriving."""
+    sim = Sim.new(workers=workers, approval="auto", aging_interval_s=60.0)
+    sim.add(ticket("slow", priority=4))
+    for w in range(workers):
+        sim.add(ticket(f"warm{w}", priority=0))
+    n = 0
+    for _ in range(400):
+        for _ in range(p0_per_round):
+            n += 1
+            sim.add(ticket(f"p0-{n}", priority=0))
+        sim.now += 30
+        for eff in sim.take(C.StartAgent):
+            sim.start(eff)
+            sim.exit(eff)
+        for push in sim.take(C.Push):
+            sim.ci(sim.push(push))
+        for merge in sim.take(C.Merge):
+            sim.feed(C.MergeResult(merge.ticket, "merged", sim.now, sha="f" * 40))
+        check_invariants(sim.core)
+        if sim.state("slow") == S.MERGED:
+            return
+    raise AssertionError("the P4 ticket never ran under a steady P0 load")
