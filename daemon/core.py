@@ -234,6 +234,7 @@ class StartAgent:
     branch: str
     feedback: str
     rebuild: bool
+    ticket_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -663,7 +664,7 @@ class Core:
         self._set_state(rec, S.RUNNING, now)
         assert rec.branch is not None
         self._effect(StartAgent(worker.name, rec.id, rec.attempt, rec.branch, rec.feedback,
-                                rec.rebuild))
+                                rec.rebuild, rec.file))
         rec.rebuild = False
 
     # --- agent lifecycle --------------------------------------------------

@@ -66,11 +66,11 @@ def start_daemon(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
     Raises:
         OrchestratorError: it exited or did not answer within 30 s (its log says why).
     """
-    out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "daemon", "--config", str(config)],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "daemon", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
     socket_path = load_config(config).socket_path
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

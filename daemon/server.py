@@ -109,8 +109,10 @@ class Server:
                 tg.start_soon(self._writer, peer)
                 await self._reader(peer)
                 tg.cancel_scope.cancel()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+        except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the client went away
+        except* Exception:
+            log.exception("socket client handler failed")
         finally:
             self.peers.discard(peer)
 

@@ -16,7 +16,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -209,7 +211,11 @@ class Daemon:
         total = C.Outcome()
         waiters = []
         for item, done in batch:
-            outcome = self.core.handle(item)
+            try:
+                outcome = self.core.handle(item)
+            except Exception as exc:  # a bug in a rule must not stop the team
+                log.exception("applying %r failed", item)
+                outcome = C.Outcome(ok=False, message=f"internal error: {exc}")
             total.effects += outcome.effects
             total.events += outcome.events
             total.dirty |= outcome.dirty
@@ -245,18 +251,25 @@ class Daemon:
         for effect in effects:
             match effect:
                 case C.StartAgent():
-                    self._tg.start_soon(self.workers.run_attempt, effect)
+                    self._tg.start_soon(self._guarded, self.workers.run_attempt(effect))
                 case C.StopAgent():
-                    self._tg.start_soon(self.workers.stop, effect.agent, effect.reason)
+                    self._tg.start_soon(self._guarded,
+                                        self.workers.stop(effect.agent, effect.reason))
                 case C.Push():
-                    self._tg.start_soon(self._push, effect)
+                    self._tg.start_soon(self._guarded, self.workers.push(
+                        effect.ticket, effect.attempt, effect.branch))
                 case C.Merge():
-                    self._tg.start_soon(self._merge, effect)
+                    self._tg.start_soon(self._guarded, self._merge(effect))
                 case C.MoveFile():
                     self._move(effect)
 
-    async def _push(self, effect: C.Push) -> None:
-        await self.workers.push(effect.ticket, effect.attempt, effect.branch)
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run an effect; a bug in it is logged and announced, never fatal to the daemon."""
+        try:
+            await work
+        except Exception as exc:
+            log.exception("effect failed")
+            self.notice(f"internal error ({type(exc).__name__}: {exc}); see the daemon log")
 
     async def _merge(self, effect: C.Merge) -> None:
         result = await self.merger.merge(effect.ticket, effect.branch)

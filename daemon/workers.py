@@ -105,7 +105,7 @@ class Workers:
         except GitError as exc:
             self._exited(eff, None, reason=f"cannot prepare worktree: {exc}")
             return
-        ticket_file = self._ticket_file(eff.ticket)
+        ticket_file = eff.ticket_file
         prompt = self._prompt(eff, ticket_file)
         prompt_file = attempt_dir / "prompt.md"
         prompt_file.write_text(prompt)
@@ -225,13 +225,6 @@ class Workers:
             exit_code=None if force_fail else code, now=time.time(), changed=changed,
             new_work=new_work, log_tail=tail.decode(errors="replace"), reason=reason,
         )])
-
-    def _ticket_file(self, ticket_id: str) -> str:
-        for candidate in (self.home.backlog / f"{ticket_id}.yaml",
-                          self.home.backlog / f"{ticket_id}.yml"):
-            if candidate.exists():
-                return str(candidate)
-        return ""
 
     def _prompt(self, eff: StartAgent, ticket_file: str) -> str:
         text = ""

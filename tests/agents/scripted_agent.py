@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""A scripted stand-in for an LLM coding agent, launched as a real process.
+
+It reads its ticket (ORCH_TICKET_FILE) and runs the ticket's description as a
+tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt N:
+
+    write PATH TEXT...      create/overwrite PATH with TEXT (\\n becomes a newline)
+    append PATH TEXT...     append TEXT and a newline
+    print TEXT...           print a line
+    sleep SECONDS           sleep (silently)
+    spin SECONDS            print a line every 0.2 s for SECONDS
+    heartbeat NOTE...       run `orchestrator heartbeat --note NOTE`
+    sigstop                 SIGSTOP itself (a hung agent)
+    child SECONDS           start a grandchild that sleeps (pid in .child.pid)
+    exit CODE               exit now with CODE
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def main() -> int:
+    attempt = int(os.environ["ORCH_ATTEMPT"])
+    ticket = yaml.safe_load(Path(os.environ["ORCH_TICKET_FILE"]).read_text())
+    print(f"scripted agent: {os.environ['ORCH_TICKET_ID']} attempt {attempt}", flush=True)
+    feedback = os.environ.get("ORCH_FEEDBACK_FILE")
+    if feedback:
+        print("feedback: " + Path(feedback).read_text().splitlines()[0], flush=True)
+    for raw in (ticket.get("description") or "").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("a") and ":" in line.split()[0]:
+            prefix, line = line.split(":", 1)
+            if prefix != f"a{attempt}":
+                continue
+            line = line.strip()
+        cmd, _, rest = line.partition(" ")
+        if cmd in ("write", "append"):
+            path, _, text = rest.partition(" ")
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            text = text.replace("\\n", "\n")
+            if cmd == "write":
+                target.write_text(text)
+            else:
+                with target.open("a") as f:
+                    f.write(text + "\n")
+        elif cmd == "print":
+            print(rest, flush=True)
+        elif cmd == "sleep":
+            time.sleep(float(rest))
+        elif cmd == "spin":
+            end = time.monotonic() + float(rest)
+            while time.monotonic() < end:
+                print("working...", flush=True)
+                time.sleep(0.2)
+        elif cmd == "heartbeat":
+            subprocess.run([sys.executable, "-m", "shared.cli", "heartbeat", "--note", rest],
+                           check=False)
+        elif cmd == "sigstop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        elif cmd == "child":
+            child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({rest})"])
+            Path(".child.pid").write_text(str(child.pid))
+        elif cmd == "exit":
+            return int(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
