@@ -1,0 +1,298 @@
+"""The TUI against the fake daemon of conftest.py: rendering, keys, commands, reconnects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from shared.models import AgentState, TicketState
+from shared.protocol import Approve, Continue, Reject, SetPriority, Stop
+from tui.app import OrchestratorApp
+from tui.widgets.agents_table import AgentsTable
+from tui.widgets.banner import Banner
+from tui.widgets.detail_pane import DetailPane
+from tui.widgets.event_log import EventLog
+from tui.widgets.help_screen import HelpScreen
+from tui.widgets.reject_screen import RejectScreen
+from tui.widgets.text_screen import TextScreen
+from tui.widgets.tickets_table import TicketsTable
+
+SIZE = (120, 36)
+
+
+async def until(pilot: Pilot, predicate: Callable[[], object], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate.__doc__ or predicate}")
+        await pilot.pause(0.02)
+
+
+async def connected(pilot: Pilot) -> OrchestratorApp:
+    app = pilot.app
+    assert isinstance(app, OrchestratorApp)
+    await until(pilot, lambda: app.query_one(TicketsTable).row_keys)
+    return app
+
+
+def notifications(app: OrchestratorApp) -> list[tuple[str, str, str]]:
+    return [(n.title, n.message, n.severity) for n in app._notifications]
+
+
+async def select_ticket(pilot: Pilot, ticket_id: str) -> None:
+    app = pilot.app
+    table = app.query_one(TicketsTable)
+    table.focus()
+    table.move_cursor(row=table.row_keys.index(ticket_id))
+    await pilot.pause()
+
+
+async def test_snapshot_is_rendered_in_queue_order(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        agents = app.query_one(AgentsTable)
+        assert agents.row_keys == ["agent-1", "agent-2", "agent-3"]
+        assert str(agents.row_cells("agent-2")[1]) == "awaiting_approval"
+        tickets = app.query_one(TicketsTable)
+        # Active first, then queued by rank then queued_at, then parked; finished hidden.
+        assert tickets.row_keys == ["T-2", "T-1", "T-3", "T-8", "T-4", "T-7", "T-5"]
+        assert tickets.row_cells("T-3")[0] == "1"
+        assert str(tickets.row_cells("T-4")[6]) == "waits for T-3"
+        assert "1 finished hidden" in str(tickets.border_title)
+
+        await pilot.press("f")
+        await until(pilot, lambda: "T-6" in tickets.row_keys)
+        await pilot.press("f")
+        await until(pilot, lambda: "T-6" not in tickets.row_keys)
+
+
+async def test_event_replaces_ticket_row(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        fake_daemon.push(fake_daemon.ticket_event("T-3", state=TicketState.RUNNING,
+                                                  agent="agent-3", reason=""))
+        await until(pilot, lambda: str(tickets.row_cells("T-3")[2]) == "running")
+        assert tickets.row_keys.index("T-3") < tickets.row_keys.index("T-8")
+        log = app.query_one(EventLog)
+        await until(pilot, lambda: any("T-3: running" in line.text for line in log.lines))
+
+        agent = next(a for a in fake_daemon.snapshot.agents if a.name == "agent-3")
+        stale = msgspec.structs.replace(agent, state=AgentState.STALE, ticket="T-3")
+        fake_daemon.push(fake_daemon.event("agent.stale", "agent-3: stale", agent_view=stale))
+        agents = app.query_one(AgentsTable)
+        await until(pilot, lambda: str(agents.row_cells("agent-3")[1]) == "stale")
+        assert agents.row_cells("agent-3")[1].style == "bold red"
+
+
+async def test_c_approves_awaiting_ticket_and_shows_reply(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("down")  # agents table: agent-2, working on T-2 (awaiting approval)
+        await pilot.press("c")
+        await until(pilot, lambda: fake_daemon.commands)
+        assert fake_daemon.commands == [Approve(ticket="T-2", req="c1")]
+        await until(pilot, lambda: ("approve T-2", "done", "information") in notifications(app))
+
+
+async def test_c_continues_stopped_ticket_and_error_reply(make_app, fake_daemon) -> None:
+    fake_daemon.reply_ok = False
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await select_ticket(pilot, "T-5")
+        await pilot.press("c")
+        await until(pilot, lambda: fake_daemon.commands)
+        assert isinstance(fake_daemon.commands[0], Continue)
+        assert fake_daemon.commands[0].ticket == "T-5"
+        await until(pilot, lambda: ("continue T-5", "refused", "error") in notifications(app))
+
+        # A queued ticket can be neither approved nor continued: a hint, nothing sent.
+        await select_ticket(pilot, "T-3")
+        await pilot.press("c")
+        await until(pilot, lambda: any("T-3 is queued" in n[1] for n in notifications(app)))
+        assert len(fake_daemon.commands) == 1
+
+
+async def test_s_stops_ticket_of_selected_agent(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        await connected(pilot)
+        await pilot.press("s")  # agents table, first row: agent-1 on T-1
+        await until(pilot, lambda: fake_daemon.commands)
+        assert isinstance(fake_daemon.commands[0], Stop)
+        assert fake_daemon.commands[0].ticket == "T-1"
+
+
+async def test_r_rejects_with_feedback(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await select_ticket(pilot, "T-2")
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, RejectScreen))
+        await pilot.press("enter")  # empty feedback is refused, the modal stays
+        assert isinstance(app.screen, RejectScreen)
+        await pilot.press(*"retry")
+        assert app.screen.query_one(Input).value == "retry"
+        await pilot.press("enter")
+        await until(pilot, lambda: fake_daemon.commands)
+        command = fake_daemon.commands[0]
+        assert isinstance(command, Reject)
+        assert (command.ticket, command.feedback) == ("T-2", "retry")
+        assert not isinstance(app.screen, RejectScreen)
+
+        await pilot.press("r", "escape")  # cancelled: nothing sent
+        await pilot.pause()
+        assert len(fake_daemon.commands) == 1
+
+
+async def test_plus_and_minus_set_priority(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await select_ticket(pilot, "T-3")  # P1
+        await pilot.press("plus")
+        await until(pilot, lambda: len(fake_daemon.commands) == 1)
+        await pilot.press("minus")
+        await until(pilot, lambda: len(fake_daemon.commands) == 2)
+        assert fake_daemon.commands[0] == SetPriority(ticket="T-3", priority=0, req="c1")
+        assert fake_daemon.commands[1] == SetPriority(ticket="T-3", priority=2, req="c2")
+
+        await select_ticket(pilot, "T-2")  # P0 already: a hint, nothing sent
+        await pilot.press("plus")
+        await until(pilot, lambda: any("already P0" in n[1] for n in notifications(app)))
+        assert len(fake_daemon.commands) == 2
+
+
+async def test_nothing_selected_gives_hint(make_app, fake_daemon) -> None:
+    fake_daemon.snapshot = fake_daemon.snapshot.__class__(
+        version=fake_daemon.snapshot.version, last_event_id=0, tickets=[], agents=[], leases=[]
+    )
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = pilot.app
+        await until(pilot, lambda: app.board.connected)
+        for key in "cs":
+            await pilot.press(key)
+        await until(pilot, lambda: len(notifications(app)) == 2)
+        assert all("nothing selected" in n[1] for n in notifications(app))
+        assert fake_daemon.commands == []
+
+
+async def test_detail_shows_output_ci_and_diff(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        detail = app.query_one(DetailPane)
+        fake_daemon.push(
+            fake_daemon.event("agent.output", ticket="T-1", agent="agent-1",
+                              text="compiling\n\x1b[32mtests pass\x1b[0m\n"),
+            fake_daemon.event("agent.output", ticket="T-2", agent="agent-2", text="other\n"),
+        )
+        await until(pilot, lambda: "tests pass" in detail.body_text)
+        assert "other" not in detail.body_text
+        await until(pilot, lambda: detail.diff_text)
+        assert "app.py" in detail.diff_text and "auth.py" in detail.diff_text
+        assert "2 files changed" in detail.body_text
+
+        await pilot.press("down")  # agent-2 → T-2 with its CI result
+        await until(pilot, lambda: "12 passed in 3.20s" in detail.body_text)
+        assert "CI pass" in detail.body_text
+        assert "diff unavailable" in detail.body_text  # no branch agent-2/T-2 in the repo
+        assert "other" in detail.body_text
+
+
+async def test_d_shows_full_diff_and_l_the_log(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("d")  # agent-1 → T-1
+        await until(pilot, lambda: isinstance(app.screen, TextScreen))
+        screen = app.screen
+        await until(pilot, lambda: "def login" in screen.text)
+        assert "+TOKEN = 'x'" in screen.text
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, TextScreen))
+
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, TextScreen))
+        screen = app.screen
+        await until(pilot, lambda: "all done" in screen.text)
+        assert "\x1b" not in screen.text and "step 1" in screen.text
+        await pilot.press("q")  # closes the viewer, not the app
+        await until(pilot, lambda: not isinstance(app.screen, TextScreen))
+        assert app.is_running
+
+
+async def test_help_lists_keys(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("c")  # app keys are inert under the modal
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+        assert fake_daemon.commands == []
+
+
+async def test_disconnect_shows_banner_and_reconnect_resyncs(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        banner = app.query_one(Banner)
+        assert not banner.display
+
+        fake_daemon.stop()
+        await until(pilot, lambda: banner.display)
+        assert "daemon disconnected" in str(banner.render())
+        await pilot.press("s")  # commands while down: an error, no traceback
+        await until(pilot, lambda: any("not connected" in n[1] for n in notifications(app)))
+
+        snapshot = fake_daemon.snapshot
+        fake_daemon.snapshot = snapshot.__class__(
+            version=snapshot.version, last_event_id=500, agents=snapshot.agents,
+            leases=[], tickets=[t for t in snapshot.tickets if t.id != "T-3"],
+        )
+        fake_daemon.start()
+        await until(pilot, lambda: not banner.display)
+        tickets = app.query_one(TicketsTable)
+        await until(pilot, lambda: "T-3" not in tickets.row_keys)
+        assert "T-8" in tickets.row_keys
+
+        await pilot.press("s")
+        await until(pilot, lambda: fake_daemon.commands)
+
+
+async def test_burst_of_events_is_absorbed(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        states = [TicketState.CI_RUNNING, TicketState.RUNNING]
+        events = [
+            fake_daemon.ticket_event("T-1", state=states[i % 2], attempt=1 + i % 2)
+            if i % 3 else
+            fake_daemon.event("agent.output", ticket="T-1", agent="agent-1", text=f"line {i}\n")
+            for i in range(5000)
+        ]
+        events.append(fake_daemon.ticket_event("T-1", state=TicketState.AWAITING_APPROVAL))
+        fake_daemon.push(*events)
+        tickets = app.query_one(TicketsTable)
+        await until(pilot, lambda: str(tickets.row_cells("T-1")[2]) == "awaiting_approval",
+                    timeout_s=15)
+        assert app.board.last_event_id == events[-1].id
+        assert len(app.query_one(EventLog).lines) <= 1000
+
+        await pilot.press("c")  # agent-1 → T-1, now awaiting approval
+        await until(pilot, lambda: fake_daemon.commands)
+        assert fake_daemon.commands[0] == Approve(ticket="T-1", req="c1")
+
+
+async def test_compact_layout_at_80x24(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=(80, 24)) as pilot:
+        app = await connected(pilot)
+        panels = [app.query_one(w) for w in (AgentsTable, TicketsTable, DetailPane, EventLog)]
+
+        def all_visible() -> bool:
+            """every panel at least 3 rows high, inside 80 columns"""
+            return all(p.region.height >= 3 and p.region.right <= 80 for p in panels)
+
+        await until(pilot, all_visible)
+        assert app.query_one(AgentsTable).region.height == 5  # border, header, 3 agents
+        await pilot.press("tab")
+        assert app.focused is app.query_one(TicketsTable)

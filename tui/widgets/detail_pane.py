@@ -1,0 +1,216 @@
+"""The detail pane: the selected ticket (or agent) with output tail, CI tail and diff summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+from textual.worker import Worker, WorkerState
+
+from shared.models import AgentView, TicketState, TicketView
+from tui import git
+from tui.format import CI_STYLES, agent_state_style, since, ticket_state
+
+#: Output lines shown; the whole log is one key away (``l``).
+OUTPUT_TAIL_LINES = 40
+CI_TAIL_LINES = 15
+#: How often the diff summary of a ticket that is still being worked on is recomputed.
+DIFF_REFRESH_S = 10.0
+
+_SECTION = "bold cyan"
+
+
+class DetailPane(VerticalScroll):
+    """Scrollable text about one ticket or agent, rebuilt by :meth:`show`.
+
+    The diff summary comes from ``git diff --stat`` run in a thread worker; it
+    is recomputed when the ticket's branch, state or CI commit changes, and every
+    :data:`DIFF_REFRESH_S` while an agent works on it.
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - textual's name
+        super().__init__(id=id)
+        self._diff_key: tuple[object, ...] | None = None
+        self._diff_started = 0.0
+        self._diff_text = ""
+        self._subject: str | None = None
+        self._last: tuple[TicketView | None, AgentView | None, list[str], float] | None = None
+        self._body = Text()
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="detail-body")
+
+    @property
+    def diff_text(self) -> str:
+        """The diff summary shown (empty while git runs)."""
+        return self._diff_text
+
+    @property
+    def body_text(self) -> str:
+        """The plain text shown."""
+        return self._body.plain
+
+    def show(
+        self,
+        ticket: TicketView | None,
+        agent: AgentView | None,
+        output: Sequence[str],
+        git_dir: Path | None,
+        now: float,
+    ) -> None:
+        """Show ``ticket`` (and the ``agent`` on it), or ``agent`` alone, or a hint if neither."""
+        subject = ticket.id if ticket else (agent.name if agent else None)
+        if subject != self._subject:
+            self._subject = subject
+            self.scroll_home(animate=False)
+        self.border_title = f"Detail · {subject}" if subject else "Detail"
+        if ticket is not None:
+            self._maybe_start_diff(ticket, agent, git_dir)
+        self._last = (ticket, agent, list(output)[-OUTPUT_TAIL_LINES:], now)
+        self._render_body()
+
+    def _render_body(self) -> None:
+        if self._last is None:
+            return
+        ticket, agent, output, now = self._last
+        if ticket is None and agent is None:
+            self._update(Text(
+                "Nothing selected: move with ↑/↓ or j/k in the agents or tickets panel.",
+                style="dim",
+            ))
+            return
+        parts: list[Text] = []
+        if ticket is None:
+            assert agent is not None
+            parts.append(_agent_head(agent, now))
+            parts.append(_output(output))
+        else:
+            parts.append(_ticket_head(ticket, agent, now))
+            review = [_ci(ticket), _diff(self._diff_text)]
+            if ticket.state == TicketState.AWAITING_APPROVAL:
+                parts += [*review, _output(output)]
+            else:
+                parts += [_output(output), *review]
+        self._update(Text("\n").join(p for p in parts if p.plain))
+
+    def _update(self, text: Text) -> None:
+        if text != self._body:
+            self._body = text
+            self.query_one("#detail-body", Static).update(text)
+
+    def _maybe_start_diff(
+        self, ticket: TicketView, agent: AgentView | None, git_dir: Path | None
+    ) -> None:
+        branch = ticket.branch or (agent.branch if agent else None)
+        key = (ticket.id, branch, ticket.state, ticket.state_since, ticket.attempt,
+               ticket.ci.sha if ticket.ci else None, git_dir)
+        stale = (
+            ticket.state == TicketState.RUNNING
+            and time.monotonic() - self._diff_started > DIFF_REFRESH_S
+        )
+        if key == self._diff_key and not stale:
+            return
+        if key != self._diff_key:
+            self._diff_text = ""
+        self._diff_key = key
+        self._diff_started = time.monotonic()
+        if branch is None:
+            self._diff_text = "no branch yet"
+        elif git_dir is None:
+            self._diff_text = "no worktree or work clone found to run git in"
+        else:
+            width = max(self.size.width - 4, 40)
+            self.run_worker(
+                lambda: git.diff_stat(git_dir, branch, width),
+                name=repr(key),
+                group="diffstat",
+                thread=True,
+                exclusive=True,
+                exit_on_error=False,
+            )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group != "diffstat" or worker.name != repr(self._diff_key):
+            return
+        if event.state == WorkerState.SUCCESS:
+            self._diff_text = str(worker.result)
+        elif event.state == WorkerState.ERROR:
+            self._diff_text = f"diff unavailable: {worker.error}"
+        else:
+            return
+        self._render_body()
+
+
+def _section(title: str, style: str = _SECTION) -> Text:
+    return Text(f"── {title} ", style=style)
+
+
+def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float) -> Text:
+    head = Text()
+    head.append(ticket.id, style="bold")
+    head.append(f"  {ticket.title}\n")
+    head.append_text(ticket_state(ticket.state))
+    head.append(f" {since(ticket.state_since, now)}")
+    head.append(f" · P{ticket.priority}")
+    if ticket.attempt:
+        head.append(f" · attempt {ticket.attempt}/{ticket.max_attempts}")
+    if ticket.agent:
+        head.append(f" · {ticket.agent}")
+    if ticket.branch:
+        head.append(f"\nbranch {ticket.branch}")
+    if ticket.reason:
+        head.append("\nwhy: ", style="bold")
+        head.append(ticket.reason, style="italic")
+    if ticket.locks:
+        head.append(f"\nlocks: {', '.join(ticket.locks)}", style="dim")
+    if ticket.depends_on:
+        head.append(f"\ndepends on: {', '.join(ticket.depends_on)}", style="dim")
+    if agent is not None and agent.note:
+        head.append(f"\nnote: {agent.note}", style="dim")
+    return head
+
+
+def _agent_head(agent: AgentView, now: float) -> Text:
+    head = Text()
+    head.append(agent.name, style="bold")
+    head.append(" ")
+    head.append(str(agent.state), style=agent_state_style(agent, None))
+    head.append(f" {since(agent.state_since, now)}")
+    if agent.last_activity:
+        head.append(f" · active {since(agent.last_activity, now)} ago")
+    head.append(f"\nworktree {agent.worktree}", style="dim")
+    if agent.note:
+        head.append(f"\nnote: {agent.note}", style="dim")
+    return head
+
+
+def _output(lines: Sequence[str]) -> Text:
+    if not lines:
+        return Text()
+    return _section("output").append("\n").append_text(Text.from_ansi("\n".join(lines)))
+
+
+def _ci(ticket: TicketView) -> Text:
+    ci = ticket.ci
+    if ci is None:
+        return Text()
+    title = f"CI {ci.status}"
+    if ci.duration_s is not None:
+        title += f" in {ci.duration_s:.0f} s"
+    title += f" · {ci.sha[:10]}"
+    text = _section(title, f"bold {CI_STYLES.get(ci.status, 'cyan')}")
+    tail = git.strip_ansi(ci.log_tail).rstrip().splitlines()[-CI_TAIL_LINES:]
+    if tail:
+        text.append("\n" + "\n".join(tail))
+    return text
+
+
+def _diff(diff_text: str) -> Text:
+    text = _section("diff").append("\n")
+    return text.append(diff_text or "computing…", style="" if diff_text else "dim")
