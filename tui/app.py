@@ -25,7 +25,7 @@ from textual.events import DescendantFocus
 from textual.widgets import DataTable, Footer
 
 from shared.client import Client
-from shared.errors import OrchestratorError
+from shared.errors import DaemonNotRunning, OrchestratorError
 from shared.models import AgentView, TicketState, TicketView
 from shared.protocol import Approve, Continue, Reject, SetPriority, Snapshot, Stop
 from tui import git
@@ -51,9 +51,11 @@ READ_BATCH = 100
 
 #: Keys that are not app bindings, for the help screen.
 _NAVIGATION_KEYS = [
-    ("↑ ↓  j k", "move in a table"),
+    ("↑ ↓  j k", "move in a table (an agent row selects its ticket)"),
+    ("← →", "scroll a table sideways"),
     ("tab  shift+tab", "next / previous panel"),
-    ("pgup pgdn home end", "scroll"),
+    ("pgup pgdn", "page through the focused panel"),
+    ("escape", "close a dialog or viewer"),
 ]
 _CONTINUE_STATES = frozenset({TicketState.STOPPED, TicketState.FAILED, TicketState.BLOCKED})
 
@@ -71,17 +73,24 @@ class OrchestratorApp(App[int]):
     TITLE = "orchestrator"
     ENABLE_COMMAND_PALETTE = False
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (160, "-wide")]
+    # The tooltips are the help screen's descriptions.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("c", "proceed", "Continue"),
-        Binding("s", "stop_ticket", "Stop"),
-        Binding("r", "reject", "Reject"),
-        Binding("d", "diff", "Diff"),
-        Binding("l", "log", "Log"),
-        Binding("plus", "priority(-1)", "Prio↑", key_display="+"),
-        Binding("minus", "priority(1)", "Prio↓", key_display="-"),
-        Binding("f", "toggle_finished", "Finished"),
-        Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("q", "quit", "Quit"),
+        Binding("c", "proceed", "Continue", tooltip="approve the selected ticket if it awaits "
+                "approval; continue it if stopped, failed or blocked"),
+        Binding("s", "stop_ticket", "Stop", tooltip="stop the selected ticket (work is kept "
+                "on its branch)"),
+        Binding("r", "reject", "Reject", tooltip="reject the selected ticket with feedback "
+                "for its next attempt"),
+        Binding("d", "diff", "Diff", tooltip="full diff of its branch against main"),
+        Binding("l", "log", "Log", tooltip="the agent's full output log"),
+        Binding("plus", "priority(-1)", "Prio↑", key_display="+",
+                tooltip="more urgent (P2 → P1; P0 is the most urgent)"),
+        Binding("minus", "priority(1)", "Prio↓", key_display="-",
+                tooltip="less urgent (P2 → P3)"),
+        Binding("f", "toggle_finished", "Finished", tooltip="show or hide merged, cancelled "
+                "and rejected tickets"),
+        Binding("question_mark", "help", "Help", key_display="?", tooltip="this screen"),
+        Binding("q", "quit", "Quit", tooltip="quit the TUI (the daemon keeps running)"),
     ]
 
     def __init__(
@@ -154,6 +163,8 @@ class OrchestratorApp(App[int]):
                         # Buffered lines never make readline wait; let the app run.
                         await asyncio.sleep(0)
                 reason = "the connection ended"
+            except DaemonNotRunning:
+                reason = f"nothing answers on {self.socket_path}"
             except (OrchestratorError, OSError) as exc:
                 reason = str(exc)
             except Exception as exc:  # noqa: BLE001 - a reader bug must not kill the app
@@ -378,10 +389,9 @@ class OrchestratorApp(App[int]):
 
     def action_help(self) -> None:
         keys = [
-            (binding.key_display or binding.key, binding.description)
+            (binding.key_display or binding.key, binding.tooltip or binding.description)
             for binding in (b for b in self.BINDINGS if isinstance(b, Binding))
         ]
-        keys[0] = ("c", "approve (awaiting approval) or continue (stopped, failed, blocked)")
         self.push_screen(HelpScreen([*keys, *_NAVIGATION_KEYS],
                                     about=f"daemon socket: {self.socket_path}"))
 
@@ -390,8 +400,13 @@ def probe(socket_path: Path, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """Say hello to the daemon once; return why that failed (one line), or None."""
 
     async def hello() -> None:
-        async with asyncio.timeout(timeout_s), Client(socket_path):
-            pass
+        client = Client(socket_path)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.connect()
+        finally:
+            # Not `async with Client(...)`: a failed hello would leave its socket open.
+            await client.close()
 
     try:
         asyncio.run(hello())
