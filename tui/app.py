@@ -72,7 +72,7 @@ class OrchestratorApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "orchestrator"
     ENABLE_COMMAND_PALETTE = False
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (160, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (160, "-wide")]
     # The tooltips are the help screen's descriptions.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "proceed", "Continue", tooltip="approve the selected ticket if it awaits "
@@ -115,7 +115,7 @@ class OrchestratorApp(App[int]):
         self._agents = AgentsTable(id="agents")
         self._tickets = TicketsTable(id="tickets")
         self._detail = DetailPane(id="detail")
-        self._log = EventLog(id="log")
+        self._events = EventLog(id="log")
         self._active_table: BoardTable = self._agents
 
     def compose(self) -> ComposeResult:
@@ -127,13 +127,13 @@ class OrchestratorApp(App[int]):
                 yield self._tickets
             with Container(id="bottom"):
                 yield self._detail
-                yield self._log
+                yield self._events
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._agents.border_title = "Agents"
         self._tickets.border_title = "Tickets"
-        self._log.border_title = "Events"
+        self._events.border_title = "Events"
         self._agents.focus()
         self.set_interval(REPAINT_INTERVAL_S, self._repaint)
         self.set_interval(1.0, self._age_tick)
@@ -222,7 +222,7 @@ class OrchestratorApp(App[int]):
         if board.pending_log:
             entries = list(board.pending_log)
             board.pending_log.clear()
-            self._log.add(entries)
+            self._events.add(entries)
         touched = board.take_touched()
         ticket, agent = self.selected()
         keys = {ticket.id if ticket else None, agent_key(agent.name) if agent else None}
