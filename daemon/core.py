@@ -72,6 +72,8 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     log_file: str = ""
     feedback_file: str = ""
     reserved: bool = False
+    pushed_sha: str | None = None
+    """The branch commit last pushed (an attempt must add something new to it)."""
     agent_pid: int | None = None
     """The running agent's pid (= its process group), to end it after a crash."""
 
@@ -137,8 +139,8 @@ class AgentExited:
     """The agent process ended and the worker committed what it left.
 
     ``exit_code`` is None when it could not be started (``reason`` says why).
-    ``changed`` lists the paths the branch changes against main; ``new_work``
-    is False when the attempt produced no change at all.
+    ``changed`` lists the paths the branch changes against main; ``head`` is
+    the branch's commit after the worker committed what the agent left.
     """
 
     agent: str
@@ -147,7 +149,7 @@ class AgentExited:
     exit_code: int | None
     now: float
     changed: tuple[str, ...] = ()
-    new_work: bool = False
+    head: str = ""
     log_tail: str = ""
     reason: str = ""
 
@@ -710,8 +712,11 @@ class Core:
             self._fail_attempt(rec, f"agent could not start: {ev.reason}", "", ev.now)
         elif ev.exit_code != 0:
             self._fail_attempt(rec, f"agent exited with code {ev.exit_code}", ev.log_tail, ev.now)
-        elif not ev.new_work:
+        elif not ev.changed:
             self._fail_attempt(rec, "agent exited 0 but changed nothing", ev.log_tail, ev.now)
+        elif ev.head == rec.pushed_sha:
+            self._fail_attempt(rec, "agent exited 0 but changed nothing since the last CI run",
+                               ev.log_tail, ev.now)
         else:
             outside = paths_outside(ev.changed, rec.ticket.locks)
             if outside and self.config.lock_policy == "reject":
@@ -741,7 +746,7 @@ class Core:
             return
         if rec.state not in (S.RUNNING, S.MERGING):
             return
-        rec.ci_sha = ev.sha
+        rec.ci_sha = rec.pushed_sha = ev.sha
         rec.ci = CIView(sha=ev.sha)
         rec.ci_started = ev.now
         if rec.state == S.RUNNING:

@@ -76,11 +76,23 @@ def start_daemon(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise OrchestratorError(f"the daemon exited with {proc.returncode}; see {log_file}")
-        if socket_path.exists():
+        if _answers(socket_path):
             return proc
         time.sleep(0.05)
     proc.terminate()
     raise OrchestratorError(f"the daemon did not start within 30 s; see {log_file}")
+
+
+def _answers(path: Path) -> bool:
+    """True when a daemon accepts connections on ``path`` (a stale socket file does not)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> None:

@@ -101,7 +101,7 @@ class Workers:
         attempt_dir.mkdir(parents=True, exist_ok=True)
         log_file = attempt_dir / "agent.log"
         try:
-            start_sha = await self._prepare(wt, eff)
+            await self._prepare(wt, eff)
         except GitError as exc:
             self._exited(eff, None, reason=f"cannot prepare worktree: {exc}")
             return
@@ -139,7 +139,7 @@ class Workers:
                           if isinstance(exc, FileNotFoundError)
                           else f"cannot start agent {argv[0]}: {exc.strerror or exc}")
                 out.write(f"{reason}\n".encode())
-                await self._finish(run, wt, start_sha, None, reason)
+                await self._finish(run, wt, None, reason)
                 return
             process = run.process
             self.submit([AgentStarted(eff.agent, eff.ticket, eff.attempt, process.pid,
@@ -148,7 +148,7 @@ class Workers:
             code = await process.wait()
             _kill_group(process.pid, signal.SIGKILL)  # what the agent left running ends too
             out.write(f"[orchestrator] agent exited with code {code}\n".encode())
-        await self._finish(run, wt, start_sha, code, "")
+        await self._finish(run, wt, code, "")
 
     async def _pump_output(self, run: _Run, out: object) -> None:
         eff = run.effect
@@ -167,8 +167,8 @@ class Workers:
                 line = chunk.decode(errors="replace").strip().splitlines()
                 self.submit([Progress(eff.agent, now, note=line[-1][:120] if line else "")])
 
-    async def _prepare(self, wt: Path, eff: StartAgent) -> str:
-        """Check out the ticket branch in the worktree; return its starting commit."""
+    async def _prepare(self, wt: Path, eff: StartAgent) -> None:
+        """Check out the ticket branch in the worktree (created from main if new)."""
         await self.salvage(wt, f"orchestrator: salvage before {eff.ticket} attempt {eff.attempt}")
         async with self.repo_lock:
             await git(self.home.work, "fetch", "--quiet", "origin", "main")
@@ -181,7 +181,6 @@ class Workers:
             await git(wt, "checkout", "--quiet", eff.branch)
         else:
             await git(wt, "checkout", "--quiet", "-b", eff.branch, "origin/main")
-        return await git(wt, "rev-parse", "HEAD")
 
     async def salvage(self, wt: Path, message: str) -> bool:
         """Commit whatever is uncommitted in ``wt`` on its current branch (work is never lost).
@@ -200,8 +199,7 @@ class Workers:
         await git(wt, "commit", "--quiet", "--no-verify", "-m", message)
         return True
 
-    async def _finish(self, run: _Run, wt: Path, start_sha: str, code: int | None,
-                      reason: str) -> None:
+    async def _finish(self, run: _Run, wt: Path, code: int | None, reason: str) -> None:
         eff = run.effect
         try:
             await self.salvage(wt, f"{eff.ticket}: attempt {eff.attempt} by {eff.agent}\n\n"
@@ -215,15 +213,15 @@ class Workers:
             return
         self._exited(eff, code, reason=reason, tail=bytes(run.tail),
                      changed=tuple(p for p in changed.splitlines() if p),
-                     new_work=head != start_sha)
+                     head=head)
 
     def _exited(self, eff: StartAgent, code: int | None, reason: str, tail: bytes = b"",
-                changed: tuple[str, ...] = (), new_work: bool = False,
+                changed: tuple[str, ...] = (), head: str = "",
                 force_fail: bool = False) -> None:
         self.submit([AgentExited(
             agent=eff.agent, ticket=eff.ticket, attempt=eff.attempt,
             exit_code=None if force_fail else code, now=time.time(), changed=changed,
-            new_work=new_work, log_tail=tail.decode(errors="replace"), reason=reason,
+            head=head, log_tail=tail.decode(errors="replace"), reason=reason,
         )])
 
     def _prompt(self, eff: StartAgent, ticket_file: str) -> str:

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("daemon", help="run the daemon")).set_defaults(func=cmd_daemon)
 
-    p = sub.add_parser("validate", help="check ticket files")
+    p = with_config(sub.add_parser("validate", help="check ticket files"))
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_validate)
 

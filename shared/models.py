@@ -32,7 +32,8 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         id: branch-safe identifier; defaults to the file name stem.
         priority: 0 (P0, most urgent) .. 4 (P4); default 2.
         description: the agent's instructions (its prompt).
-        locks: repo-relative files, directories or globs the ticket may change.
+        locks: repo-relative files, directories or globs the ticket may change;
+            none declared means the whole repository (``.``).
         depends_on: ids of tickets that must be merged first.
         max_attempts: overrides the project's ``max_attempts`` for this ticket.
     """
@@ -106,7 +107,8 @@ def parse_ticket(data: bytes, path: Path) -> Ticket:
             locks.append(normalize_lock(spec))
         except ValueError as exc:
             raise TicketError(f"{name}: locks: {exc}") from None
-    ticket.locks = locks
+    # No locks declared: the ticket may change anything, so it locks the whole repo.
+    ticket.locks = locks or ["."]
     for dep in ticket.depends_on:
         if check_ticket_id(dep):
             raise TicketError(f"{name}: depends_on: {dep!r} is not a valid ticket id")

@@ -9,9 +9,10 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
     print TEXT...           print a line
     sleep SECONDS           sleep (silently)
     spin SECONDS            print a line every 0.2 s for SECONDS
+    spin-once SECONDS       the same, but not when this attempt is re-run after a restart
     heartbeat NOTE...       run `orchestrator heartbeat --note NOTE`
     sigstop                 SIGSTOP itself (a hung agent)
-    child SECONDS           start a grandchild that sleeps (pid in .child.pid)
+    child SECONDS           start a grandchild that sleeps (pid in child.pid beside the prompt)
     exit CODE               exit now with CODE
 """
 
@@ -56,6 +57,15 @@ def main() -> int:
             print(rest, flush=True)
         elif cmd == "sleep":
             time.sleep(float(rest))
+        elif cmd == "spin-once":  # spin, unless this attempt already spun (a re-run)
+            marker = Path(os.environ["ORCH_PROMPT_FILE"]).with_name("spun")
+            if marker.exists():
+                continue
+            marker.write_text("")
+            end = time.monotonic() + float(rest)
+            while time.monotonic() < end:
+                print("working...", flush=True)
+                time.sleep(0.2)
         elif cmd == "spin":
             end = time.monotonic() + float(rest)
             while time.monotonic() < end:
@@ -68,7 +78,7 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGSTOP)
         elif cmd == "child":
             child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({rest})"])
-            Path(".child.pid").write_text(str(child.pid))
+            Path(os.environ["ORCH_PROMPT_FILE"]).with_name("child.pid").write_text(str(child.pid))
         elif cmd == "exit":
             return int(rest)
     return 0

@@ -17,7 +17,8 @@ def make_config(**overrides: object) -> Config:
 
 def ticket(tid: str, priority: int = 2, locks: list[str] | None = None,
            depends_on: list[str] | None = None, max_attempts: int | None = None) -> Ticket:
-    return Ticket(id=tid, title=f"ticket {tid}", priority=priority, locks=locks or [],
+    """A ticket as parse_ticket makes it: no locks declared means the whole repo."""
+    return Ticket(id=tid, title=f"ticket {tid}", priority=priority, locks=locks or ["."],
                   depends_on=depends_on or [], max_attempts=max_attempts)
 
 
@@ -30,6 +31,7 @@ class Sim:
     effects: list[C.Effect] = field(default_factory=list)
     events: list = field(default_factory=list)
     shas: int = 0
+    heads: int = 0
 
     @classmethod
     def new(cls, workers: int = 3, **config: object) -> Sim:
@@ -73,9 +75,12 @@ class Sim:
     def exit(self, eff: C.StartAgent, code: int = 0, changed: tuple[str, ...] | None = None,
              new_work: bool = True, tail: str = "") -> None:
         if changed is None:
-            changed = tuple(self.rec(eff.ticket).ticket.locks[:1]) or ()
+            lock = self.rec(eff.ticket).ticket.locks[0]
+            changed = ("file.txt",) if lock == "." else (lock,)
+        self.heads += 1
+        head = f"head{self.heads}" if new_work else (self.rec(eff.ticket).pushed_sha or "")
         self.feed(C.AgentExited(eff.agent, eff.ticket, eff.attempt, code, self.now,
-                                changed=changed, new_work=new_work, log_tail=tail))
+                                changed=changed, head=head, log_tail=tail))
 
     def push(self, push: C.Push) -> str:
         self.shas += 1

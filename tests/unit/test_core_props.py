@@ -69,7 +69,7 @@ def play(sim: Sim, step: tuple) -> None:
     for stop in sim.take(C.StopAgent):  # the shell stops the process; it exits
         rec = sim.core.tickets[stop.ticket]
         sim.feed(C.AgentExited(stop.agent, stop.ticket, rec.attempt, -15, sim.now,
-                               new_work=True, changed=tuple(rec.ticket.locks[:1])))
+                               head=f"stop{sim.now}", changed=tuple(rec.ticket.locks[:1])))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
