@@ -60,7 +60,7 @@ async def test_snapshot_is_rendered_in_queue_order(make_app, fake_daemon) -> Non
         tickets = app.query_one(TicketsTable)
         # Active first, then queued by rank then queued_at, then parked; finished hidden.
         assert tickets.row_keys == ["T-2", "T-1", "T-3", "T-8", "T-4", "T-7", "T-5"]
-        assert tickets.row_cells("T-3")[0] == "1"
+        assert str(tickets.row_cells("T-3")[0]) == "1"
         assert str(tickets.row_cells("T-4")[6]) == "waits for T-3"
         assert "1 finished hidden" in str(tickets.border_title)
 
@@ -75,8 +75,12 @@ async def test_event_replaces_ticket_row(make_app, fake_daemon) -> None:
         app = await connected(pilot)
         tickets = app.query_one(TicketsTable)
         fake_daemon.push(fake_daemon.ticket_event("T-3", state=TicketState.RUNNING,
-                                                  agent="agent-3", reason=""))
+                                                  agent="agent-3", reason="[/b] not [red]markup",
+                                                  title="Fix [bug] in [/] parser"))
         await until(pilot, lambda: str(tickets.row_cells("T-3")[2]) == "running")
+        assert str(tickets.row_cells("T-3")[7]) == "Fix [bug] in [/] parser"
+        assert str(tickets.row_cells("T-3")[6]) == "[/b] not [red]markup"
+        await pilot.pause(0.1)  # rendered without a MarkupError
         assert tickets.row_keys.index("T-3") < tickets.row_keys.index("T-8")
         log = app.query_one(EventLog)
         await until(pilot, lambda: any("T-3: running" in line.text for line in log.lines))

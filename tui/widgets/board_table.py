@@ -47,7 +47,7 @@ class BoardTable(DataTable[Cell]):
         return list(self._order)
 
     def row_cells(self, key: str) -> tuple[Cell, ...]:
-        """The cells last synced for row ``key`` (KeyError if absent)."""
+        """The cells last synced for row ``key``, as Text (KeyError if absent)."""
         return self._rows[key]
 
     def sync(self, rows: Sequence[Row]) -> None:
@@ -57,6 +57,10 @@ class BoardTable(DataTable[Cell]):
         rows were added, removed or reordered, the table is rebuilt and the
         cursor stays on the same key (or the same position if that row left).
         """
+        # DataTable reads str cells as markup; ticket titles and reasons are not.
+        rows = [
+            (key, tuple(Text(c) if isinstance(c, str) else c for c in cells)) for key, cells in rows
+        ]
         order = [key for key, _ in rows]
         if order == self._order:
             columns = [key for _, key in self.COLUMNS]
