@@ -167,7 +167,7 @@ class OrchestratorApp(App[int]):
                 reason = f"nothing answers on {self.socket_path}"
             except (OrchestratorError, OSError) as exc:
                 reason = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a reader bug must not kill the app
+            except Exception as exc:  # a reader bug must not kill the app
                 reason = f"unexpected error: {exc!r}"
             finally:
                 self._client = None
@@ -194,7 +194,7 @@ class OrchestratorApp(App[int]):
                 continue
             try:
                 self.board.apply(item)
-            except Exception as exc:  # noqa: BLE001 - one odd event must not kill the app
+            except Exception as exc:  # one odd event must not kill the app
                 self.board.note(self.now(), "tui.error", f"cannot apply event {item.id}: {exc!r}")
 
     def on_disconnected(self, message: Disconnected) -> None:
@@ -307,7 +307,7 @@ class OrchestratorApp(App[int]):
             self.notify(f"no reply within {COMMAND_TIMEOUT_S:.0f} s", title=label,
                         severity="error", markup=False)
             return
-        except Exception as exc:  # noqa: BLE001 - report any failure, keep running
+        except Exception as exc:  # report any failure, keep running
             self.notify(str(exc) or repr(exc), title=label, severity="error", markup=False)
             return
         text = reply.message or ("done" if reply.ok else "refused")

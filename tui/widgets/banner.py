@@ -8,7 +8,7 @@ from textual.widgets import Static
 class Banner(Static):
     """``daemon disconnected — reconnecting…`` plus why; :meth:`show`/:meth:`hide`."""
 
-    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - textual's name
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__("", id=id, markup=False)
         self.display = False
 

@@ -25,7 +25,7 @@ class BoardTable(DataTable[Cell]):
         Binding("k", "cursor_up", "Up", show=False),
     ]
 
-    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - textual's name
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self._rows: dict[str, tuple[Cell, ...]] = {}
         self._order: list[str] = []

@@ -33,7 +33,7 @@ class DetailPane(VerticalScroll):
     :data:`DIFF_REFRESH_S` while an agent works on it.
     """
 
-    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - textual's name
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._diff_key: tuple[object, ...] | None = None
         self._diff_started = 0.0

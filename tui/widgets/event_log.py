@@ -27,7 +27,7 @@ _ALERT_WORDS = ("failed", "stale", "rejected", "error", "disconnected")
 class EventLog(RichLog):
     """A RichLog capped at :data:`MAX_LINES` lines, fed in batches by the app's repaint."""
 
-    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - textual's name
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, max_lines=MAX_LINES, wrap=False, markup=False, highlight=False)
 
     def add(self, entries: Iterable[LogEntry]) -> None:

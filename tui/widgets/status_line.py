@@ -12,7 +12,7 @@ from tui.board import Board
 class StatusLine(Static):
     """``queued · awaiting approval · failed · approval mode · home (pid)``."""
 
-    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - textual's name
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__("", id=id, markup=False)
         self._text = Text()
 
