@@ -138,13 +138,13 @@ async def test_r_rejects_with_feedback(make_app, fake_daemon) -> None:
         await until(pilot, lambda: isinstance(app.screen, RejectScreen))
         await pilot.press("enter")  # empty feedback is refused, the modal stays
         assert isinstance(app.screen, RejectScreen)
-        await pilot.press(*"retry")
-        assert app.screen.query_one(Input).value == "retry"
+        await pilot.press(*"fix")
+        assert app.screen.query_one(Input).value == "fix"
         await pilot.press("enter")
         await until(pilot, lambda: fake_daemon.commands)
         command = fake_daemon.commands[0]
         assert isinstance(command, Reject)
-        assert (command.ticket, command.feedback) == ("T-2", "retry")
+        assert (command.ticket, command.feedback) == ("T-2", "fix")
         assert not isinstance(app.screen, RejectScreen)
 
         await pilot.press("r", "escape")  # cancelled: nothing sent
