@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath as Path
 
 import msgspec
 
@@ -41,6 +42,8 @@ CI_REPORT_MARGIN_S = 120.0
 FEEDBACK_TAIL_CHARS = 4000
 
 S = TicketState
+#: A ticket in these states may be re-submitted under the same id.
+REPLACEABLE = frozenset({S.CANCELLED, S.REJECTED})
 
 
 class TicketRecord(msgspec.Struct, kw_only=True):
@@ -72,6 +75,9 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     log_file: str = ""
     feedback_file: str = ""
     reserved: bool = False
+    resume: str = ""
+    """Where ``continue`` resumes a ticket stopped after its agent finished:
+    ``ci_running`` or ``awaiting_approval`` (empty: run the agent again)."""
     pushed_sha: str | None = None
     """The branch commit last pushed (an attempt must add something new to it)."""
     agent_pid: int | None = None
@@ -320,7 +326,11 @@ class Core:
             if rec.state not in FINAL_STATES:
                 self.by_file[rec.file] = rec.id
         for rec in sorted(self.tickets.values(), key=lambda r: r.seq):
-            if rec.state == S.RUNNING:
+            if rec.state == S.RUNNING and rec.stop_requested == "stop":
+                rec.stop_requested = ""
+                rec.reason = "stopped (the daemon restarted while stopping); work on its branch"
+                self._set_state(rec, S.STOPPED, now)
+            elif rec.state == S.RUNNING:
                 rec.stop_requested = ""
                 rec.attempt = max(0, rec.attempt - 1)
                 rec.reason = "daemon restarted while the agent ran; its work is on the branch"
@@ -338,6 +348,13 @@ class Core:
                     self._effect(Merge(rec.id, rec.branch))
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
+                if rec.reserved:
+                    try:
+                        self.locks.reserve(rec.id, rec.ticket.locks)
+                    except LockConflict:
+                        rec.reserved = False
+            if rec.state == S.MERGED and Path(rec.file).parent.name != "done":
+                self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
         self._schedule(now)
         return self._take()
 
@@ -473,13 +490,19 @@ class Core:
     # --- intake -----------------------------------------------------------
 
     def _on_ticket_read(self, ev: TicketRead) -> None:
+        previous = self.tickets.get(self.by_file.get(ev.path, ""))
+        if previous is not None and previous.file == ev.path and (
+                ev.ticket is None or ev.ticket.id != previous.id):
+            # The file of a known ticket now holds something else: that ticket is gone.
+            self._file_lost(previous, ev.now, "its file no longer defines it: " +
+                            (ev.error or f"it now holds ticket {ev.ticket and ev.ticket.id!r}"))
         if ev.ticket is None:
             self._reject_file(ev.path, ev.error, ev.now)
             return
         ticket = ev.ticket
         assert ticket.id is not None
         rec = self.tickets.get(ticket.id)
-        if rec is not None and rec.file != ev.path and rec.state != S.CANCELLED:
+        if rec is not None and rec.file != ev.path and rec.state not in REPLACEABLE:
             where = "already merged" if rec.state == S.MERGED else f"from {rec.file}"
             self._reject_file(ev.path, f"id: duplicate ticket id {ticket.id!r} ({where})", ev.now)
             return
@@ -487,7 +510,7 @@ class Core:
         if cycle:
             self._reject_file(ev.path, f"depends_on: dependency cycle {' -> '.join(cycle)}", ev.now)
             return
-        if rec is None or rec.state == S.CANCELLED:
+        if rec is None or rec.state in REPLACEABLE:
             if rec is None:
                 rec = TicketRecord(
                     ticket=ticket, file=ev.path, state=S.QUEUED, seq=self._seq,
@@ -521,18 +544,22 @@ class Core:
     def _on_file_gone(self, ev: TicketFileGone) -> None:
         ticket_id = self.by_file.get(ev.path)
         rec = self.tickets.get(ticket_id) if ticket_id else None
-        if rec is None or rec.file != ev.path:
-            return
-        if rec.state in (S.QUEUED, S.BLOCKED):
-            rec.reason = "ticket file removed from the backlog"
-            self.locks.unreserve(rec.id)
-            self._set_state(rec, S.CANCELLED, ev.now)
-            self.by_file.pop(ev.path, None)
-            self._refresh_blocked(ev.now)
+        if rec is not None and rec.file == ev.path:
+            self._file_lost(rec, ev.now, "ticket file removed from the backlog")
+
+    def _file_lost(self, rec: TicketRecord, now: float, reason: str) -> None:
+        """A queued ticket's file was removed or replaced: the ticket is cancelled."""
+        if rec.state not in (S.QUEUED, S.BLOCKED):
+            return  # active or finished work is not undone by a file change
+        rec.reason = reason
+        self.locks.unreserve(rec.id)
+        self._set_state(rec, S.CANCELLED, now)
+        self.by_file.pop(rec.file, None)
+        self._refresh_blocked(now)
 
     def _reject_file(self, path: str, error: str, now: float) -> None:
         self._effect(MoveFile(path=path, dest="rejected", error=error))
-        self._emit("ticket.rejected", f"{path.rsplit('/', 1)[-1]}: {error}", now=now)
+        self._emit("ticket.rejected", error, now=now)
 
     def _cycle_through(self, ticket: Ticket) -> list[str]:
         """The dependency path from ``ticket`` back to itself, or [] if none."""
@@ -653,12 +680,21 @@ class Core:
         worker.stale_since = None
         worker.note = ""
         worker.pid = None
-        self._start_attempt(rec, worker, now)
+        resume, rec.resume = rec.resume, ""
+        if resume == S.AWAITING_APPROVAL and rec.ci is not None and rec.ci.status == "pass":
+            rec.reason = "resumed; CI passed; awaiting approval"
+            self._set_state(rec, S.AWAITING_APPROVAL, now)
+        elif resume == S.CI_RUNNING and rec.branch:
+            self._set_state(rec, S.RUNNING, now, message=f"{rec.id}: resumed; CI again")
+            self._effect(Push(worker.name, rec.id, rec.attempt, rec.branch))
+        else:
+            self._start_attempt(rec, worker, now)
         self._emit("lease.acquired", f"{rec.id}: holds {', '.join(rec.ticket.locks) or 'no locks'}",
                    rec, now=now, leases=True)
 
     def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
         rec.attempt += 1
+        rec.stop_requested = ""
         rec.reason = ""
         rec.ci = None
         rec.ci_sha = None
@@ -826,6 +862,9 @@ class Core:
             self._release(rec, S.FAILED, now)
             self._refresh_blocked(now)
             return
+        if not self.accepting:  # shutting down: the next attempt runs after the restart
+            self._release(rec, S.QUEUED, now)
+            return
         worker.state_since = now
         worker.stale_since = None
         worker.last_activity = now
@@ -883,10 +922,11 @@ class Core:
             rec = self.tickets.get(worker.ticket) if worker.ticket else None
             if rec is None:
                 continue
+            # The daemon is the heartbeat of every active ticket: while it runs, the lease
+            # lives; whether the agent makes progress is judged below (stale_after_s).
+            self.locks.renew(rec.id, now, cfg.lease_ttl_s)
             if rec.state != S.RUNNING:
-                # No agent runs; the pipeline (CI, approval, merge) holds the leases.
-                self.locks.renew(rec.id, now, cfg.lease_ttl_s)
-                if (rec.state == S.CI_RUNNING and rec.ci_sha
+                if (rec.state in (S.CI_RUNNING, S.MERGING) and rec.ci_sha
                         and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S):
                     self._on_ci(CIResult(sha=rec.ci_sha, status="error", now=now,
                                          log_tail="CI did not report a result in time"))
@@ -903,8 +943,6 @@ class Core:
                 self._effect(StopAgent(worker.name, rec.id, "stale"))
                 self._emit("agent.stopping", f"{worker.name}: stale past grace; stopping, work "
                            "will be committed", rec, worker, now=now)
-            if worker.stale_since is None and worker.pid is not None:
-                self.locks.renew(rec.id, now, cfg.lease_ttl_s)
         for owner in self.locks.expired(now):
             rec = self.tickets[owner]
             worker = self._worker_of(rec)
@@ -971,7 +1009,11 @@ class Core:
                     self._set_state(rec, S.QUEUED, now)
                     self._push_heap(rec)
                     self._refresh_blocked(now)
-                    self._reply(True, f"{rec.id}: queued again on {rec.branch or 'a new branch'}")
+                    if rec.state == S.BLOCKED:
+                        self._reply(False, f"{rec.id}: still blocked: {rec.reason}")
+                    else:
+                        self._reply(True, f"{rec.id}: queued again on "
+                                    f"{rec.branch or 'a new branch'}")
                 elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.MERGING, S.MERGED):
                     self._reply(True, f"{rec.id}: already {st}")
                 else:
@@ -1017,6 +1059,8 @@ class Core:
             self._reply(True, f"{rec.id}: stopping; its work will be committed on {rec.branch}")
         elif st in (S.QUEUED, S.BLOCKED, S.CI_RUNNING, S.AWAITING_APPROVAL):
             rec.reason = f"stopped by request while {st}"
+            if st in (S.CI_RUNNING, S.AWAITING_APPROVAL):
+                rec.resume = st
             self.locks.unreserve(rec.id)
             rec.ci_sha = None
             self._release(rec, S.STOPPED, now)

@@ -40,15 +40,20 @@ Dispatch = Callable[[ClientCommand], Awaitable[Reply]]
 class _Peer:
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
-        self.chunks: list[bytes] = []
+        self.chunks: list[tuple[bytes, bool]] = []
+        """Unsent data in order; the flag marks replies, which are never dropped."""
         self.size = 0
         self.ready = anyio.Event()
         self.resyncs = 0
 
-    def push(self, data: bytes) -> None:
-        self.chunks.append(data)
+    def push(self, data: bytes, reply: bool = False) -> None:
+        self.chunks.append((data, reply))
         self.size += len(data)
         self.ready.set()
+
+    def drop_events(self) -> None:
+        self.chunks = [c for c in self.chunks if c[1]]
+        self.size = sum(len(c[0]) for c in self.chunks)
 
 
 class Server:
@@ -92,8 +97,7 @@ class Server:
         data = b"".join(encode(e) for e in events)
         for peer in list(self.peers):
             if peer.size + len(data) > MAX_BUFFERED_BYTES:
-                peer.chunks.clear()
-                peer.size = 0
+                peer.drop_events()
                 peer.resyncs += 1
                 peer.push(self.greeting().split(b"\n", 1)[1])  # snapshot only
                 log.warning("a socket client fell behind; sent it a fresh snapshot")
@@ -108,6 +112,10 @@ class Server:
             async with stream, anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, peer)
                 await self._reader(peer)
+                # The client closed its side; what we owe it (replies) still goes out.
+                with anyio.move_on_after(1):
+                    while peer.chunks:
+                        await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()
         except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the client went away
@@ -120,12 +128,11 @@ class Server:
         while True:
             await peer.ready.wait()
             peer.ready = anyio.Event()
-            if not peer.chunks:
-                continue
-            data = b"".join(peer.chunks)
+            data = b"".join(c[0] for c in peer.chunks)
             peer.chunks.clear()
             peer.size = 0
-            await peer.stream.send(data)
+            if data:
+                await peer.stream.send(data)
 
     async def _reader(self, peer: _Peer) -> None:
         buffered = BufferedByteReceiveStream(peer.stream)
@@ -135,15 +142,14 @@ class Server:
             except anyio.IncompleteRead:
                 return
             except anyio.DelimiterNotFound:
-                peer.push(encode(Reply(ok=False, message=(
+                peer.push(reply=True, data=encode(Reply(ok=False, message=(
                     f"line longer than {MAX_COMMAND_BYTES} bytes; closing"))))
-                await anyio.sleep(0.05)
                 return
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             if not line.strip():
                 continue
-            peer.push(encode(await self._answer(line)))
+            peer.push(encode(await self._answer(line)), reply=True)
 
     async def _answer(self, line: bytes) -> Message:
         try:

@@ -32,7 +32,7 @@ from daemon.home import sync_repo_config
 from daemon.merger import Merger
 from daemon.server import Server
 from daemon.store import Store
-from daemon.workers import Workers, _kill_group
+from daemon.workers import Workers, _kill_group, is_our_agent
 from shared import protocol as P
 from shared.config import Home
 from shared.errors import OrchestratorError, TicketError
@@ -163,7 +163,7 @@ class Daemon:
         for rec in records:
             if rec.state != TicketState.RUNNING:
                 continue
-            if rec.agent_pid:
+            if rec.agent_pid and is_our_agent(rec.agent_pid, rec.id):
                 _kill_group(rec.agent_pid, signal.SIGKILL)
             if rec.agent:
                 wt = self.workers.worktree(rec.agent)
@@ -256,8 +256,7 @@ class Daemon:
                     self._tg.start_soon(self._guarded,
                                         self.workers.stop(effect.agent, effect.reason))
                 case C.Push():
-                    self._tg.start_soon(self._guarded, self.workers.push(
-                        effect.ticket, effect.attempt, effect.branch))
+                    self._tg.start_soon(self._guarded, self._push(effect))
                 case C.Merge():
                     self._tg.start_soon(self._guarded, self._merge(effect))
                 case C.MoveFile():
@@ -270,6 +269,11 @@ class Daemon:
         except Exception as exc:
             log.exception("effect failed")
             self.notice(f"internal error ({type(exc).__name__}: {exc}); see the daemon log")
+
+    async def _push(self, effect: C.Push) -> None:
+        sha = await self.workers.push(effect.ticket, effect.attempt, effect.branch)
+        if sha:
+            self.ci.apply(sha)  # CI may have finished before (or ran for this sha earlier)
 
     async def _merge(self, effect: C.Merge) -> None:
         result = await self.merger.merge(effect.ticket, effect.branch)

@@ -50,6 +50,7 @@ class _Run:
     process: Process | None = None
     stop_reason: str = ""
     tail: bytearray = field(default_factory=bytearray)
+    output_done: bool = False
     status_hash: str = ""
 
 
@@ -91,6 +92,11 @@ class Workers:
         self.runs[effect.agent] = run
         try:
             await self._run(run)
+        except Exception as exc:  # a bug here must not strand the ticket in `running`
+            log.exception("%s: attempt of %s failed", effect.agent, effect.ticket)
+            if run.process is not None:
+                _kill_group(run.process.pid, signal.SIGKILL)
+            self._exited(effect, None, reason=f"internal error: {exc}")
         finally:
             self.runs.pop(effect.agent, None)
 
@@ -104,6 +110,9 @@ class Workers:
             await self._prepare(wt, eff)
         except GitError as exc:
             self._exited(eff, None, reason=f"cannot prepare worktree: {exc}")
+            return
+        if run.stop_reason:  # stopped while the worktree was being prepared
+            await self._finish(run, wt, -int(signal.SIGTERM), "")
             return
         ticket_file = eff.ticket_file
         prompt = self._prompt(eff, ticket_file)
@@ -144,9 +153,16 @@ class Workers:
             process = run.process
             self.submit([AgentStarted(eff.agent, eff.ticket, eff.attempt, process.pid,
                                       str(log_file), str(feedback_file or ""), time.time())])
-            await self._pump_output(run, out)
-            code = await process.wait()
-            _kill_group(process.pid, signal.SIGKILL)  # what the agent left running ends too
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump_output, run, out)
+                code = await process.wait()
+                # What the agent left running ends too; that also closes the output pipe
+                # if a leftover child still held it.
+                _kill_group(process.pid, signal.SIGKILL)
+                with anyio.move_on_after(2):
+                    while process.stdout is not None and not run.output_done:
+                        await anyio.sleep(0.02)
+                tg.cancel_scope.cancel()
             out.write(f"[orchestrator] agent exited with code {code}\n".encode())
         await self._finish(run, wt, code, "")
 
@@ -166,6 +182,7 @@ class Workers:
                 last_progress = now
                 line = chunk.decode(errors="replace").strip().splitlines()
                 self.submit([Progress(eff.agent, now, note=line[-1][:120] if line else "")])
+        run.output_done = True
 
     async def _prepare(self, wt: Path, eff: StartAgent) -> None:
         """Check out the ticket branch in the worktree (created from main if new)."""
@@ -248,9 +265,11 @@ class Workers:
     async def stop(self, agent: str, reason: str) -> None:
         """SIGTERM the agent's process group, wait ``stop_grace_s``, then SIGKILL."""
         run = self.runs.get(agent)
-        if run is None or run.process is None or run.process.returncode is not None:
+        if run is None:
             return
-        run.stop_reason = reason
+        run.stop_reason = reason  # also seen by an attempt that has not started its agent yet
+        if run.process is None or run.process.returncode is not None:
+            return
         pid = run.process.pid
         log.info("%s: stopping pid %d (%s): SIGTERM", agent, pid, reason)
         _kill_group(pid, signal.SIGTERM)
@@ -273,8 +292,9 @@ class Workers:
                 self.submit([Progress(agent, time.time(), note="worktree changed")])
             run.status_hash = digest
 
-    async def push(self, ticket: str, attempt: int, branch: str) -> None:
-        """Push the branch to repo.git (post-receive starts CI); feed Pushed."""
+    async def push(self, ticket: str, attempt: int, branch: str) -> str:
+        """Push the branch to repo.git (post-receive starts CI); feed Pushed; return the sha
+        ("" when the push failed)."""
         try:
             async with self.repo_lock:
                 await git(self.home.work, "push", "--quiet", "--force", "origin",
@@ -282,13 +302,23 @@ class Workers:
             sha = await git(self.home.work, "rev-parse", f"refs/heads/{branch}")
         except GitError as exc:
             self.submit([Pushed(ticket, attempt, "", time.time(), error=str(exc))])
-            return
+            return ""
         self.submit([Pushed(ticket, attempt, sha, time.time())])
+        return sha
 
 
 async def _branch_exists(repo: Path, branch: str) -> bool:
     result = await run_git(repo, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}")
     return result.returncode == 0
+
+
+def is_our_agent(pid: int, ticket: str) -> bool:
+    """Is ``pid`` still the agent we started for ``ticket``? (pids are reused after a reboot)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"ORCH_TICKET_ID={ticket}".encode() in environ.split(b"\0")
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:

@@ -133,10 +133,14 @@ class Client:
             )
         except OSError as exc:
             raise _not_running(self.path, exc) from None
-        self.hello = _check_hello(await self._read())
-        message = await self._read()
-        if not isinstance(message, Snapshot):
-            raise ProtocolError("expected a snapshot after hello")
+        try:
+            self.hello = _check_hello(await self._read())
+            message = await self._read()
+            if not isinstance(message, Snapshot):
+                raise ProtocolError("expected a snapshot after hello")
+        except BaseException:
+            await self.close()
+            raise
         self.snapshot = message
 
     async def close(self) -> None:

@@ -318,3 +318,59 @@ def test_restore_requeues_running_work_without_counting_the_attempt():
     (again,) = [e for e in out.effects if isinstance(e, C.StartAgent)]
     assert (again.attempt, again.branch) == (1, "agent-1/t")
     check_invariants(fresh.core)
+
+
+def test_stop_while_awaiting_approval_then_continue_needs_no_new_attempt():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["a"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.ci(sim.run_to_ci(eff))
+    assert sim.command("stop", "t").ok
+    assert sim.state("t") == S.STOPPED and len(sim.core.locks) == 0
+    sim.command("continue", "t")
+    assert sim.state("t") == S.AWAITING_APPROVAL
+    assert sim.take(C.StartAgent) == []
+    assert sim.rec("t").attempt == 1
+
+
+def test_stop_while_ci_runs_then_continue_pushes_again():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sha = sim.run_to_ci(eff)
+    sim.command("stop", "t")
+    sim.ci(sha)  # the result arrives while stopped: nobody waits for it
+    assert sim.state("t") == S.STOPPED
+    sim.command("continue", "t")
+    (push,) = sim.take(C.Push)
+    assert push.branch == "agent-1/t"
+    sim.push(push)
+    assert sim.state("t") == S.CI_RUNNING
+
+
+def test_continue_of_a_blocked_ticket_says_why_it_still_waits():
+    sim = Sim.new(workers=1, max_attempts=1)
+    sim.add(ticket("parent"))
+    sim.add(ticket("child", depends_on=["parent"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.exit(eff, code=1)
+    assert sim.state("child") == S.BLOCKED
+    out = sim.command("continue", "child")
+    assert not out.ok and "still blocked" in out.message
+
+
+def test_a_rejected_id_can_be_submitted_again():
+    sim = Sim.new(workers=0)
+    sim.add(ticket("a", depends_on=["ghost"]))
+    sim.tick(C.UNKNOWN_DEPENDENCY_GRACE_S + 1)
+    assert sim.state("a") == S.REJECTED
+    sim.add(ticket("a"), path="/backlog/a-fixed.yaml")
+    assert sim.state("a") == S.QUEUED
+
+
+def test_a_queued_file_that_turns_invalid_cancels_its_ticket():
+    sim = Sim.new(workers=0)
+    sim.add(ticket("a"))
+    sim.feed(C.TicketRead(path="/backlog/a.yaml", now=sim.now, error="a.yaml: bad"))
+    assert sim.state("a") == S.CANCELLED
+    assert "bad" in sim.rec("a").reason

@@ -91,7 +91,8 @@ def test_invariants_hold_for_any_sequence(steps):
 
 
 def _rejected_ids(sim: Sim) -> set[str]:
-    return {e.message.split(".yaml", 1)[0] for e in sim.events if e.kind == "ticket.rejected"}
+    return {e.path.rsplit("/", 1)[-1].removesuffix(".yaml") for e in sim.effects
+            if isinstance(e, C.MoveFile) and e.dest == "rejected"}
 
 
 @settings(max_examples=30, deadline=None)
