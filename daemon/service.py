@@ -59,7 +59,10 @@ def sd_notify(state: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:
             sock.connect(address)
-            sock.sendall(state.encode())
+            # Never block the event loop on a receiver that does not read.
+            sock.send(state.encode(), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            log.warning("sd_notify %s dropped: $NOTIFY_SOCKET is full", state.split("=")[0])
         except OSError as exc:
             log.warning("sd_notify %s failed: %s", state, exc)
 
