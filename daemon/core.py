@@ -262,8 +262,14 @@ class Push:
 
 @dataclass(frozen=True)
 class Merge:
+    """Rebase ``branch`` onto main and fast-forward main, if CI passed on exactly the
+    rebased commit (``verified_sha``); otherwise push the rebased commit for CI first."""
+
     ticket: str
     branch: str
+    verified_sha: str = ""
+    message: str = ""
+    """The commit message of the one commit the ticket becomes on main."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +351,7 @@ class Core:
                 worker.state_since = rec.state_since
                 if rec.state == S.MERGING:
                     assert rec.branch is not None
-                    self._effect(Merge(rec.id, rec.branch))
+                    self._effect(self._merge_effect(rec))
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
                 if rec.reserved:
@@ -805,7 +811,7 @@ class Core:
         if ev.status == "pass":
             if rec.state == S.MERGING:
                 assert rec.branch is not None
-                self._effect(Merge(rec.id, rec.branch))
+                self._effect(self._merge_effect(rec))
             elif self.config.approval == "auto":
                 self._approve(rec, ev.now, auto=True)
             else:
@@ -817,12 +823,21 @@ class Core:
                                f"CI failed on your branch. Its output ended with:\n{ev.log_tail}",
                                ev.now)
 
+    def _merge_effect(self, rec: TicketRecord) -> Merge:
+        assert rec.branch is not None
+        passed = rec.ci.sha if rec.ci is not None and rec.ci.status == "pass" else ""
+        attempts = f"{rec.attempt} attempt{'s' if rec.attempt != 1 else ''}"
+        message = (f"{rec.id}: {rec.ticket.title}\n\n{rec.ticket.description.strip()}\n\n"
+                   f"Merged by orchestrator from {rec.branch} after {attempts}.\n\n"
+                   f"Ticket: {rec.id}\n")
+        return Merge(rec.id, rec.branch, passed, message)
+
     def _approve(self, rec: TicketRecord, now: float, auto: bool = False) -> None:
         rec.approved = True
         rec.reason = "auto-approved" if auto else "approved"
         self._set_state(rec, S.MERGING, now)
         assert rec.branch is not None
-        self._effect(Merge(rec.id, rec.branch))
+        self._effect(self._merge_effect(rec))
 
     def _on_merge(self, ev: MergeResult) -> None:
         rec = self.tickets.get(ev.ticket)

@@ -150,8 +150,8 @@ def check_main(repo: Path, ids: list[str]) -> list[str]:
     log = git_sync(repo, "log", "--format=%B%x00", "main")
     for ticket_id in ids:
         count = sum(1 for body in log.split("\x00") if f"Ticket: {ticket_id}\n" in body + "\n")
-        if count == 0:
-            problems.append(f"{ticket_id}: not in main")
+        if count != 1:
+            problems.append(f"{ticket_id}: in main {count} times (expected once)")
     return problems
 
 

@@ -38,8 +38,11 @@ def resource(relative: str) -> Path:
 
 def render_config(workers: int, agent_command: list[str], ci_command: str, approval: str,
                   extra: str = "") -> str:
-    """config.yaml text with a comment per key (see docs/config.md)."""
-    return (
+    """config.yaml text with a comment per key (see docs/config.md).
+
+    ``extra`` holds top-level ``key: value`` lines that replace the defaults.
+    """
+    text = (
         "# orchestrator project settings; every key is described in docs/config.md\n"
         f"workers: {workers}            # agent workers agent-1..N\n"
         "agent:\n"
@@ -60,8 +63,24 @@ def render_config(workers: int, agent_command: list[str], ci_command: str, appro
         "starvation_after_s: 900  # a ticket waiting this long for locks reserves them\n"
         "aging_interval_s: 300    # a waiting ticket gains one priority level per interval\n"
         "rescan_interval_s: 2     # backlog / CI status rescan (events are the fast path)\n"
-        + extra
     )
+    return _merge_settings(text, extra)
+
+
+def _merge_settings(text: str, extra: str) -> str:
+    """Apply ``key: value`` lines of ``extra`` to top-level keys of ``text`` (replace or add)."""
+    lines = text.splitlines()
+    for setting in extra.splitlines():
+        key = setting.split(":", 1)[0].strip()
+        if not key or setting.startswith((" ", "#")):
+            continue
+        for i, line in enumerate(lines):
+            if line.startswith(f"{key}:"):
+                lines[i] = setting
+                break
+        else:
+            lines.append(setting)
+    return "\n".join(lines) + "\n"
 
 
 def init_home(root: Path, source: str, *, ci_command: str, workers: int,
@@ -136,6 +155,8 @@ def _install_hook(root: Path, repo: Path) -> None:
         shutil.copyfile(resource("ci.sh"), ci_script)
         ci_script.chmod(0o755)
     git_sync(repo, "config", "orchestrator.ciScript", str(ci_script))
+    # A reflog for every ref, so each move of main can be audited (all fast-forwards).
+    git_sync(repo, "config", "core.logAllRefUpdates", "always")
 
 
 def sync_repo_config(home: Home) -> None:

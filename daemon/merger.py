@@ -1,5 +1,9 @@
 """The merger: rebase an approved branch onto main, re-check, fast-forward main.
 
+Each ticket becomes exactly one commit on main (its branch squashed, with a
+``Ticket: <id>`` trailer), whose tree is the tree CI passed on; so every
+commit on main passed CI and ``git bisect`` never lands on a failed attempt.
+
 Runs in its own worktree ``<home>/worktrees/merge``. main in repo.git is only
 ever updated by a plain (non-forced) push, and repo.git's
 ``update`` hook (hooks/update) refuses anything but a fast-forward of main. A rebase that
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from daemon.core import MergeResult
+from daemon.core import Merge, MergeResult
 from daemon.git import git, run_git
 from shared.config import Home
 from shared.errors import GitError
@@ -38,23 +42,31 @@ class Merger:
             await git(self.home.work, "worktree", "add", "--detach", "--force",
                       str(self.worktree), "origin/main")
 
-    async def merge(self, ticket: str, branch: str) -> MergeResult:
-        """Merge ``branch`` into main; never raises (errors become an ``error`` result)."""
+    async def merge(self, effect: Merge) -> MergeResult:
+        """Merge a ticket's branch into main; never raises (errors become ``error``).
+
+        main is fast-forwarded to one new commit whose tree is exactly the tree
+        CI passed on (``effect.verified_sha``) and whose parent is main; anything
+        else (main moved, a restart mid-merge) is first pushed for CI again.
+        """
         async with self._one_at_a_time:
             try:
-                return await self._merge(ticket, branch)
+                return await self._merge(effect)
             except GitError as exc:
-                return MergeResult(ticket, "error", time.time(), text=str(exc))
+                return MergeResult(effect.ticket, "error", time.time(), text=str(exc))
 
-    async def _merge(self, ticket: str, branch: str) -> MergeResult:
-        work, wt = self.home.work, self.worktree
+    async def _merge(self, effect: Merge) -> MergeResult:
+        work, wt, branch = self.home.work, self.worktree, effect.branch
+        ticket = effect.ticket
         for _ in range(PUSH_RETRIES):
             async with self.repo_lock:
                 await git(work, "fetch", "--quiet", "origin", "main")
             main = await git(work, "rev-parse", "origin/main")
+            pattern = "^Ticket: " + ticket.replace(".", "\\.") + "$"  # ids: [A-Za-z0-9._-]
+            done = await git(work, "log", "--format=%H", "-1", f"--grep={pattern}", main)
+            if done:  # merged before (e.g. the daemon died right after the push)
+                return MergeResult(ticket, "merged", time.time(), sha=done)
             tip = await git(work, "rev-parse", f"refs/heads/{branch}")
-            if (await run_git(work, "merge-base", "--is-ancestor", tip, main)).returncode == 0:
-                return MergeResult(ticket, "merged", time.time(), sha=main)
             await git(wt, "checkout", "--quiet", "--detach", tip)
             rebase = await run_git(wt, "rebase", "--quiet", main)
             if rebase.returncode != 0:
@@ -65,21 +77,29 @@ class Merger:
                 return MergeResult(ticket, "conflict", time.time(), text=text)
             rebased = await git(wt, "rev-parse", "HEAD")
             await git(wt, "checkout", "--quiet", "--detach", main)
-            if rebased == main:
-                return MergeResult(ticket, "merged", time.time(), sha=main)
-            if rebased != tip:
+            tree = await git(work, "rev-parse", f"{rebased}^{{tree}}")
+            if tree == await git(work, "rev-parse", f"{main}^{{tree}}"):
+                return MergeResult(ticket, "error", time.time(),
+                                   text="the branch changes nothing on top of main")
+            verified = ""
+            if effect.verified_sha:
+                verified = await git(work, "rev-parse", f"{effect.verified_sha}^{{tree}}")
+            if tree != verified:
                 # main moved since CI ran on the branch: run CI on the rebased commit first.
                 async with self.repo_lock:
-                    await git(work, "update-ref", f"refs/heads/{branch}", rebased, tip)
+                    if rebased != tip:
+                        await git(work, "update-ref", f"refs/heads/{branch}", rebased, tip)
                     await git(work, "push", "--quiet", "--force", "origin",
                               f"refs/heads/{branch}:refs/heads/{branch}")
                 return MergeResult(ticket, "recheck", time.time(), sha=rebased)
+            squashed = await git(work, "commit-tree", tree, "-p", main,
+                                 stdin=effect.message.encode())
             async with self.repo_lock:
                 push = await run_git(work, "push", "--quiet", "origin",
-                                     f"{rebased}:refs/heads/main")
+                                     f"{squashed}:refs/heads/main")
             if push.returncode == 0:
                 async with self.repo_lock:
                     await run_git(work, "fetch", "--quiet", "origin", "main")
-                return MergeResult(ticket, "merged", time.time(), sha=rebased)
+                return MergeResult(ticket, "merged", time.time(), sha=squashed)
         return MergeResult(ticket, "error", time.time(),
                            text=f"main kept moving; gave up after {PUSH_RETRIES} tries")

@@ -279,7 +279,7 @@ class Daemon:
             self.ci.apply(sha)  # CI may have finished before (or ran for this sha earlier)
 
     async def _merge(self, effect: C.Merge) -> None:
-        result = await self.merger.merge(effect.ticket, effect.branch)
+        result = await self.merger.merge(effect)
         self.submit([result])
         if result.outcome == "recheck":
             self.ci.apply(result.sha)

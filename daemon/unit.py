@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from daemon.home import resource
+from daemon.home import PROJECT_ROOT, resource
 from shared.config import Home
 from shared.errors import HomeError
 from shared.fsutil import atomic_write
@@ -50,7 +50,8 @@ def executable_argv() -> list[str]:
 
     The interpreter's directory is taken without resolving symlinks, so a venv's
     ``bin/`` stays a venv's ``bin/``. Without that script (e.g. run from a
-    checkout that was never installed), ``python -m shared.cli``.
+    checkout that was never installed), ``python -m shared.cli``; the unit then
+    also sets ``PYTHONPATH`` to the checkout.
     """
     bindir = Path(os.path.abspath(sys.executable)).parent
     script = bindir / "orchestrator"
@@ -106,10 +107,21 @@ def render_unit(executable: Path | list[str], config: Path) -> str:
         if line.startswith("ExecStart="):
             line = line.replace("@ORCHESTRATOR@", exec_start).replace(
                 "@CONFIG@", _exec_word(str(config)))
+            if len(argv) > 1:
+                # `python -m shared.cli` without an installed package: import from the checkout
+                line += _environment("PYTHONPATH", str(PROJECT_ROOT)) + "\n"
         elif line.startswith("Description="):
             line = line.replace("@CONFIG@", description)
         lines.append(line)
     return "".join(lines)
+
+
+def _environment(name: str, value: str) -> str:
+    """An ``Environment=`` line (specifiers escaped; quoted when needed)."""
+    assignment = f"{name}={value}".replace("%", "%%")
+    if _NEEDS_QUOTES.search(assignment):
+        assignment = '"' + assignment.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"Environment={assignment}"
 
 
 def install(home: Home) -> int:
