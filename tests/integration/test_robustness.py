@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -192,7 +191,7 @@ def test_sigstopped_agent_goes_stale_and_is_requeued_with_its_work(make_project)
                            "max_attempts: 3\n")
     project.ticket("hung", locks=["h.txt"],
                    description="a1: write h.txt partial\na1: sigstop\na2: append h.txt done")
-    snap = project.wait_for(lambda s: s.tickets and s.tickets[0].attempt == 2, 40,
+    project.wait_for(lambda s: s.tickets and s.tickets[0].attempt == 2, 40,
                             "second attempt")
     assert git(project.home.work, "show", "agent-1/hung:h.txt").startswith("partial")
     project.wait_state("hung", "awaiting_approval", timeout_s=30)
