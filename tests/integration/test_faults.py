@@ -1,7 +1,7 @@
 """Fault injection: kill -9 the daemon at random moments of a real pipeline run.
 
 CI runs a short version. The long one: ``FAULT_ROUNDS=40 FAULT_SEED=7 .venv/bin/python -m
-pytest tests/integration/test_faults.py -p no:timeout``.
+pytest tests/integration/test_faults.py --timeout 0``.
 """
 
 from __future__ import annotations
