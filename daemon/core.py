@@ -645,7 +645,7 @@ class Core:
             if reason:
                 if reason != rec.reason:
                     rec.reason = reason
-                    self._dirty(rec)
+                    self._emit("ticket.waiting", f"{rec.id}: {reason}", rec, now=now)
                 skipped.append(entry)
                 continue
             self._assign(rec, idle.pop(0), now)
