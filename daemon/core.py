@@ -900,6 +900,7 @@ class Core:
     def _release(self, rec: TicketRecord, state: TicketState, now: float) -> None:
         """Free the ticket's worker and leases and move it to ``state``."""
         released = self.locks.release(rec.id)
+        rec.agent_pid = None
         worker = self._worker_of(rec)
         if worker is not None:
             worker.ticket = None

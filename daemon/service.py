@@ -339,6 +339,7 @@ class Daemon:
         with anyio.move_on_after(deadline):
             while self.workers.runs:
                 await anyio.sleep(0.05)
+        self.workers.kill_all()  # never leave an agent orphaned, even past the grace
         await anyio.sleep(0.1)  # let the loop apply the last exits
         self.notice("daemon stopped", kind="daemon.stopping")
         await anyio.sleep(0.05)

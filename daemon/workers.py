@@ -72,6 +72,12 @@ class Workers:
         self.repo_lock = repo_lock
         self.runs: dict[str, _Run] = {}
 
+    def kill_all(self) -> None:
+        """SIGKILL every agent still running (last step of a shutdown)."""
+        for run in self.runs.values():
+            if run.process is not None and run.process.returncode is None:
+                _kill_group(run.process.pid, signal.SIGKILL)
+
     def worktree(self, agent: str) -> Path:
         return self.home.worktrees / agent
 
@@ -127,7 +133,8 @@ class Workers:
             "attempt": str(eff.attempt), "feedback_file": str(feedback_file or ""),
         }
         argv = fill_placeholders(self.home.config.agent.command, values)
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env.update(self.home.config.agent.env)
         env.update({
             "ORCH_TICKET_ID": eff.ticket, "ORCH_TICKET_FILE": ticket_file,
@@ -155,6 +162,8 @@ class Workers:
                                       str(log_file), str(feedback_file or ""), time.time())])
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump_output, run, out)
+                if run.stop_reason:  # a stop arrived while the process was being started
+                    tg.start_soon(self._terminate, run)
                 code = await process.wait()
                 # What the agent left running ends too; that also closes the output pipe
                 # if a leftover child still held it.
@@ -268,10 +277,14 @@ class Workers:
         if run is None:
             return
         run.stop_reason = reason  # also seen by an attempt that has not started its agent yet
+        await self._terminate(run)
+
+    async def _terminate(self, run: _Run) -> None:
+        agent = run.effect.agent
         if run.process is None or run.process.returncode is not None:
             return
         pid = run.process.pid
-        log.info("%s: stopping pid %d (%s): SIGTERM", agent, pid, reason)
+        log.info("%s: stopping pid %d (%s): SIGTERM", agent, pid, run.stop_reason)
         _kill_group(pid, signal.SIGTERM)
         _kill_group(pid, signal.SIGCONT)  # a SIGSTOPped agent must see the SIGTERM
         with anyio.move_on_after(self.home.config.agent.stop_grace_s):
