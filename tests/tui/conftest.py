@@ -4,6 +4,9 @@ It speaks the protocol of shared/protocol.py for real (hello, snapshot, events,
 one reply per command), so the TUI under test uses the real ``shared.client``.
 It runs on its own event loop in a thread so that both ``app.run_test()`` tests
 and ``snap_compare`` (which runs the app on a loop of its own) can use it.
+
+The real daemon of the integration tests (``make_project``) is imported too,
+for test_real_daemon.py and test_tmux.py.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from shared.protocol import (
     decode_command,
     encode,
 )
+from tests.integration.conftest import make_project, runtime_dir, source_repo  # noqa: F401
 from tui.app import OrchestratorApp
 
 #: The frozen "now" of every test (2023-11-14 22:13:20 UTC); ages are relative to it.

@@ -1,0 +1,133 @@
+"""``orchestrator tui`` as a person runs it: the real command in a real terminal (tmux).
+
+Each test uses its own tmux server (``-L``) without any user configuration, so a
+person's tmux sessions are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ORCHESTRATOR = Path(sys.executable).with_name("orchestrator")
+TIMEOUT_S = 60.0
+
+
+class Tmux:
+    """One detached session of a private tmux server, 120×36, running one command."""
+
+    def __init__(self, status_file: Path) -> None:
+        self.server = f"orch-test-{uuid.uuid4().hex[:10]}"
+        self.session = "tui"
+        self.status_file = status_file
+
+    def run(self, *args: str) -> str:
+        # An explicit env: with env=None a child inherits the C environ, where GNU
+        # readline (loaded by pytest) exported COLUMNS=80 LINES=24 for the TUI to obey.
+        done = subprocess.run(["tmux", "-L", self.server, "-f", "/dev/null", *args],
+                              capture_output=True, text=True, timeout=30, env=dict(os.environ))
+        if done.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        """Run ``command`` in the pane; its exit status goes to :attr:`status_file`.
+
+        Not tmux's ``pane_dead_status``: tmux 3.3a now and then leaves the exited
+        process a zombie it never reaps, and then never reports a status.
+        """
+        flags = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
+        status = shlex.quote(str(self.status_file))
+        script = f'"$@"; echo $? > {status}.tmp && mv {status}.tmp {status}'
+        self.run("new-session", "-d", "-s", self.session, "-x", "120", "-y", "36", *flags,
+                 shlex.join(["sh", "-c", script, "sh", *command]))
+        # Keep the pane after its process exits, so a failure can show the screen.
+        self.run("set-option", "-t", self.session, "remain-on-exit", "on")
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.session, *keys)
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.session)
+
+    def wait_screen(self, predicate: Callable[[str], bool], what: str) -> str:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            text = self.screen()
+            if predicate(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; the screen:\n{text}")
+            time.sleep(0.1)
+
+    def wait_exit(self) -> int:
+        """Wait until the command exited; its exit status."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while not self.status_file.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the command did not exit; the screen:\n{self.screen()}")
+            time.sleep(0.1)
+        return int(self.status_file.read_text())
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True,
+                       timeout=30, check=False, env=dict(os.environ))
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    if shutil.which("tmux") is None:
+        reason = "tmux is required; .ci/run installs it"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    session = Tmux(tmp_path / "exit-status")
+    try:
+        yield session
+    finally:
+        session.kill()
+
+
+def test_approve_and_quit_in_a_real_terminal(tmux: Tmux, make_project) -> None:
+    project = make_project(workers=1)
+    project.ticket("T-tmux", description="write src/tmux.py X = 1\\n")
+    project.wait_state("T-tmux", "awaiting_approval")
+
+    tmux.start([str(ORCHESTRATOR), "tui", "--config", str(project.config)],
+               {"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"], "TERM": "xterm-256color"})
+    screen = tmux.wait_screen(lambda s: "awaiting_approval" in s and "T-tmux" in s,
+                              "T-tmux awaiting approval")
+    assert "Agents" in screen and "Tickets" in screen
+    assert "agent-1" in screen
+    assert max(len(line.rstrip()) for line in screen.splitlines()) > 100, "drawn 120 wide"
+
+    tmux.keys("Tab")  # the tickets panel; T-tmux is its only row
+    tmux.keys("c")
+    project.wait_state("T-tmux", "merged")
+    tmux.keys("f")  # merged tickets are hidden until f
+    tmux.wait_screen(lambda s: any("T-tmux" in line and "merged" in line
+                                   for line in s.splitlines()), "the T-tmux row merged")
+
+    tmux.keys("q")
+    assert tmux.wait_exit() == 0, tmux.screen()
+    assert {t.id: str(t.state) for t in project.snapshot().tickets} == {"T-tmux": "merged"}
+    assert project.proc is not None and project.proc.poll() is None, "the daemon keeps running"
+
+
+def test_without_a_daemon_one_line_and_non_zero_exit(make_project) -> None:
+    project = make_project(start=False)
+    done = subprocess.run([str(ORCHESTRATOR), "tui", "--config", str(project.config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"no daemon answers on {project.home.socket_path}")
