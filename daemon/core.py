@@ -791,6 +791,13 @@ class Core:
         rec.ci_sha = rec.pushed_sha = ev.sha
         rec.ci = CIView(sha=ev.sha)
         rec.ci_started = ev.now
+        stop, rec.stop_requested = rec.stop_requested, ""
+        if rec.state == S.RUNNING and stop == "stop":  # asked to stop while it was pushing
+            rec.resume = S.CI_RUNNING
+            rec.reason = f"stopped by request; pushed {ev.sha[:10]}, work on {rec.branch}"
+            rec.ci_sha = None
+            self._release(rec, S.STOPPED, ev.now)
+            return
         if rec.state == S.RUNNING:
             self._set_state(rec, S.CI_RUNNING, ev.now, message=f"{rec.id}: pushed {ev.sha[:10]}, "
                             "CI running")

@@ -155,8 +155,6 @@ def _install_hook(root: Path, repo: Path) -> None:
         shutil.copyfile(resource("ci.sh"), ci_script)
         ci_script.chmod(0o755)
     git_sync(repo, "config", "orchestrator.ciScript", str(ci_script))
-    # A reflog for every ref, so each move of main can be audited (all fast-forwards).
-    git_sync(repo, "config", "core.logAllRefUpdates", "always")
 
 
 def sync_repo_config(home: Home) -> None:
@@ -169,6 +167,8 @@ def sync_repo_config(home: Home) -> None:
         ("orchestrator.ciTimeoutS", str(home.config.ci.timeout_s)),
         ("orchestrator.python", sys.executable),
         ("orchestrator.socket", str(home.socket_path)),
+        # A reflog for every ref, so each move of main can be audited (all fast-forwards).
+        ("core.logAllRefUpdates", "always"),
     ):
         git_sync(home.repo, "config", key, value)
 

@@ -219,6 +219,8 @@ class Daemon:
             except Exception as exc:  # a bug in a rule must not stop the team
                 log.exception("applying %r failed", item)
                 outcome = C.Outcome(ok=False, message=f"internal error: {exc}")
+                self._notices.append(P.Event(id=0, ts=time.time(), kind="warning", message=(
+                    f"internal error applying {type(item).__name__} ({exc}); see the daemon log")))
             total.effects += outcome.effects
             total.events += outcome.events
             total.dirty |= outcome.dirty

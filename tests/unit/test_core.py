@@ -374,3 +374,19 @@ def test_a_queued_file_that_turns_invalid_cancels_its_ticket():
     sim.feed(C.TicketRead(path="/backlog/a.yaml", now=sim.now, error="a.yaml: bad"))
     assert sim.state("a") == S.CANCELLED
     assert "bad" in sim.rec("a").reason
+
+
+def test_stop_while_the_branch_is_being_pushed_ends_stopped():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.start(eff)
+    sim.exit(eff)
+    (push,) = sim.take(C.Push)
+    assert sim.command("stop", "t").ok
+    sim.push(push)
+    assert sim.state("t") == S.STOPPED
+    assert sim.core.workers["agent-1"].ticket is None
+    sim.command("continue", "t")
+    (again,) = sim.take(C.Push)
+    assert again.branch == "agent-1/t"
