@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 from watchdog.events import (
     FileClosedEvent,
+    FileCreatedEvent,
     FileDeletedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -49,7 +50,8 @@ class _Handler(FileSystemEventHandler):
         if isinstance(event, FileMovedEvent):
             self.notify(os.fsdecode(event.src_path))
             self.notify(os.fsdecode(event.dest_path))
-        elif isinstance(event, FileClosedEvent | FileDeletedEvent):
+        elif isinstance(event, FileClosedEvent | FileDeletedEvent | FileCreatedEvent):
+            # A file moved in from another directory arrives as a created event.
             self.notify(os.fsdecode(event.src_path))
 
 

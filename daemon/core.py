@@ -312,6 +312,10 @@ class Core:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._out = Outcome()
+        self.dependents: dict[str, set[str]] = {}
+        """ticket id -> ids of tickets whose depends_on names it (may hold stale ids)."""
+        self._unknown_deps: set[str] = set()
+        """Queued tickets that named a dependency nobody had submitted yet."""
         self.accepting = True
         """False during shutdown: nothing new is assigned."""
 
@@ -331,6 +335,7 @@ class Core:
             self._seq = max(self._seq, rec.seq + 1)
             if rec.state not in FINAL_STATES:
                 self.by_file[rec.file] = rec.id
+            self._index_dependencies(rec)
         for rec in sorted(self.tickets.values(), key=lambda r: r.seq):
             if rec.state == S.RUNNING and rec.stop_requested == "stop":
                 rec.stop_requested = ""
@@ -460,7 +465,12 @@ class Core:
             note=worker.note,
         )
 
-    def lease_views(self) -> list[LeaseView]:
+    def lease_views(self, owner: str | None = None) -> list[LeaseView]:
+        """Held leases and reservations, sorted by path; only ``owner``'s when given."""
+        leases = self.locks.leases() if owner is None else self.locks.held_by(owner)
+        reservations = self.locks.reservations()
+        if owner is not None:
+            reservations = {owner: reservations[owner]} if owner in reservations else {}
         views = [
             LeaseView(
                 path=lease.path,
@@ -469,13 +479,13 @@ class Core:
                 acquired_at=lease.acquired_at_s,
                 expires_at=lease.expires_at_s,
             )
-            for lease in self.locks.leases()
+            for lease in leases
         ]
-        for owner, paths in self.locks.reservations().items():
-            rec = self.tickets[owner]
+        for holder, paths in reservations.items():
+            rec = self.tickets[holder]
             views.extend(
                 LeaseView(
-                    path=p, ticket=owner, agent="", acquired_at=rec.queued_at,
+                    path=p, ticket=holder, agent="", acquired_at=rec.queued_at,
                     expires_at=0.0, reserved=True,
                 )
                 for p in paths
@@ -527,17 +537,19 @@ class Core:
                 self.tickets[ticket.id] = rec
             rec.ticket, rec.file = ticket, ev.path
             self.by_file[ev.path] = ticket.id
+            self._index_dependencies(rec)
             self._set_state(rec, S.QUEUED, ev.now, kind="ticket.queued")
             self._push_heap(rec)
-            self._refresh_blocked(ev.now)
+            self._refresh_blocked(ev.now, rec.id)
             return
         if rec.state in (S.QUEUED, S.BLOCKED, S.STOPPED, S.FAILED):
             rec.ticket = ticket
+            self._index_dependencies(rec)
             rec.max_attempts = ticket.max_attempts or self.config.max_attempts
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
             self._emit("ticket.updated", f"{rec.id}: ticket file changed", rec, now=ev.now)
-            self._refresh_blocked(ev.now)
+            self._refresh_blocked(ev.now, rec.id)
         else:
             self._emit(
                 "warning",
@@ -546,6 +558,12 @@ class Core:
             )
             rec.ticket = ticket
             self._dirty(rec)
+
+    def _index_dependencies(self, rec: TicketRecord) -> None:
+        for dep in rec.ticket.depends_on:
+            self.dependents.setdefault(dep, set()).add(rec.id)
+            if dep not in self.tickets:
+                self._unknown_deps.add(rec.id)
 
     def _on_file_gone(self, ev: TicketFileGone) -> None:
         ticket_id = self.by_file.get(ev.path)
@@ -561,7 +579,7 @@ class Core:
         self.locks.unreserve(rec.id)
         self._set_state(rec, S.CANCELLED, now)
         self.by_file.pop(rec.file, None)
-        self._refresh_blocked(now)
+        self._refresh_blocked(now, rec.id)
 
     def _reject_file(self, path: str, error: str, now: float) -> None:
         self._effect(MoveFile(path=path, dest="rejected", error=error))
@@ -602,25 +620,31 @@ class Core:
                 return f"waits for {dep!r} ({d.state})", False
         return "", False
 
-    def _refresh_blocked(self, now: float) -> None:
-        """Move queued tickets whose dependency can no longer merge to blocked, and back."""
-        changed = True
-        while changed:
-            changed = False
-            for rec in self.tickets.values():
-                if rec.state not in (S.QUEUED, S.BLOCKED):
-                    continue
-                reason, failed = self._blocking_dependency(rec)
-                if rec.state == S.QUEUED and failed:
-                    rec.reason = reason
-                    self.locks.unreserve(rec.id)
-                    self._set_state(rec, S.BLOCKED, now)
-                    changed = True
-                elif rec.state == S.BLOCKED and not failed:
-                    rec.reason = reason
-                    self._set_state(rec, S.QUEUED, now)
-                    self._push_heap(rec)
-                    changed = True
+    def _refresh_blocked(self, now: float, root: str) -> None:
+        """After ``root`` changed: move it and the tickets that (transitively) depend on
+        it to ``blocked`` when a dependency can no longer merge, and back to ``queued``.
+
+        Walks only the dependents (an index), so intake stays O(1) per ticket.
+        """
+        stack, seen = [root], set()
+        while stack:
+            ticket_id = stack.pop()
+            if ticket_id in seen:
+                continue
+            seen.add(ticket_id)
+            stack.extend(self.dependents.get(ticket_id, ()))
+            rec = self.tickets.get(ticket_id)
+            if rec is None or rec.state not in (S.QUEUED, S.BLOCKED):
+                continue
+            reason, failed = self._blocking_dependency(rec)
+            if rec.state == S.QUEUED and failed:
+                rec.reason = reason
+                self.locks.unreserve(rec.id)
+                self._set_state(rec, S.BLOCKED, now)
+            elif rec.state == S.BLOCKED and not failed:
+                rec.reason = reason
+                self._set_state(rec, S.QUEUED, now)
+                self._push_heap(rec)
 
     def _schedule(self, now: float) -> None:
         """Assign eligible queued tickets to idle workers, most urgent first.
@@ -855,7 +879,7 @@ class Core:
             rec.reason = f"main fast-forwarded to {ev.sha[:10]}"
             self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
             self._release(rec, S.MERGED, ev.now)
-            self._refresh_blocked(ev.now)
+            self._refresh_blocked(ev.now, rec.id)
         elif ev.outcome == "recheck":
             rec.ci_sha = ev.sha
             rec.ci = CIView(sha=ev.sha)
@@ -882,7 +906,7 @@ class Core:
         if rec.attempt >= rec.max_attempts or worker is None:
             rec.reason = f"{reason} (attempt {rec.attempt} of {rec.max_attempts})"
             self._release(rec, S.FAILED, now)
-            self._refresh_blocked(now)
+            self._refresh_blocked(now, rec.id)
             return
         if not self.accepting:  # shutting down: the next attempt runs after the restart
             self._release(rec, S.QUEUED, now)
@@ -900,7 +924,7 @@ class Core:
         if rec.attempt >= rec.max_attempts:
             rec.reason += f"; attempts used up ({rec.attempt})"
             self._set_state(rec, S.FAILED, now)
-            self._refresh_blocked(now)
+            self._refresh_blocked(now, rec.id)
             return
         self._push_heap(rec)
 
@@ -974,30 +998,30 @@ class Core:
                 self._effect(StopAgent(worker.name, rec.id, "expired"))
                 self._emit("lease.expired", f"{rec.id}: lease expired", rec, now=now)
         self._reserve_starved(now)
-        for rec in self.tickets.values():
-            if (rec.state == S.QUEUED and now - rec.queued_at > UNKNOWN_DEPENDENCY_GRACE_S):
-                unknown = [d for d in rec.ticket.depends_on if d not in self.tickets]
-                if unknown:
-                    rec.reason = f"depends_on: unknown ticket {unknown[0]!r}"
-                    self._set_state(rec, S.REJECTED, now)
-                    self._effect(MoveFile(path=rec.file, dest="rejected", ticket=rec.id,
-                                          error=rec.reason))
-                    self._refresh_blocked(now)
-                    break  # the dict may have new dependents blocked; next tick continues
+        for ticket_id in sorted(self._unknown_deps):
+            rec = self.tickets[ticket_id]
+            unknown = [d for d in rec.ticket.depends_on if d not in self.tickets]
+            if rec.state not in (S.QUEUED, S.BLOCKED) or not unknown:
+                self._unknown_deps.discard(ticket_id)
+            elif now - rec.queued_at > UNKNOWN_DEPENDENCY_GRACE_S:
+                self._unknown_deps.discard(ticket_id)
+                rec.reason = f"depends_on: unknown ticket {unknown[0]!r}"
+                self._set_state(rec, S.REJECTED, now)
+                self._effect(MoveFile(path=rec.file, dest="rejected", ticket=rec.id,
+                                      error=rec.reason))
+                self._refresh_blocked(now, rec.id)
 
     def _reserve_starved(self, now: float) -> None:
         """Reserve the locks of tickets that waited past ``starvation_after_s`` for locks."""
-        limit = self.config.starvation_after_s
-        for rec in sorted(self.tickets.values(), key=lambda r: r.queued_at):
-            if rec.state != S.QUEUED or rec.reserved or not rec.ticket.locks:
-                continue
-            if now - rec.queued_at < limit or not rec.reason.startswith("lock "):
-                continue
-            others = self.locks.reservations()
-            if any(self.locks.conflicts(rec.ticket.locks, owner=rec.id) and o != rec.id
-                   for o in others):
-                continue
-            self.locks.reserve(rec.id, rec.ticket.locks)
+        oldest = now - self.config.starvation_after_s
+        starving = [r for r in self.tickets.values()
+                    if r.state == S.QUEUED and not r.reserved and r.queued_at <= oldest
+                    and r.reason.startswith("lock ")]
+        for rec in sorted(starving, key=lambda r: r.queued_at):  # the longest wait wins
+            try:
+                self.locks.reserve(rec.id, rec.ticket.locks)
+            except LockConflict:
+                continue  # overlaps an older ticket's reservation; it waits its turn
             rec.reserved = True
             self._emit("lease.reserved", f"{rec.id}: waited {now - rec.queued_at:.0f} s; its "
                        "locks are reserved", rec, now=now, leases=True)
@@ -1031,7 +1055,7 @@ class Core:
                     rec.reason = f"continued after {st}"
                     self._set_state(rec, S.QUEUED, now)
                     self._push_heap(rec)
-                    self._refresh_blocked(now)
+                    self._refresh_blocked(now, rec.id)
                     if rec.state == S.BLOCKED:
                         self._reply(False, f"{rec.id}: still blocked: {rec.reason}")
                     else:
@@ -1129,7 +1153,7 @@ class Core:
             agent=agent.name if agent else None,
             ticket_view=self.ticket_view(rec, now) if rec else None,
             agent_view=self.agent_view(agent) if agent else None,
-            leases=self.lease_views() if leases else None,
+            leases=self.lease_views(rec.id) if leases and rec else None,
             text=text,
         ))
 

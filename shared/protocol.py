@@ -51,7 +51,9 @@ class Event(Message, tag="event", kw_only=True):
     """Something that happened. ``kind`` is a dotted name, e.g. ``ticket.state``.
 
     Views, when present, are the complete new state of that ticket/agent, so a
-    client can replace what it holds instead of interpreting the kind.
+    client can replace what it holds instead of interpreting the kind. ``leases``,
+    when present, are all of ``ticket``'s leases and reservation after the change
+    (empty: it holds none); the full table is in the snapshot.
     """
 
     id: int

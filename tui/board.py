@@ -120,8 +120,9 @@ class Board:
                     self.agents = {a.name: a for a in ordered}
                 self.dirty_agents = True
                 self.touched.add(agent_key(view_a.name))
-        if event.leases is not None:
-            self.leases = list(event.leases)
+        if event.leases is not None:  # that ticket's leases after the change
+            self.leases = [lease for lease in self.leases if lease.ticket != event.ticket]
+            self.leases += event.leases
         if event.kind == "agent.output":
             self._add_output(event)
             return
