@@ -315,6 +315,8 @@ class Core:
         self.dependents: dict[str, set[str]] = {}
         """ticket id -> ids of tickets whose depends_on names it (may hold stale ids)."""
         self._unknown_deps: set[str] = set()
+        self._parked: dict[str, set[str]] = {}
+        """blocker id -> queued tickets set aside until the blocker changes state."""
         """Queued tickets that named a dependency nobody had submitted yet."""
         self.accepting = True
         """False during shutdown: nothing new is assigned."""
@@ -608,17 +610,18 @@ class Core:
     def _push_heap(self, rec: TicketRecord) -> None:
         heapq.heappush(self._heap, (self.rank(rec), rec.seq, rec.id))
 
-    def _blocking_dependency(self, rec: TicketRecord) -> tuple[str, bool]:
-        """(reason, failed): why the deps are not all merged; failed when one cannot be."""
+    def _blocking_dependency(self, rec: TicketRecord) -> tuple[str, bool, str]:
+        """(reason, failed, dep): why the deps are not all merged; failed when one cannot
+        be; dep is the dependency in the way."""
         for dep in rec.ticket.depends_on:
             d = self.tickets.get(dep)
             if d is None:
-                return f"waits for unknown ticket {dep!r}", False
+                return f"waits for unknown ticket {dep!r}", False, dep
             if d.state in (S.FAILED, S.REJECTED, S.CANCELLED, S.BLOCKED):
-                return f"dependency {dep!r} is {d.state}", True
+                return f"dependency {dep!r} is {d.state}", True, dep
             if d.state != S.MERGED:
-                return f"waits for {dep!r} ({d.state})", False
-        return "", False
+                return f"waits for {dep!r} ({d.state})", False, dep
+        return "", False, ""
 
     def _refresh_blocked(self, now: float, root: str) -> None:
         """After ``root`` changed: move it and the tickets that (transitively) depend on
@@ -636,7 +639,7 @@ class Core:
             rec = self.tickets.get(ticket_id)
             if rec is None or rec.state not in (S.QUEUED, S.BLOCKED):
                 continue
-            reason, failed = self._blocking_dependency(rec)
+            reason, failed, _ = self._blocking_dependency(rec)
             if rec.state == S.QUEUED and failed:
                 rec.reason = reason
                 self.locks.unreserve(rec.id)
@@ -650,42 +653,56 @@ class Core:
         """Assign eligible queued tickets to idle workers, most urgent first.
 
         Pops the heap in order; entries that are stale (lazy deletion) are
-        dropped, ineligible ones are set aside and pushed back afterwards, so an
-        ineligible head never blocks eligible tickets behind it.
+        dropped. An ineligible ticket is parked outside the heap under the ticket
+        in its way (the holder of a conflicting lease or reservation, or the
+        dependency it waits for) and goes back into the heap when that ticket
+        changes state, so an ineligible head never blocks eligible tickets behind
+        it and is not examined again at every pick.
         """
         idle = [w for w in self.workers.values() if w.ticket is None]
         if not self.accepting or not idle or not self._heap:
             return
-        skipped: list[tuple[float, int, str]] = []
         seen: set[str] = set()
+        again: list[tuple[float, int, str]] = []
         while idle and self._heap:
             entry = heapq.heappop(self._heap)
             rank, _, ticket_id = entry
             rec = self.tickets.get(ticket_id)
-            if rec is None or rec.state != S.QUEUED or ticket_id in seen or rank != self.rank(rec):
+            if rec is None or rec.state != S.QUEUED or rank != self.rank(rec):
+                continue
+            if ticket_id in seen:  # unparked during this pass (an assignment freed it)
+                again.append(entry)
                 continue
             seen.add(ticket_id)
-            reason = self._ineligible(rec, now)
+            reason, blocker = self._ineligible(rec)
             if reason:
                 if reason != rec.reason:
                     rec.reason = reason
                     self._emit("ticket.waiting", f"{rec.id}: {reason}", rec, now=now)
-                skipped.append(entry)
+                self._parked.setdefault(blocker, set()).add(rec.id)
                 continue
             self._assign(rec, idle.pop(0), now)
-        for entry in skipped:
+        for entry in again:
             heapq.heappush(self._heap, entry)
 
-    def _ineligible(self, rec: TicketRecord, now: float) -> str:
-        reason, _ = self._blocking_dependency(rec)
+    def _unpark(self, blocker: str) -> None:
+        """``blocker`` changed state: the tickets parked behind it may be eligible now."""
+        for ticket_id in self._parked.pop(blocker, ()):
+            rec = self.tickets.get(ticket_id)
+            if rec is not None and rec.state == S.QUEUED:
+                self._push_heap(rec)
+
+    def _ineligible(self, rec: TicketRecord) -> tuple[str, str]:
+        """(why the ticket cannot start now, the ticket in its way), or ("", "")."""
+        reason, _, dep = self._blocking_dependency(rec)
         if reason:
-            return reason
+            return reason, dep
         conflicts = self.locks.conflicts(rec.ticket.locks, owner=rec.id)
         if conflicts:
             path, owner = conflicts[0]
             more = f" (+{len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-            return f"lock {path} held by {owner}{more}"
-        return ""
+            return f"lock {path} held by {owner}{more}", owner
+        return "", ""
 
     def _take_locks(self, rec: TicketRecord, now: float) -> bool:
         try:
@@ -1134,6 +1151,7 @@ class Core:
                    kind: str = "ticket.state", message: str = "") -> None:
         rec.state = state
         rec.state_since = now
+        self._unpark(rec.id)
         if state == S.QUEUED and kind == "ticket.state":
             rec.reserved = False
         text = message or f"{rec.id}: {state}" + (f" ({rec.reason})" if rec.reason else "")

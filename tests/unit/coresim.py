@@ -117,3 +117,9 @@ def check_invariants(core: C.Core) -> None:
         else:
             assert rec.id not in holders, (rec.id, rec.state)
         assert isinstance(rec.state, TicketState)
+    # nothing eligible is left waiting while a worker is idle (parking loses no ticket)
+    if core.accepting and any(w.ticket is None for w in core.workers.values()):
+        for rec in core.tickets.values():
+            if rec.state == TicketState.QUEUED:
+                reason, _ = core._ineligible(rec)
+                assert reason, f"{rec.id} is eligible but waits while a worker is idle"
