@@ -83,8 +83,8 @@ class _Bench:
         snapshot = P.Snapshot(version=P.PROTOCOL_VERSION, last_event_id=0, tickets=[],
                               agents=[], leases=[])
         hello = P.Hello(version=P.PROTOCOL_VERSION, home="/bench", pid=os.getpid())
-        greeting = P.encode(hello) + P.encode(snapshot)
-        self.server = Server(path, lambda: greeting, self._dispatch)
+        hello_line, snapshot_line = P.encode(hello), P.encode(snapshot)
+        self.server = Server(path, lambda: hello_line, lambda: snapshot_line, self._dispatch)
         self.events = sample_events(1000)
         self.published = 0
 
@@ -182,7 +182,7 @@ async def _main(quick: bool, base: Path, big_greeting: Callable[[], bytes]
         await bench.wait_peers(CLIENTS)
         await bench.publish_flat_out(0.5)  # warm-up
         growth, resyncs = await _alternate(bench, rounds, phase_s, "small", phases)
-        bench.server.greeting = big_greeting
+        bench.server.snapshot = big_greeting
         big_growth, big_resyncs = await _alternate(bench, max(2, rounds // 2), phase_s, "big",
                                                    phases)
 
@@ -234,8 +234,6 @@ def daemon_like_greeting(tickets: int) -> tuple[Callable[[], bytes], int]:
         core_bench.read(core_bench.mixed_locks(), priority=core_bench.rng.randrange(5))
     undo()
     core = core_bench.core
-    hello = P.Hello(version=P.PROTOCOL_VERSION, home="/bench", pid=os.getpid())
-
     def greeting() -> bytes:
         now = time.time()
         snapshot = P.Snapshot(
@@ -244,7 +242,7 @@ def daemon_like_greeting(tickets: int) -> tuple[Callable[[], bytes], int]:
             agents=[core.agent_view(w) for w in core.workers.values()],
             leases=core.lease_views(), approval="manual",
         )
-        return P.encode(hello) + P.encode(snapshot)
+        return P.encode(snapshot)
 
     return greeting, len(greeting())
 

@@ -45,6 +45,7 @@ class _Peer:
         self.size = 0
         self.ready = anyio.Event()
         self.resyncs = 0
+        self.needs_snapshot = False
 
     def push(self, data: bytes, reply: bool = False) -> None:
         self.chunks.append((data, reply))
@@ -61,13 +62,16 @@ class Server:
 
     Args:
         path: the socket file (its directory is created 0700, the socket is 0600).
-        greeting: returns the encoded hello + snapshot lines for a new client.
+        hello: returns the encoded hello line for a new client.
+        snapshot: returns the encoded snapshot line (sent after hello, and to resync).
         dispatch: answers one command (awaited; runs in the client's task).
     """
 
-    def __init__(self, path: Path, greeting: Callable[[], bytes], dispatch: Dispatch) -> None:
+    def __init__(self, path: Path, hello: Callable[[], bytes], snapshot: Callable[[], bytes],
+                 dispatch: Dispatch) -> None:
         self.path = path
-        self.greeting = greeting
+        self.hello = hello
+        self.snapshot = snapshot
         self.dispatch = dispatch
         self.peers: set[_Peer] = set()
         self.events_sent = 0
@@ -91,22 +95,30 @@ class Server:
                     self.path.unlink(missing_ok=True)
 
     def publish(self, events: list[Event]) -> None:
-        """Send events to every client (non-blocking; buffers per client)."""
+        """Send events to every client (non-blocking; buffers per client).
+
+        A client more than :data:`MAX_BUFFERED_BYTES` behind loses its pending
+        events and gets no more until its writer has caught up; then it is sent a
+        fresh snapshot, built at that moment (once per recovery, not per event).
+        """
         if not self.peers or not events:
             return
         data = b"".join(encode(e) for e in events)
         for peer in list(self.peers):
+            if peer.needs_snapshot:
+                continue
             if peer.size + len(data) > MAX_BUFFERED_BYTES:
                 peer.drop_events()
                 peer.resyncs += 1
-                peer.push(self.greeting().split(b"\n", 1)[1])  # snapshot only
-                log.warning("a socket client fell behind; sent it a fresh snapshot")
+                peer.needs_snapshot = True
+                peer.ready.set()
+                log.warning("a socket client fell behind; it will get a fresh snapshot")
             else:
                 peer.push(data)
 
     async def _handle(self, stream: SocketStream) -> None:
         peer = _Peer(stream)
-        peer.push(self.greeting())
+        peer.push(self.hello() + self.snapshot())
         self.peers.add(peer)
         try:
             async with stream, anyio.create_task_group() as tg:
@@ -128,6 +140,9 @@ class Server:
         while True:
             await peer.ready.wait()
             peer.ready = anyio.Event()
+            if peer.needs_snapshot:  # the previous send completed: the client reads again
+                peer.needs_snapshot = False
+                peer.push(self.snapshot())
             data = b"".join(c[0] for c in peer.chunks)
             peer.chunks.clear()
             peer.size = 0

@@ -89,7 +89,7 @@ class Daemon:
         self.merger = Merger(home, self.repo_lock)
         self.backlog = Backlog(home.backlog, self.submit, cfg.rescan_interval_s)
         self.ci = CIStatusDir(home.ci_status_dir, self.submit, self.notice, cfg.rescan_interval_s)
-        self.server = Server(home.socket_path, self._greeting, self._dispatch)
+        self.server = Server(home.socket_path, self._hello, self._snapshot_line, self._dispatch)
         self.store: Store | None = None
         self._tg: TaskGroup | None = None
         self._stopping = False
@@ -361,9 +361,12 @@ class Daemon:
             approval=self.home.config.approval,
         )
 
-    def _greeting(self) -> bytes:
-        hello = P.Hello(version=P.PROTOCOL_VERSION, home=str(self.home.root), pid=os.getpid())
-        return P.encode(hello) + P.encode(self.snapshot())
+    def _hello(self) -> bytes:
+        return P.encode(P.Hello(version=P.PROTOCOL_VERSION, home=str(self.home.root),
+                                pid=os.getpid()))
+
+    def _snapshot_line(self) -> bytes:
+        return P.encode(self.snapshot())
 
     async def _dispatch(self, command: P.ClientCommand) -> P.Reply:
         now = time.time()
