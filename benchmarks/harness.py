@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +232,6 @@ class Project:
         self.home: Home = load_config(self.config_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file = self.base / "daemon.log"
-        self._names = itertools.count(1)
 
     def __enter__(self) -> Project:
         return self
@@ -306,13 +304,6 @@ class Project:
 
 
 # --- a socket client -----------------------------------------------------------
-
-
-@dataclass
-class Received:
-    t: float
-    """time.monotonic() when the chunk holding the line was received."""
-    message: P.ServerMessage
 
 
 @dataclass
@@ -446,14 +437,3 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise BenchmarkError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
-
-
-@contextmanager
-def timer() -> Iterator[list[float]]:
-    """``with timer() as t: ...`` then ``t[0]`` is the elapsed seconds."""
-    box: list[float] = []
-    t0 = time.monotonic()
-    try:
-        yield box
-    finally:
-        box.append(time.monotonic() - t0)

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import math
+import signal
 import sys
 import time
 import traceback
@@ -34,6 +35,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
                         help=f"run only these: {', '.join(BENCHMARKS)}")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so every daemon started is stopped
+    # and every temporary project removed.
+    signal.signal(signal.SIGTERM, _terminate)
     info = machine()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, "
           f"Linux {info['kernel']}, {info['date']}", file=sys.stderr)
@@ -61,6 +65,10 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"could not run: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _num(x: float | None) -> str:
