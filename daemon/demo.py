@@ -45,12 +45,9 @@ def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> 
     config = init_home(base / "home", str(source), ci_command=ci, workers=3,
                        agent_command=agent, approval="auto" if auto_approve else "manual",
                        force=(base / "home" / "config.yaml").exists(),
-                       extra_config=DEMO_EXTRA_CONFIG)
-    # the demo agent's pace (seconds between its progress lines)
-    text = config.read_text().replace("  stop_grace_s: 10",
-                                      f"  stop_grace_s: 5\n  env: {{DEMO_AGENT_DELAY_S: "
-                                      f"'{agent_delay_s}'}}")
-    config.write_text(text)
+                       extra_config=DEMO_EXTRA_CONFIG,
+                       # the demo agent's pace (seconds between its progress lines)
+                       agent_env={"DEMO_AGENT_DELAY_S": str(agent_delay_s)})
     return config
 
 

@@ -37,10 +37,11 @@ def resource(relative: str) -> Path:
 
 
 def render_config(workers: int, agent_command: list[str], ci_command: str, approval: str,
-                  extra: str = "") -> str:
+                  extra: str = "", agent_env: dict[str, str] | None = None) -> str:
     """config.yaml text with a comment per key (see docs/config.md).
 
-    ``extra`` holds top-level ``key: value`` lines that replace the defaults.
+    ``extra`` holds top-level ``key: value`` lines that replace the defaults;
+    ``agent_env`` becomes ``agent.env`` (extra environment of every agent).
     """
     text = (
         "# orchestrator project settings; every key is described in docs/config.md\n"
@@ -50,6 +51,7 @@ def render_config(workers: int, agent_command: list[str], ci_command: str, appro
         "  # {ticket_id} {worktree} {branch} {attempt} {feedback_file}\n"
         f"  command: {json.dumps(agent_command)}\n"
         "  stop_grace_s: 10       # SIGTERM -> SIGKILL grace when stopping an agent\n"
+        + (f"  env: {json.dumps(agent_env)}\n" if agent_env else "") +
         f"approval: {approval}       # manual (approve with c / orchestrator approve) or auto\n"
         "max_attempts: 3          # attempts per ticket before it is failed\n"
         "ci:\n"
@@ -85,7 +87,8 @@ def _merge_settings(text: str, extra: str) -> str:
 
 def init_home(root: Path, source: str, *, ci_command: str, workers: int,
               agent_command: list[str] | None = None, approval: str = "manual",
-              force: bool = False, extra_config: str = "") -> Path:
+              force: bool = False, extra_config: str = "",
+              agent_env: dict[str, str] | None = None) -> Path:
     """Create (or with ``force``, refresh) a project home; return its config.yaml path.
 
     Never deletes anything: with ``force`` an existing repo.git and work clone
@@ -121,7 +124,7 @@ def init_home(root: Path, source: str, *, ci_command: str, workers: int,
     if config_file.exists():
         shutil.copy2(config_file, root / "config.yaml.bak")
     atomic_write(config_file, render_config(workers, agent_command or DEFAULT_AGENT, ci_command,
-                                            approval, extra_config))
+                                            approval, extra_config, agent_env))
     sync_repo_config(load_config(config_file))
     return config_file
 
