@@ -1009,10 +1009,10 @@ class Core:
                            "will be committed", rec, worker, now=now)
         for owner in self.locks.expired(now):
             rec = self.tickets[owner]
-            worker = self._worker_of(rec)
-            if rec.state == S.RUNNING and worker is not None and not rec.stop_requested:
+            holder = self._worker_of(rec)
+            if rec.state == S.RUNNING and holder is not None and not rec.stop_requested:
                 rec.stop_requested = "expired"
-                self._effect(StopAgent(worker.name, rec.id, "expired"))
+                self._effect(StopAgent(holder.name, rec.id, "expired"))
                 self._emit("lease.expired", f"{rec.id}: lease expired", rec, now=now)
         self._reserve_starved(now)
         for ticket_id in sorted(self._unknown_deps):
