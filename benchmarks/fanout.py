@@ -16,7 +16,7 @@ processes (benchmarks/reader.py, which count lines and decode nothing).
   come in pairs (order alternating); the slowdown is the median over pairs of
   the drop of the slowest client's rate, and the memory figure the growth of
   this process's RSS while the fifth client is connected. The ``_10k``
-  variant gives the server a greeting built like ``Daemon._greeting`` from a
+  variant gives the server a snapshot built like ``Daemon.snapshot`` from a
   Core holding 10,000 tickets and 1,000 leases, since a resync resends it.
 * Event-loop lag: 10 events every 10 ms (1,000 events/s) to 4 clients while a
   task sleeps 10 ms in a loop and records how late it wakes.
@@ -167,7 +167,7 @@ async def _alternate(bench: _Bench, rounds: int, phase_s: float, label: str,
     return growth, resyncs
 
 
-async def _main(quick: bool, base: Path, big_greeting: Callable[[], bytes]
+async def _main(quick: bool, base: Path, big_snapshot: Callable[[], bytes]
                 ) -> dict[str, Any]:
     bench = _Bench(base / "s.sock")
     phase_s = 1.0 if quick else 2.0
@@ -182,7 +182,7 @@ async def _main(quick: bool, base: Path, big_greeting: Callable[[], bytes]
         await bench.wait_peers(CLIENTS)
         await bench.publish_flat_out(0.5)  # warm-up
         growth, resyncs = await _alternate(bench, rounds, phase_s, "small", phases)
-        bench.server.snapshot = big_greeting
+        bench.server.snapshot = big_snapshot
         big_growth, big_resyncs = await _alternate(bench, max(2, rounds // 2), phase_s, "big",
                                                    phases)
 
@@ -222,8 +222,8 @@ async def _main(quick: bool, base: Path, big_greeting: Callable[[], bytes]
             "lags": lags}
 
 
-def daemon_like_greeting(tickets: int) -> tuple[Callable[[], bytes], int]:
-    """A greeting built the way Daemon._greeting builds it, from a Core holding
+def daemon_like_snapshot(tickets: int) -> tuple[Callable[[], bytes], int]:
+    """A snapshot line built the way the daemon builds it, from a Core holding
     ``tickets`` queued tickets and 1,000 leases; returns it and its size in bytes."""
     from benchmarks.scheduling import WORKERS, _Bench, _without_refresh
 
@@ -234,7 +234,8 @@ def daemon_like_greeting(tickets: int) -> tuple[Callable[[], bytes], int]:
         core_bench.read(core_bench.mixed_locks(), priority=core_bench.rng.randrange(5))
     undo()
     core = core_bench.core
-    def greeting() -> bytes:
+
+    def snapshot_line() -> bytes:
         now = time.time()
         snapshot = P.Snapshot(
             version=P.PROTOCOL_VERSION, last_event_id=0,
@@ -244,16 +245,16 @@ def daemon_like_greeting(tickets: int) -> tuple[Callable[[], bytes], int]:
         )
         return P.encode(snapshot)
 
-    return greeting, len(greeting())
+    return snapshot_line, len(snapshot_line())
 
 
 def run(quick: bool) -> list[Figure]:
     import shutil
     import tempfile
 
-    big_greeting, big_size = daemon_like_greeting(10_000)
+    big_snapshot, big_size = daemon_like_snapshot(10_000)
     t0 = time.perf_counter()
-    big_greeting()
+    big_snapshot()
     big_ms = (time.perf_counter() - t0) * 1000
     base = Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
     # The server warns on every resync of the stalled client; that is expected here.
@@ -261,7 +262,7 @@ def run(quick: bool) -> list[Figure]:
     level = server_log.level
     server_log.setLevel(logging.ERROR)
     try:
-        r = anyio.run(_main, quick, base, big_greeting)
+        r = anyio.run(_main, quick, base, big_snapshot)
     finally:
         server_log.setLevel(level)
         shutil.rmtree(base, ignore_errors=True)
