@@ -11,6 +11,7 @@ rejected: it may be half-written.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -66,6 +67,8 @@ class Watcher:
         self.directory = directory
         self.changed: set[str] = set()
         self.wake = asyncio.Event()
+        self._incoming: collections.deque[str] = collections.deque()
+        self._drain_scheduled = False
         self._observer = Observer()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -79,11 +82,18 @@ class Watcher:
         self._observer.stop()
 
     def _from_thread(self, path: str) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._add, path)
+        # One loop wake-up per burst of events, not one per file (deque.append is
+        # thread-safe; a lost race only schedules one extra drain).
+        self._incoming.append(path)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._drain)
 
-    def _add(self, path: str) -> None:
-        self.changed.add(path)
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        while self._incoming:
+            self.changed.add(self._incoming.popleft())
         self.wake.set()
 
     def take(self) -> set[str]:
@@ -179,8 +189,8 @@ class Backlog:
                 continue
             self.known[path] = sig
             inputs.append(TicketRead(path=path, now=now, ticket=ticket))
-        if full:
-            for path in [p for p in self.known if p not in present and p not in paths]:
+        if full:  # a known file missing from a full listing is gone
+            for path in [p for p in self.known if p not in present]:
                 if not os.path.exists(path):
                     del self.known[path]
                     inputs.append(TicketFileGone(path=path, now=now))

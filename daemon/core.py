@@ -697,11 +697,10 @@ class Core:
         reason, _, dep = self._blocking_dependency(rec)
         if reason:
             return reason, dep
-        conflicts = self.locks.conflicts(rec.ticket.locks, owner=rec.id)
-        if conflicts:
-            path, owner = conflicts[0]
-            more = f" (+{len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-            return f"lock {path} held by {owner}{more}", owner
+        conflict = self.locks.first_conflict(rec.ticket.locks, owner=rec.id)
+        if conflict:
+            path, owner = conflict
+            return f"lock {path} held by {owner}", owner
         return "", ""
 
     def _take_locks(self, rec: TicketRecord, now: float) -> bool:

@@ -669,6 +669,22 @@ class LockTable:
             self._index.query(_parse(p), owner, out)
         return sorted(out)
 
+    def first_conflict(self, paths: Sequence[str], owner: str | None = None
+                       ) -> tuple[str, str] | None:
+        """The first ``(path, owner)`` that :meth:`conflicts` would report for the first
+        conflicting spec of ``paths``, or None; stops at the first overlap (a yes/no
+        check for the scheduler).
+
+        Raises:
+            ValueError: If a spec is invalid.
+        """
+        for p in paths:
+            out: set[tuple[str, str]] = set()
+            self._index.query(_parse(p), owner, out)
+            if out:
+                return min(out)
+        return None
+
     def leases(self) -> list[Lease]:
         """All held leases, sorted by ``(path, owner)``."""
         out = [replace(lz) for held in self._leases.values() for lz in held.values()]
