@@ -38,15 +38,6 @@ WATCHDOG_USEC = 400_000
 EXIT_TIMEOUT_S = 20.0
 
 
-@pytest.fixture
-def short_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A short $XDG_RUNTIME_DIR, so the daemon's default socket path fits AF_UNIX."""
-    path = Path(tempfile.mkdtemp(prefix="orch-rt-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 class Notify:
     """systemd's end of $NOTIFY_SOCKET: receives and records sd_notify datagrams.
 
@@ -143,7 +134,7 @@ def last_event_kinds(home: Home, n: int) -> list[str]:
         store.close()
 
 
-def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, short_runtime: Path,
+def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, runtime_dir: Path,
                                            notify: Notify) -> None:
     config = prepare_demo(tmp_path, auto_approve=True)
     home = load_config(config)
@@ -177,7 +168,7 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, short_runtime: Path,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_agents_gracefully(tmp_path: Path, short_runtime: Path, notify: Notify,
+def test_signal_stops_agents_gracefully(tmp_path: Path, runtime_dir: Path, notify: Notify,
                                         signum: signal.Signals) -> None:
     """SIGINT (Ctrl-C) and SIGTERM (systemctl stop) take the same graceful path."""
     # a slow demo agent, so agents are surely still running when the signal comes
@@ -235,7 +226,7 @@ def test_signal_stops_agents_gracefully(tmp_path: Path, short_runtime: Path, not
 
 
 def test_unread_notify_socket_does_not_hang_the_daemon(tmp_path: Path,
-                                                       short_runtime: Path) -> None:
+                                                       runtime_dir: Path) -> None:
     """sd_notify never blocks the event loop, even when nobody reads $NOTIFY_SOCKET.
 
     The kernel queues max_dgram_qlen datagrams per socket (often 10); a blocking
