@@ -26,7 +26,7 @@ from benchmarks.harness import (
     rss_mb,
     wait_until,
 )
-from shared import protocol as P
+from orchestrator.shared import protocol as P
 
 TARGET_S = 5.0
 TARGET_PEAK_RSS_MB = 150.0

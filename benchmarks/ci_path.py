@@ -40,8 +40,8 @@ from benchmarks.harness import (
     percentile,
     wait_until,
 )
-from shared import protocol as P
-from shared.client import request
+from orchestrator.shared import protocol as P
+from orchestrator.shared.client import request
 
 TARGET_PUSH_S = 1.0
 TARGET_EVENT_MS = 100.0

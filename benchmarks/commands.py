@@ -28,7 +28,7 @@ from benchmarks.harness import (
     percentile,
     wait_until,
 )
-from shared import protocol as P
+from orchestrator.shared import protocol as P
 
 TARGET_P99_MS = 20.0
 WORKERS = 5

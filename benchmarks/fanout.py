@@ -44,9 +44,9 @@ from benchmarks.harness import (
     percentile,
     rss_mb,
 )
-from daemon.server import MAX_BUFFERED_BYTES, Server
-from shared import protocol as P
-from shared.models import TicketState, TicketView
+from orchestrator.daemon.server import MAX_BUFFERED_BYTES, Server
+from orchestrator.shared import protocol as P
+from orchestrator.shared.models import TicketState, TicketView
 
 TARGET_EVENTS_PER_S = 50_000.0
 TARGET_LAG_P99_MS = 10.0

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.demo import start_daemon, stop_daemon
-from daemon.home import init_home
-from shared import protocol as P
-from shared.config import Home, load_config
+from orchestrator.daemon.home import init_home
+from orchestrator.demo import start_daemon, stop_daemon
+from orchestrator.shared import protocol as P
+from orchestrator.shared.config import Home, load_config
 
 #: An agent that never finishes by itself (stopped by the daemon at shutdown).
 SLEEPING_AGENT = [sys.executable, "-c", "import time; time.sleep(3600)"]

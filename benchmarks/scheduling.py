@@ -26,10 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.harness import Figure, median, percentile
-from daemon.core import AgentExited, Command, Core, TicketRead
-from daemon.locks import normalize_lock
-from shared.config import AgentConfig, Config
-from shared.models import Ticket, TicketState
+from orchestrator.daemon.core import AgentExited, Command, Core, TicketRead
+from orchestrator.shared.config import AgentConfig, Config
+from orchestrator.shared.lockspec import normalize_lock
+from orchestrator.shared.models import Ticket, TicketState
 
 TARGET_P99_MS = 1.0
 WORKERS = 100

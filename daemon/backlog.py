@@ -29,9 +29,9 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from daemon.core import Input, TicketFileGone, TicketRead
-from shared.errors import TicketError
-from shared.models import parse_ticket
+from orchestrator.daemon.core import Input, TicketFileGone, TicketRead
+from orchestrator.shared.errors import TicketError
+from orchestrator.shared.models import parse_ticket
 
 log = logging.getLogger(__name__)
 

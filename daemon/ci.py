@@ -16,8 +16,8 @@ from typing import Literal
 import anyio
 import msgspec
 
-from daemon.backlog import Watcher
-from daemon.core import CIResult, Input
+from orchestrator.daemon.backlog import Watcher
+from orchestrator.daemon.core import CIResult, Input
 
 
 class CIStatus(msgspec.Struct):

@@ -18,9 +18,10 @@ from pathlib import PurePath as Path
 
 import msgspec
 
-from daemon.locks import LockConflict, LockTable, paths_outside
-from shared.config import Config
-from shared.models import (
+from orchestrator.daemon.locks import LockConflict, LockTable
+from orchestrator.shared.config import Config
+from orchestrator.shared.lockspec import paths_outside
+from orchestrator.shared.models import (
     ACTIVE_STATES,
     FINAL_STATES,
     AgentState,
@@ -31,7 +32,7 @@ from shared.models import (
     TicketState,
     TicketView,
 )
-from shared.protocol import Event
+from orchestrator.shared.protocol import Event
 
 #: A dependency that is still unknown this long after its dependent arrived
 #: rejects the dependent (it may simply not have been read yet before that).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from shared.errors import GitError
+from orchestrator.shared.errors import GitError
 
 #: Environment every git call gets: no prompts, no pager, no user/system config
 #: surprises in identity. Hooks still run (post-receive is how CI starts).

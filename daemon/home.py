@@ -14,26 +14,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from daemon.git import git_sync
-from shared.config import Home, load_config
-from shared.errors import GitError, HomeError
-from shared.fsutil import atomic_write
+from orchestrator.daemon.git import git_sync
+from orchestrator.shared.assets import asset
+from orchestrator.shared.config import Home, load_config
+from orchestrator.shared.errors import GitError, HomeError
+from orchestrator.shared.fsutil import atomic_write
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AGENT = ["claude", "-p", "{prompt}", "--permission-mode", "acceptEdits"]
-
-
-def resource(relative: str) -> Path:
-    """A file shipped with the project (hooks/post-receive, ci.sh, examples/...).
-
-    Raises:
-        HomeError: the file is not there (install from a source checkout).
-    """
-    path = PROJECT_ROOT / relative
-    if not path.exists():
-        raise HomeError(f"{relative} not found under {PROJECT_ROOT}; install the project from a "
-                        "source checkout (pip install -e .)")
-    return path
 
 
 def render_config(workers: int, agent_command: list[str], ci_command: str, approval: str,
@@ -151,11 +138,11 @@ def _install_hook(root: Path, repo: Path) -> None:
     (repo / "hooks").mkdir(exist_ok=True)
     for name in ("post-receive", "update"):
         hook = repo / "hooks" / name
-        shutil.copyfile(resource(f"hooks/{name}"), hook)
+        shutil.copyfile(asset(f"hooks/{name}"), hook)
         hook.chmod(0o755)
     ci_script = root / "ci.sh"
     if not ci_script.exists():
-        shutil.copyfile(resource("ci.sh"), ci_script)
+        shutil.copyfile(asset("ci.sh"), ci_script)
         ci_script.chmod(0o755)
     git_sync(repo, "config", "orchestrator.ciScript", str(ci_script))
 

@@ -1,461 +1,26 @@
-"""Path locks: spec normalization, overlap rules, change enforcement and the lease table.
+"""The lease table: held path locks and starvation reservations, indexed for conflict queries.
 
-Every ticket declares ``locks``: repo-relative POSIX path specs it may change. A spec is
-
-* a plain path: a file (``src/api/avatar.py``) or a directory (``src/storage`` or
-  ``src/storage/``). A plain path covers itself and its whole subtree.
-* a glob: any segment containing ``*``, ``?`` or a ``[...]`` class (fnmatch-like,
-  case-sensitive; ``*`` and ``?`` never cross ``/``; a ``**`` segment matches zero or
-  more whole segments). A glob covers every path it matches plus their subtrees.
-* the whole repo: ``.``, ``./`` or ``**`` (all normalize to ``"."``).
-
-Overlap is decided segment by segment and is *conservative*: ``locks_overlap`` never
-returns ``False`` for two specs that both cover some path. See ``docs/locks.md``.
-
-This module is pure: no I/O and no clock reads. Times are float seconds (``now_s``)
-supplied by the caller, on whatever monotonic or wall clock the caller uses consistently.
+The lock spec language (normalization, overlap, coverage) is :mod:`orchestrator.shared.lockspec`;
+this module only keeps who holds what. It is pure: no I/O and no clock reads. Times are float
+seconds (``now_s``) supplied by the caller.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from typing import NamedTuple
 
-__all__ = [
-    "WHOLE_REPO",
-    "Lease",
-    "LockConflict",
-    "LockTable",
-    "is_glob",
-    "locks_overlap",
-    "normalize_lock",
-    "path_covered",
-    "paths_outside",
-]
-
-WHOLE_REPO = "."
-"""Normalized spec meaning "the entire repository"."""
-
-# --------------------------------------------------------------------------------------
-# Segment patterns
-# --------------------------------------------------------------------------------------
-
-
-class _CharSet(NamedTuple):
-    """A set of single characters: ``chars`` ∪ ``ranges``, complemented if ``neg``."""
-
-    neg: bool
-    chars: frozenset[str]
-    ranges: tuple[tuple[str, str], ...]
-
-
-_ANY_CHAR = _CharSet(True, frozenset(), ())
-
-# A token is (is_star, charset). A star matches any run of characters (within a segment).
-_Token = tuple[bool, _CharSet]
-_STAR: _Token = (True, _ANY_CHAR)
-_QMARK: _Token = (False, _ANY_CHAR)
-
-
-def _lit_token(c: str) -> _Token:
-    return (False, _CharSet(False, frozenset(c), ()))
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _Seg:
-    """One path segment of a spec (never ``**``; that is the ``_DSTAR`` sentinel)."""
-
-    raw: str
-    literal: bool
-    tokens: tuple[_Token, ...]
-    regex: re.Pattern[str] | None
-
-
-class _DStar:
-    """Sentinel for a ``**`` segment (zero or more whole segments)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "**"
-
-
-_DSTAR = _DStar()
-_SegOrDStar = _Seg | _DStar
-
-
-def _tokenize(seg: str) -> tuple[tuple[_Token, ...], bool]:
-    """Split one segment into tokens following fnmatch's bracket rules.
-
-    Returns:
-        ``(tokens, literal)`` where ``literal`` is True iff the segment has no wildcard.
-    """
-    toks: list[_Token] = []
-    literal = True
-    i, n = 0, len(seg)
-    while i < n:
-        c = seg[i]
-        i += 1
-        if c == "*":
-            literal = False
-            if not toks or toks[-1] is not _STAR:
-                toks.append(_STAR)
-        elif c == "?":
-            literal = False
-            toks.append(_QMARK)
-        elif c == "[":
-            j = i
-            if j < n and seg[j] == "!":
-                j += 1
-            if j < n and seg[j] == "]":
-                j += 1
-            while j < n and seg[j] != "]":
-                j += 1
-            if j >= n:  # unclosed bracket: a literal "["
-                toks.append(_lit_token("["))
-                continue
-            body = seg[i:j]
-            i = j + 1
-            neg = body.startswith("!")
-            if neg:
-                body = body[1:]
-            chars: set[str] = set()
-            ranges: list[tuple[str, str]] = []
-            k = 0
-            while k < len(body):
-                if k + 2 < len(body) and body[k + 1] == "-":
-                    lo, hi = body[k], body[k + 2]
-                    if lo <= hi:  # reversed ranges are empty, as in fnmatch
-                        ranges.append((lo, hi))
-                    k += 3
-                else:
-                    chars.add(body[k])
-                    k += 1
-            toks.append((False, _CharSet(neg, frozenset(chars), tuple(ranges))))
-            literal = False
-        else:
-            toks.append(_lit_token(c))
-    return tuple(toks), literal
-
-
-def _token_regex(tok: _Token) -> str:
-    is_star, cs = tok
-    if is_star:
-        return ".*"
-    if cs == _ANY_CHAR:
-        return "."
-    if not cs.neg and not cs.ranges and len(cs.chars) == 1:
-        return re.escape(next(iter(cs.chars)))
-    body = "".join(re.escape(c) for c in sorted(cs.chars))
-    body += "".join(f"{re.escape(lo)}-{re.escape(hi)}" for lo, hi in cs.ranges)
-    if not body:
-        return "." if cs.neg else "(?!)"
-    return f"[{'^' if cs.neg else ''}{body}]"
-
-
-@lru_cache(maxsize=16384)
-def _segment(raw: str) -> _Seg:
-    tokens, literal = _tokenize(raw)
-    if literal:
-        return _Seg(raw, True, tokens, None)
-    regex = re.compile("".join(_token_regex(t) for t in tokens), re.DOTALL)
-    return _Seg(raw, False, tokens, regex)
-
-
-@lru_cache(maxsize=16384)
-def _literal_segment(raw: str) -> _Seg:
-    """A segment of a concrete path: always literal, even if it contains ``*?[``."""
-    return _Seg(raw, True, (), None)
-
-
-def _cs_contains(cs: _CharSet, c: str) -> bool:
-    inside = c in cs.chars or any(lo <= c <= hi for lo, hi in cs.ranges)
-    return inside != cs.neg
-
-
-def _interval_covered(lo: str, hi: str, intervals: list[tuple[str, str]]) -> bool:
-    """True iff every character in ``[lo, hi]`` lies in the union of sorted ``intervals``."""
-    cur, end = ord(lo), ord(hi)
-    for a, b in intervals:
-        if ord(b) < cur:
-            continue
-        if ord(a) > cur:
-            return False
-        cur = ord(b) + 1
-        if cur > end:
-            return True
-    return False
-
-
-def _cs_intersect(a: _CharSet, b: _CharSet) -> bool:
-    """Whether some character is in both sets (True when unsure: both negated)."""
-    if a.neg and b.neg:
-        return True  # complement of two finite sets: practically never empty
-    if a.neg:
-        a, b = b, a
-    if not b.neg:
-        if any(_cs_contains(b, c) for c in a.chars) or any(_cs_contains(a, c) for c in b.chars):
-            return True
-        return any(max(lo1, lo2) <= min(hi1, hi2) for lo1, hi1 in a.ranges for lo2, hi2 in b.ranges)
-    # a positive, b negated: need a character of a that b does not exclude.
-    if any(_cs_contains(b, c) for c in a.chars):
-        return True
-    excluded = sorted([(c, c) for c in b.chars] + list(b.ranges))
-    return any(not _interval_covered(lo, hi, excluded) for lo, hi in a.ranges)
-
-
-@lru_cache(maxsize=65536)
-def _seg_compatible(a: _Seg, b: _Seg) -> bool:
-    """Whether some segment string could match both segment patterns."""
-    if a.literal and b.literal:
-        return a.raw == b.raw
-    if a.literal:
-        assert b.regex is not None
-        return b.regex.fullmatch(a.raw) is not None
-    if b.literal:
-        assert a.regex is not None
-        return a.regex.fullmatch(b.raw) is not None
-    # Product automaton over the two token sequences.
-    ta, tb = a.tokens, b.tokens
-    m, n = len(ta), len(tb)
-    stack = [(0, 0)]
-    seen = {(0, 0)}
-    while stack:
-        i, j = stack.pop()
-        if i == m and j == n:
-            return True
-        nxt: list[tuple[int, int]] = []
-        if i < m and ta[i][0]:
-            nxt.append((i + 1, j))
-        if j < n and tb[j][0]:
-            nxt.append((i, j + 1))
-        if i < m and j < n and _cs_intersect(ta[i][1], tb[j][1]):
-            nxt.append((i if ta[i][0] else i + 1, j if tb[j][0] else j + 1))
-        for st in nxt:
-            if st not in seen:
-                seen.add(st)
-                stack.append(st)
-    return False
-
-
-def _search(a: tuple[_SegOrDStar, ...], b: tuple[_SegOrDStar, ...], accept_b_end: bool) -> bool:
-    """Run two segment-pattern sequences against each other.
-
-    Returns True iff some path matched by a prefix-run of ``a`` reaches the end of ``a``
-    (or, when ``accept_b_end``, the end of ``b``) while the other side is still able to
-    continue. With ``accept_b_end`` this is "a and b are prefix-compatible" (overlap);
-    without it and with a literal ``b`` it is "a matches a prefix of b" (coverage).
-    """
-    m, n = len(a), len(b)
-    stack = [(0, 0)]
-    seen = {(0, 0)}
-    while stack:
-        i, j = stack.pop()
-        if i == m or (accept_b_end and j == n):
-            return True
-        ai = a[i]
-        nxt: list[tuple[int, int]] = []
-        if ai is _DSTAR:
-            nxt.append((i + 1, j))
-        if j < n:
-            bj = b[j]
-            if bj is _DSTAR:
-                nxt.append((i, j + 1))
-            if ai is _DSTAR or bj is _DSTAR:
-                if not (ai is _DSTAR and bj is _DSTAR):
-                    nxt.append((i if ai is _DSTAR else i + 1, j if bj is _DSTAR else j + 1))
-            elif _seg_compatible(ai, bj):
-                nxt.append((i + 1, j + 1))
-        for st in nxt:
-            if st not in seen:
-                seen.add(st)
-                stack.append(st)
-    return False
-
-
-# --------------------------------------------------------------------------------------
-# Specs
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _Spec:
-    norm: str
-    parts: tuple[str, ...]  # raw segment strings ("**" included); () for the whole repo
-    segs: tuple[_SegOrDStar, ...]
-    glob: bool
-
-
-def _normalize_parts(spec: str) -> tuple[str, ...]:
-    s = spec.strip()
-    if not s:
-        raise ValueError("lock path must not be empty (use '.' for the whole repo)")
-    if "\x00" in s:
-        raise ValueError(f"lock path must not contain NUL: {s!r}")
-    if "\\" in s:
-        raise ValueError(f"lock path must use '/' separators, not backslashes: {s}")
-    if s.startswith("/"):
-        raise ValueError(f"lock path must be repo-relative: {s}")
-    parts: list[str] = []
-    for p in s.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            raise ValueError(f"lock path must not contain '..': {s}")
-        if p == "**" and parts and parts[-1] == "**":
-            continue
-        parts.append(p)
-    if parts == ["**"]:
-        parts = []
-    return tuple(parts)
-
-
-@lru_cache(maxsize=65536)
-def _parse(spec: str) -> _Spec:
-    parts = _normalize_parts(spec)
-    segs: tuple[_SegOrDStar, ...] = tuple(_DSTAR if p == "**" else _segment(p) for p in parts)
-    glob = any(not isinstance(s, _Seg) or not s.literal for s in segs)
-    return _Spec("/".join(parts) or WHOLE_REPO, parts, segs, glob)
-
-
-def normalize_lock(spec: str) -> str:
-    """Normalize a lock spec to its canonical form.
-
-    Strips surrounding whitespace, drops ``.`` segments, duplicate and trailing slashes,
-    and collapses repeated ``**`` segments. The whole repo (``.``, ``./``, ``**``) becomes
-    ``"."``. ``"src/storage/"`` and ``"src/storage"`` are the same lock.
-
-    Args:
-        spec: Repo-relative POSIX path, directory or glob.
-
-    Returns:
-        The canonical spec, e.g. ``"src/storage"`` for ``" ./src//storage/ "``.
-
-    Raises:
-        ValueError: One-line reason if the spec is empty after stripping, absolute,
-            contains a ``..`` segment, a backslash or a NUL character.
-    """
-    return _parse(spec).norm
-
-
-def is_glob(spec: str) -> bool:
-    """Return whether ``spec`` contains a wildcard segment (``*``, ``?``, ``[...]``, ``**``).
-
-    The whole repo ``"."`` (including ``"**"``) is not a glob: it is a plain path with no
-    segments. Raises ``ValueError`` like :func:`normalize_lock`.
-    """
-    return _parse(spec).glob
-
-
-@lru_cache(maxsize=131072)
-def _overlap_parsed(a: _Spec, b: _Spec) -> bool:
-    if not a.glob and not b.glob:
-        k = min(len(a.parts), len(b.parts))
-        return a.parts[:k] == b.parts[:k]
-    return _search(a.segs, b.segs, accept_b_end=True)
-
-
-def locks_overlap(a: str, b: str) -> bool:
-    """Decide whether two lock specs may cover a common path.
-
-    Rules (segment-wise; see docs/locks.md):
-
-    * plain vs plain: equal, or one is a segment-wise prefix of the other
-      (``src/a`` vs ``src/a/b.py`` overlap, ``src/a`` vs ``src/ab`` do not);
-    * glob vs plain: the glob could match the path, an ancestor or a descendant of it;
-    * glob vs glob: some path matched by one is equal to, an ancestor or a descendant of
-      some path matched by the other. ``**`` matches any number of segments.
-
-    Conservative: never False when both specs cover some common path. Segment patterns
-    are compared exactly except for negated-vs-negated ``[!..]`` classes (assumed to
-    intersect) and empty segments (assumed to exist).
-
-    Args:
-        a: Lock spec (normalized or raw; it is normalized internally).
-        b: Lock spec.
-
-    Returns:
-        True if the specs overlap. Symmetric.
-
-    Raises:
-        ValueError: If either spec is invalid (see :func:`normalize_lock`).
-    """
-    return _overlap_parsed(_parse(a), _parse(b))
-
-
-def _concrete_parts(path: str) -> tuple[str, ...] | None:
-    """Segments of a concrete repo path, or None if it is not a sane repo-relative path."""
-    if not path or path.startswith("/") or "\x00" in path:
-        return None
-    parts = tuple(p for p in path.split("/") if p not in ("", "."))
-    if not parts or ".." in parts:
-        return None
-    return parts
-
-
-def _covers(lock: _Spec, parts: tuple[str, ...]) -> bool:
-    if not lock.glob:
-        return parts[: len(lock.parts)] == lock.parts
-    return _search(lock.segs, tuple(_literal_segment(p) for p in parts), accept_b_end=False)
-
-
-def path_covered(path: str, locks: Sequence[str]) -> bool:
-    """Return whether a concrete changed file lies inside any lock.
-
-    Covered means: equal to a plain lock, under a directory lock, matched by a glob, or
-    under a directory matched by a glob (``src/*`` covers ``src/a/b.py``). The path is
-    taken literally (``*?[`` in it are ordinary characters).
-
-    Args:
-        path: Repo-relative file path as printed by ``git diff --name-only``.
-        locks: Lock specs (raw or normalized). Empty means nothing is covered.
-
-    Returns:
-        True if covered. Absolute paths, paths with ``..`` and empty paths are never
-        covered.
-
-    Raises:
-        ValueError: If a lock spec is invalid.
-    """
-    parts = _concrete_parts(path)
-    specs = [_parse(lk) for lk in locks]
-    if parts is None:
-        return False
-    return any(_covers(s, parts) for s in specs)
-
-
-def paths_outside(changed: Iterable[str], locks: Sequence[str]) -> list[str]:
-    """List the changed paths that no lock covers.
-
-    A ticket with no locks covers nothing, so every changed path is returned; whether
-    that is an error (``reject``) or a warning (``warn``) is the caller's policy.
-
-    Args:
-        changed: Repo-relative file paths (e.g. ``git diff --name-only`` lines).
-        locks: The ticket's lock specs.
-
-    Returns:
-        Sorted, de-duplicated paths (as given) not covered by any lock.
-
-    Raises:
-        ValueError: If a lock spec is invalid.
-    """
-    specs = [_parse(lk) for lk in locks]
-    out: set[str] = set()
-    for path in changed:
-        parts = _concrete_parts(path)
-        if parts is None or not any(_covers(s, parts) for s in specs):
-            out.add(path)
-    return sorted(out)
-
-
-# --------------------------------------------------------------------------------------
-# Lease table
-# --------------------------------------------------------------------------------------
-
+from orchestrator.shared.lockspec import (
+    WHOLE_REPO,
+    Seg,
+    Spec,
+    literal_segment,
+    parse_spec,
+    seg_compatible,
+    specs_overlap,
+)
+
+__all__ = ["Lease", "LockConflict", "LockTable"]
 
 @dataclass(slots=True)
 class Lease:
@@ -520,7 +85,7 @@ class _Index:
         self.root = _Node(WHOLE_REPO)
         self.globs: dict[str, dict[str, int]] = {}
 
-    def add(self, spec: _Spec, owner: str) -> None:
+    def add(self, spec: Spec, owner: str) -> None:
         if spec.glob:
             owners = self.globs.setdefault(spec.norm, {})
         else:
@@ -533,7 +98,7 @@ class _Index:
             owners = node.owners
         owners[owner] = owners.get(owner, 0) + 1
 
-    def remove(self, spec: _Spec, owner: str) -> None:
+    def remove(self, spec: Spec, owner: str) -> None:
         if spec.glob:
             owners = self.globs[spec.norm]
             _decref(owners, owner)
@@ -550,7 +115,7 @@ class _Index:
                 break
             del trail[k - 1].children[spec.parts[k - 1]]
 
-    def query(self, spec: _Spec, exclude: str | None, out: set[tuple[str, str]]) -> None:
+    def query(self, spec: Spec, exclude: str | None, out: set[tuple[str, str]]) -> None:
         """Add every indexed ``(path, owner)`` overlapping ``spec`` to ``out``."""
 
         def take(node: _Node) -> None:
@@ -566,7 +131,7 @@ class _Index:
                 stack.extend(nd.children.values())
 
         for gpath, owners in self.globs.items():
-            if any(o != exclude for o in owners) and _overlap_parsed(spec, _parse(gpath)):
+            if any(o != exclude for o in owners) and specs_overlap(spec, parse_spec(gpath)):
                 out.update((gpath, o) for o in owners if o != exclude)
 
         node: _Node | None = self.root
@@ -596,7 +161,7 @@ class _Index:
                 continue
             take(nd)  # this node's path is a prefix of something the glob may match
             seg = segs[i]
-            if not isinstance(seg, _Seg):  # `**`
+            if not isinstance(seg, Seg):  # `**`
                 stack.append((nd, i + 1))
                 stack.extend((child, i) for child in nd.children.values())
             elif seg.literal:
@@ -605,7 +170,7 @@ class _Index:
                     stack.append((child, i + 1))
             else:
                 for name, child in nd.children.items():
-                    if _seg_compatible(seg, _literal_segment(name)):
+                    if seg_compatible(seg, literal_segment(name)):
                         stack.append((child, i + 1))
 
 
@@ -617,9 +182,9 @@ def _decref(owners: dict[str, int], owner: str) -> None:
         del owners[owner]
 
 
-def _specs(paths: Iterable[str]) -> list[_Spec]:
+def _specs(paths: Iterable[str]) -> list[Spec]:
     """Parse and de-duplicate specs (by normalized form), sorted by normalized form."""
-    by_norm = {s.norm: s for s in (_parse(p) for p in paths)}
+    by_norm = {s.norm: s for s in (parse_spec(p) for p in paths)}
     return [by_norm[k] for k in sorted(by_norm)]
 
 
@@ -639,7 +204,7 @@ class LockTable:
 
     def __init__(self) -> None:
         self._leases: dict[str, dict[str, Lease]] = {}  # owner -> norm path -> lease
-        self._reserved: dict[str, list[_Spec]] = {}  # owner -> reserved specs
+        self._reserved: dict[str, list[Spec]] = {}  # owner -> reserved specs
         self._index = _Index()
         self._count = 0
 
@@ -666,7 +231,7 @@ class LockTable:
         """
         out: set[tuple[str, str]] = set()
         for p in paths:
-            self._index.query(_parse(p), owner, out)
+            self._index.query(parse_spec(p), owner, out)
         return sorted(out)
 
     def first_conflict(self, paths: Sequence[str], owner: str | None = None
@@ -680,7 +245,7 @@ class LockTable:
         """
         for p in paths:
             out: set[tuple[str, str]] = set()
-            self._index.query(_parse(p), owner, out)
+            self._index.query(parse_spec(p), owner, out)
             if out:
                 return min(out)
         return None
@@ -799,7 +364,7 @@ class LockTable:
         self.unreserve(owner)
         held = self._leases.pop(owner, {})
         for path in held:
-            self._index.remove(_parse(path), owner)
+            self._index.remove(parse_spec(path), owner)
         self._count -= len(held)
         return [held[p] for p in sorted(held)]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import anyio
 
-from daemon.core import Merge, MergeResult
-from daemon.git import git, run_git
-from shared.config import Home
-from shared.errors import GitError
+from orchestrator.daemon.core import Merge, MergeResult
+from orchestrator.daemon.git import git, run_git
+from orchestrator.shared.config import Home
+from orchestrator.shared.errors import GitError
 
 #: Attempts when main moves between our rebase and our push.
 PUSH_RETRIES = 3

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from daemon.core import TicketRecord
-from daemon.store import Store
-from shared.config import Home
-from shared.errors import OrchestratorError
-from shared.models import FINAL_STATES, TicketState
-from shared.protocol import Event
+from orchestrator.daemon.core import TicketRecord
+from orchestrator.daemon.store import Store
+from orchestrator.shared.config import Home
+from orchestrator.shared.errors import OrchestratorError
+from orchestrator.shared.models import FINAL_STATES, TicketState
+from orchestrator.shared.protocol import Event
 
 #: Event kinds the report reads (agent output, the bulk of the log, is skipped).
 REPORT_KINDS = ("ci.result", "attempt.failed", "ticket.rejected")

@@ -19,7 +19,7 @@ import msgspec
 from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from shared.protocol import (
+from orchestrator.shared.protocol import (
     MAX_COMMAND_BYTES,
     ClientCommand,
     Event,

@@ -24,20 +24,20 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from daemon import core as C
-from daemon.backlog import Backlog
-from daemon.ci import CIStatusDir
-from daemon.git import git
-from daemon.home import sync_repo_config
-from daemon.merger import Merger
-from daemon.server import Server
-from daemon.store import Store
-from daemon.workers import Workers, _kill_group, is_our_agent
-from shared import protocol as P
-from shared.config import Home
-from shared.errors import OrchestratorError, TicketError
-from shared.fsutil import atomic_write, move_aside
-from shared.models import TicketState, parse_ticket
+from orchestrator.daemon import core as C
+from orchestrator.daemon.backlog import Backlog
+from orchestrator.daemon.ci import CIStatusDir
+from orchestrator.daemon.git import git
+from orchestrator.daemon.home import sync_repo_config
+from orchestrator.daemon.merger import Merger
+from orchestrator.daemon.server import Server
+from orchestrator.daemon.store import Store
+from orchestrator.daemon.workers import Workers, _kill_group, is_our_agent
+from orchestrator.shared import protocol as P
+from orchestrator.shared.config import Home
+from orchestrator.shared.errors import OrchestratorError, TicketError
+from orchestrator.shared.fsutil import atomic_write, move_aside
+from orchestrator.shared.models import TicketState, parse_ticket
 
 log = logging.getLogger("orchestrator")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import msgspec
 
-from daemon.core import TicketRecord
-from shared.protocol import Event
+from orchestrator.daemon.core import TicketRecord
+from orchestrator.shared.protocol import Event
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tickets (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data BLOB NOT NULL);

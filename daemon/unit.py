@@ -1,7 +1,8 @@
 """``orchestrator service install|uninstall``: the systemd --user unit.
 
-The unit is rendered from the template ``systemd/orchestrator.service`` of the
-source checkout (placeholders ``@ORCHESTRATOR@``, ``@CONFIG@``, ``@DOCS@``) and
+The unit is rendered from the template ``systemd/orchestrator.service`` shipped
+with the package (:mod:`orchestrator.shared.assets`; placeholders ``@ORCHESTRATOR@``,
+``@CONFIG@``, ``@DOCS@``) and
 written to ``$XDG_CONFIG_HOME/systemd/user/orchestrator.service`` (default
 ``~/.config/systemd/user/``), where ``systemctl --user`` looks for units
 (systemd.unit(5), "User Unit Search Path"). docs/service.md explains the
@@ -15,10 +16,10 @@ import re
 import sys
 from pathlib import Path
 
-from daemon.home import PROJECT_ROOT, resource
-from shared.config import Home
-from shared.errors import HomeError
-from shared.fsutil import atomic_write
+from orchestrator.shared.assets import asset
+from orchestrator.shared.config import Home
+from orchestrator.shared.errors import HomeError, OrchestratorError
+from orchestrator.shared.fsutil import atomic_write
 
 UNIT_NAME = "orchestrator.service"
 TEMPLATE = "systemd/orchestrator.service"
@@ -50,14 +51,13 @@ def executable_argv() -> list[str]:
 
     The interpreter's directory is taken without resolving symlinks, so a venv's
     ``bin/`` stays a venv's ``bin/``. Without that script (e.g. run from a
-    checkout that was never installed), ``python -m shared.cli``; the unit then
-    also sets ``PYTHONPATH`` to the checkout.
+    install without console scripts), ``python -m orchestrator`` with the same interpreter.
     """
     bindir = Path(os.path.abspath(sys.executable)).parent
     script = bindir / "orchestrator"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [os.path.abspath(sys.executable), "-m", "shared.cli"]
+    return [os.path.abspath(sys.executable), "-m", "orchestrator"]
 
 
 def _exec_word(word: str) -> str:
@@ -75,23 +75,24 @@ def render_unit(executable: Path | list[str], config: Path) -> str:
 
     Args:
         executable: absolute path of the ``orchestrator`` script, or an argv
-            prefix such as ``[python, "-m", "shared.cli"]``.
+            prefix such as ``[python, "-m", "orchestrator"]``.
         config: absolute path of the project's config.yaml.
 
     Raises:
-        HomeError: the template is missing (not a source checkout), a path is
+        OrchestratorError: the template is missing (a broken install).
+        HomeError: a path is
             relative or contains a newline.
     """
     argv = [str(executable)] if isinstance(executable, Path) else list(executable)
     if not os.path.isabs(argv[0]) or not config.is_absolute():
         raise HomeError(f"the unit needs absolute paths, got {argv[0]} and {config}")
-    template = resource(TEMPLATE)
+    template = asset(TEMPLATE)
     # the template's own header comment is about the template; the unit gets its own
     raw = template.read_text()
     text = GENERATED_HEADER.format(template=template) + raw[raw.find("[Unit]"):]
     try:
-        docs = resource("docs/service.md")
-    except HomeError:
+        docs = asset("docs/service.md")
+    except OrchestratorError:
         docs = None
     if docs is not None and not _NEEDS_QUOTES.search(str(docs)) and "%" not in str(docs):
         text = text.replace("@DOCS@", str(docs))
@@ -107,21 +108,10 @@ def render_unit(executable: Path | list[str], config: Path) -> str:
         if line.startswith("ExecStart="):
             line = line.replace("@ORCHESTRATOR@", exec_start).replace(
                 "@CONFIG@", _exec_word(str(config)))
-            if len(argv) > 1:
-                # `python -m shared.cli` without an installed package: import from the checkout
-                line += _environment("PYTHONPATH", str(PROJECT_ROOT)) + "\n"
         elif line.startswith("Description="):
             line = line.replace("@CONFIG@", description)
         lines.append(line)
     return "".join(lines)
-
-
-def _environment(name: str, value: str) -> str:
-    """An ``Environment=`` line (specifiers escaped; quoted when needed)."""
-    assignment = f"{name}={value}".replace("%", "%%")
-    if _NEEDS_QUOTES.search(assignment):
-        assignment = '"' + assignment.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"Environment={assignment}"
 
 
 def install(home: Home) -> int:

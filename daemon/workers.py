@@ -24,11 +24,11 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
-from daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
-from daemon.git import git, run_git
-from shared.config import Home
-from shared.errors import GitError
-from shared.protocol import Event
+from orchestrator.daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
+from orchestrator.daemon.git import git, run_git
+from orchestrator.shared.config import Home
+from orchestrator.shared.errors import GitError
+from orchestrator.shared.protocol import Event
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class Workers:
             try:
                 import msgspec.yaml
 
-                from shared.models import Ticket
+                from orchestrator.shared.models import Ticket
 
                 t = msgspec.yaml.decode(Path(ticket_file).read_bytes(), type=Ticket)
                 text = f"# {t.title}\n\n{t.description}\n"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from shared.errors import DaemonNotRunning, ProtocolError
-from shared.protocol import (
+from orchestrator.shared.errors import DaemonNotRunning, ProtocolError
+from orchestrator.shared.protocol import (
     PROTOCOL_VERSION,
     Command,
     Event,

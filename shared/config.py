@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from shared.errors import ConfigError
+from orchestrator.shared.errors import ConfigError
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 

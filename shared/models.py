@@ -14,7 +14,8 @@ from typing import Annotated
 
 import msgspec
 
-from shared.errors import TicketError
+from orchestrator.shared.errors import TicketError
+from orchestrator.shared.lockspec import normalize_lock
 
 #: Ticket ids become part of a git branch name (``agent-K/<id>``), so they are
 #: restricted to a subset that git-check-ref-format(1) always accepts.
@@ -79,8 +80,6 @@ def parse_ticket(data: bytes, path: Path) -> Ticket:
     Raises:
         TicketError: one line ``<file>: <field>: <reason>`` naming the problem.
     """
-    from daemon.locks import normalize_lock
-
     name = str(path)
     if not data.strip():
         raise TicketError(f"{name}: file is empty")

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from shared.models import AgentView, LeaseView, TicketView
+from orchestrator.shared.models import AgentView, LeaseView, TicketView
 
 PROTOCOL_VERSION = 1
 #: Longest line the daemon accepts from a client (bytes); longer lines get an error reply.

@@ -24,23 +24,23 @@ from textual.containers import Container, Vertical
 from textual.events import DescendantFocus
 from textual.widgets import DataTable, Footer
 
-from shared.client import Client
-from shared.errors import DaemonNotRunning, OrchestratorError
-from shared.models import AgentView, TicketState, TicketView
-from shared.protocol import Approve, Continue, Reject, SetPriority, Snapshot, Stop
-from tui import git
-from tui.board import Board, agent_key
-from tui.messages import Connected, DaemonEvents, Disconnected
-from tui.widgets.agents_table import AgentsTable
-from tui.widgets.banner import Banner
-from tui.widgets.board_table import BoardTable
-from tui.widgets.detail_pane import DetailPane
-from tui.widgets.event_log import EventLog
-from tui.widgets.help_screen import HelpScreen
-from tui.widgets.reject_screen import RejectScreen
-from tui.widgets.status_line import StatusLine
-from tui.widgets.text_screen import TextScreen
-from tui.widgets.tickets_table import TicketsTable
+from orchestrator.shared.client import Client
+from orchestrator.shared.errors import DaemonNotRunning, OrchestratorError
+from orchestrator.shared.models import AgentView, TicketState, TicketView
+from orchestrator.shared.protocol import Approve, Continue, Reject, SetPriority, Snapshot, Stop
+from orchestrator.tui import git
+from orchestrator.tui.board import Board, agent_key
+from orchestrator.tui.messages import Connected, DaemonEvents, Disconnected
+from orchestrator.tui.widgets.agents_table import AgentsTable
+from orchestrator.tui.widgets.banner import Banner
+from orchestrator.tui.widgets.board_table import BoardTable
+from orchestrator.tui.widgets.detail_pane import DetailPane
+from orchestrator.tui.widgets.event_log import EventLog
+from orchestrator.tui.widgets.help_screen import HelpScreen
+from orchestrator.tui.widgets.reject_screen import RejectScreen
+from orchestrator.tui.widgets.status_line import StatusLine
+from orchestrator.tui.widgets.text_screen import TextScreen
+from orchestrator.tui.widgets.tickets_table import TicketsTable
 
 REPAINT_INTERVAL_S = 0.05
 RECONNECT_DELAY_S = 0.5

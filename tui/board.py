@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from shared.models import (
+from orchestrator.shared.models import (
     ACTIVE_STATES,
     FINAL_STATES,
     AgentView,
@@ -22,7 +22,7 @@ from shared.models import (
     TicketState,
     TicketView,
 )
-from shared.protocol import Event, Hello, Snapshot
+from orchestrator.shared.protocol import Event, Hello, Snapshot
 
 #: Lines of agent output kept per ticket (and per agent) for the detail pane.
 OUTPUT_LINES = 500

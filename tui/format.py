@@ -6,7 +6,7 @@ import time
 
 from rich.text import Text
 
-from shared.models import AgentState, AgentView, CIView, TicketState, TicketView
+from orchestrator.shared.models import AgentState, AgentView, CIView, TicketState, TicketView
 
 #: Rich styles of ticket states; colour names follow the agents-panel legend in docs.
 TICKET_STYLES: dict[TicketState, str] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from shared.protocol import Event, Hello, Snapshot
+from orchestrator.shared.protocol import Event, Hello, Snapshot
 
 
 class Connected(Message):

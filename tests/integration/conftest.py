@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import start_daemon, stop_daemon
-from daemon.home import init_home
-from shared import protocol as P
-from shared.client import request
-from shared.config import Home, load_config
+from orchestrator.daemon.home import init_home
+from orchestrator.demo import start_daemon, stop_daemon
+from orchestrator.shared import protocol as P
+from orchestrator.shared.client import request
+from orchestrator.shared.config import Home, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "tests" / "agents" / "scripted_agent.py"
@@ -129,7 +129,7 @@ class Project:
             timeout_s, f"{tid} in {states}")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shared.cli", *args, "--config",
+        return subprocess.run([sys.executable, "-m", "orchestrator", *args, "--config",
                                str(self.config)], capture_output=True, text=True, timeout=60)
 
 

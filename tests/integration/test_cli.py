@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.home import init_home
-from shared.cli import cli
+from orchestrator.cli import cli
+from orchestrator.daemon.home import init_home
 from tests.integration.conftest import git
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True,
                           text=True, timeout=60, env=env)
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.models import TicketState
+from orchestrator.shared.models import TicketState
 from tests.integration.conftest import git
 
 ROUNDS = int(os.environ.get("FAULT_ROUNDS", "5"))
@@ -84,7 +84,9 @@ def test_kill_9_at_random_moments_loses_nothing(make_project):
 
 
 def test_the_daemon_never_imports_textual():
-    code = ("import sys, daemon.service, daemon.demo, daemon.home, daemon.store, shared.cli;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'tui')))")
+    code = ("import sys, orchestrator.daemon.service, orchestrator.daemon.home,"
+            " orchestrator.daemon.store, orchestrator.shared.client;"
+            "print(sorted(m for m in sys.modules"
+            " if m.split('.')[0] == 'textual' or m.startswith('orchestrator.tui')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -21,14 +21,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from daemon.core import TicketRecord
-from daemon.report import write_report
-from daemon.store import Store
-from shared.cli import cli
-from shared.config import Home, load_config
-from shared.errors import OrchestratorError
-from shared.models import Ticket, TicketState
-from shared.protocol import Event
+from orchestrator.cli import cli
+from orchestrator.daemon.core import TicketRecord
+from orchestrator.daemon.report import write_report
+from orchestrator.daemon.store import Store
+from orchestrator.shared.config import Home, load_config
+from orchestrator.shared.errors import OrchestratorError
+from orchestrator.shared.models import Ticket, TicketState
+from orchestrator.shared.protocol import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_TICKETS = sorted(p.stem for p in (ROOT / "examples" / "demo" / "tickets").glob("*.yaml"))
@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 def orchestrator(*args: str, env: dict[str, str], timeout_s: float = 60
                  ) -> subprocess.CompletedProcess[str]:
     script = BIN / "orchestrator"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
     return subprocess.run([*argv, *args], capture_output=True, text=True, env=env,
                           timeout=timeout_s, cwd=ROOT)
 

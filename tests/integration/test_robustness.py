@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared import protocol as P
+from orchestrator.shared import protocol as P
 from tests.integration.conftest import git
 
 
@@ -179,7 +179,7 @@ def test_a_second_daemon_refuses_to_start(make_project):
     import subprocess
 
     project = make_project(workers=1)
-    second = subprocess.run([sys.executable, "-m", "shared.cli", "daemon", "--config",
+    second = subprocess.run([sys.executable, "-m", "orchestrator", "daemon", "--config",
                              str(project.config)], capture_output=True, text=True, timeout=30)
     assert second.returncode == 2
     assert "another daemon" in second.stderr and "already running" in second.stderr

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 
-from daemon import server as S
-from shared import protocol as P
+from orchestrator.daemon import server as S
+from orchestrator.shared import protocol as P
 
 
 def _event(i: int) -> P.Event:

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from daemon import unit
-from daemon.demo import drop_tickets, prepare_demo
-from daemon.store import Store
-from shared import protocol as P
-from shared.cli import cli
-from shared.client import request
-from shared.config import Home, load_config
-from shared.errors import OrchestratorError
-from shared.models import AgentState, AgentView, TicketState
+from orchestrator.cli import cli
+from orchestrator.daemon import unit
+from orchestrator.daemon.store import Store
+from orchestrator.demo import drop_tickets, prepare_demo
+from orchestrator.shared import protocol as P
+from orchestrator.shared.client import request
+from orchestrator.shared.config import Home, load_config
+from orchestrator.shared.errors import OrchestratorError
+from orchestrator.shared.models import AgentState, AgentView, TicketState
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHDOG_USEC = 400_000
@@ -317,8 +317,8 @@ def test_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     odd = tmp_path / "my 'odd' 100% $HOME" / "config.yaml"
     assert _verify(_render_to(tmp_path / "odd", unit.render_unit(executable, odd))) == []
 
-    # the fallback without a console script: python -m shared.cli
-    fallback = unit.render_unit([sys.executable, "-m", "shared.cli"], config)
+    # the fallback without a console script: python -m orchestrator
+    fallback = unit.render_unit([sys.executable, "-m", "orchestrator"], config)
     assert _verify(_render_to(tmp_path / "fallback", fallback)) == []
 
     # the check is not vacuous: systemd-analyze does complain about a broken copy
@@ -406,8 +406,8 @@ def test_install_without_console_script_uses_python_m(tmp_path: Path, config_hom
     home = _home(tmp_path / "proj")
     assert unit.install(home) == 0
     text = (config_home / "systemd" / "user" / unit.UNIT_NAME).read_text()
-    assert f"ExecStart={python} -m shared.cli daemon --config {home.config_file}\n" in text
-    assert f"Environment=PYTHONPATH={ROOT}\n" in text
+    assert f"ExecStart={python} -m orchestrator daemon --config {home.config_file}\n" in text
+    assert "PYTHONPATH" not in text  # the package is installed; nothing points into a checkout
     capsys.readouterr()
 
 

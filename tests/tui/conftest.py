@@ -25,8 +25,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from shared.models import AgentState, AgentView, CIView, TicketState, TicketView
-from shared.protocol import (
+from orchestrator.shared.models import AgentState, AgentView, CIView, TicketState, TicketView
+from orchestrator.shared.protocol import (
     PROTOCOL_VERSION,
     ClientCommand,
     Event,
@@ -36,8 +36,8 @@ from shared.protocol import (
     decode_command,
     encode,
 )
+from orchestrator.tui.app import OrchestratorApp
 from tests.integration.conftest import make_project, runtime_dir, source_repo  # noqa: F401
-from tui.app import OrchestratorApp
 
 #: The frozen "now" of every test (2023-11-14 22:13:20 UTC); ages are relative to it.
 NOW = 1_700_000_000.0

@@ -9,17 +9,17 @@ import msgspec
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from shared.models import AgentState, TicketState
-from shared.protocol import Approve, Continue, Reject, SetPriority, Stop
-from tui.app import OrchestratorApp
-from tui.widgets.agents_table import AgentsTable
-from tui.widgets.banner import Banner
-from tui.widgets.detail_pane import DetailPane
-from tui.widgets.event_log import EventLog
-from tui.widgets.help_screen import HelpScreen
-from tui.widgets.reject_screen import RejectScreen
-from tui.widgets.text_screen import TextScreen
-from tui.widgets.tickets_table import TicketsTable
+from orchestrator.shared.models import AgentState, TicketState
+from orchestrator.shared.protocol import Approve, Continue, Reject, SetPriority, Stop
+from orchestrator.tui.app import OrchestratorApp
+from orchestrator.tui.widgets.agents_table import AgentsTable
+from orchestrator.tui.widgets.banner import Banner
+from orchestrator.tui.widgets.detail_pane import DetailPane
+from orchestrator.tui.widgets.event_log import EventLog
+from orchestrator.tui.widgets.help_screen import HelpScreen
+from orchestrator.tui.widgets.reject_screen import RejectScreen
+from orchestrator.tui.widgets.text_screen import TextScreen
+from orchestrator.tui.widgets.tickets_table import TicketsTable
 
 SIZE = (120, 36)
 

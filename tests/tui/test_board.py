@@ -6,11 +6,11 @@ from pathlib import Path
 
 import msgspec
 
-from shared.models import AgentState, AgentView, TicketState
-from shared.protocol import Event
+from orchestrator.shared.models import AgentState, AgentView, TicketState
+from orchestrator.shared.protocol import Event
+from orchestrator.tui.board import OUTPUT_LINES, Board, agent_key
+from orchestrator.tui.format import age
 from tests.tui.conftest import NOW, make_snapshot
-from tui.board import OUTPUT_LINES, Board, agent_key
-from tui.format import age
 
 
 def board() -> Board:

@@ -14,13 +14,13 @@ from pathlib import Path
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from shared import protocol as P
-from shared.models import TicketState
+from orchestrator.shared import protocol as P
+from orchestrator.shared.models import TicketState
+from orchestrator.tui.app import OrchestratorApp
+from orchestrator.tui.widgets.banner import Banner
+from orchestrator.tui.widgets.reject_screen import RejectScreen
+from orchestrator.tui.widgets.tickets_table import TicketsTable
 from tests.integration.conftest import Project
-from tui.app import OrchestratorApp
-from tui.widgets.banner import Banner
-from tui.widgets.reject_screen import RejectScreen
-from tui.widgets.tickets_table import TicketsTable
 
 SIZE = (120, 36)
 TIMEOUT_S = 60.0

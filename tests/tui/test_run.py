@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.app import run
+from orchestrator.tui.app import run
 
 
 def test_no_daemon_prints_one_line_and_returns_1(capsys: pytest.CaptureFixture[str]) -> None:

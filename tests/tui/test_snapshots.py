@@ -12,9 +12,9 @@ import time
 import pytest
 from textual.pilot import Pilot
 
-from tui.app import OrchestratorApp
-from tui.widgets.detail_pane import DetailPane
-from tui.widgets.event_log import EventLog
+from orchestrator.tui.app import OrchestratorApp
+from orchestrator.tui.widgets.detail_pane import DetailPane
+from orchestrator.tui.widgets.event_log import EventLog
 
 
 @pytest.fixture

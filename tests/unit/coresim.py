@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from daemon import core as C
-from shared.config import AgentConfig, Config
-from shared.models import ACTIVE_STATES, Ticket, TicketState
+from orchestrator.daemon import core as C
+from orchestrator.shared.config import AgentConfig, Config
+from orchestrator.shared.models import ACTIVE_STATES, Ticket, TicketState
 
 
 def make_config(**overrides: object) -> Config:
@@ -102,7 +102,7 @@ class Sim:
 def check_invariants(core: C.Core) -> None:
     """The rules that must hold after every input."""
     leases = core.locks.leases()
-    from daemon.locks import locks_overlap
+    from orchestrator.shared.lockspec import locks_overlap
 
     for i, a in enumerate(leases):
         for b in leases[i + 1:]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from daemon import core as C
-from shared.models import TicketState as S
+from orchestrator.daemon import core as C
+from orchestrator.shared.models import TicketState as S
 from tests.unit.coresim import Sim, check_invariants, ticket
 
 

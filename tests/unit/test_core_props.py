@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import core as C
-from shared.models import TicketState as S
+from orchestrator.daemon import core as C
+from orchestrator.shared.models import TicketState as S
 from tests.unit.coresim import Sim, check_invariants, ticket
 
 LOCKS = ["src/", "src/a.py", "src/b.py", "docs/*.md", "docs/", "tests/", "README.md"]

@@ -14,8 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
+
+from orchestrator.shared import config as config_mod
+from orchestrator.shared import lockspec as locks
+from orchestrator.shared import models
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -227,8 +232,6 @@ def test_tickets_make_a_good_show():
 
 
 def test_tickets_decode_with_the_daemon_parser():
-    models = pytest.importorskip("shared.models")
-    pytest.importorskip("daemon.locks")
     for path in sorted(TICKETS.glob("*.yaml")):
         ticket = models.parse_ticket(path.read_bytes(), path)
         assert ticket.id == path.stem
@@ -268,7 +271,6 @@ def test_locks_cover_every_path_a_recording_touches():
 
 
 def test_locks_cover_recordings_by_the_daemon_rules():
-    locks = pytest.importorskip("daemon.locks")
     for tid, t in load_tickets().items():
         assert locks.paths_outside(touched_paths(tid), t["locks"]) == [], tid
 
@@ -532,7 +534,6 @@ def test_config_example_has_every_key():
 
 
 def test_config_example_decodes_with_the_daemon_schema(tmp_path: Path):
-    config_mod = pytest.importorskip("shared.config")
     path = tmp_path / "config.yaml"
     shutil.copy(EXAMPLES / "config.example.yaml", path)
     home = config_mod.load_config(path)
@@ -552,8 +553,6 @@ def test_agent_snippets(name: str):
     assert isinstance(command, list) and command and all(isinstance(c, str) for c in command)
     assert command_placeholders(command) <= PLACEHOLDERS
     assert command_placeholders(command) & {"prompt", "prompt_file"} or name == "script.yaml"
-    msgspec = pytest.importorskip("msgspec")
-    config_mod = pytest.importorskip("shared.config")
     msgspec.convert(data["agent"], type=config_mod.AgentConfig)
 
 

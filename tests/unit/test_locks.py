@@ -7,11 +7,9 @@ import time
 
 import pytest
 
-from daemon.locks import (
+from orchestrator.daemon.locks import Lease, LockConflict, LockTable
+from orchestrator.shared.lockspec import (
     WHOLE_REPO,
-    Lease,
-    LockConflict,
-    LockTable,
     is_glob,
     locks_overlap,
     normalize_lock,

@@ -8,9 +8,8 @@ from functools import cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.locks import (
-    LockConflict,
-    LockTable,
+from orchestrator.daemon.locks import LockConflict, LockTable
+from orchestrator.shared.lockspec import (
     locks_overlap,
     normalize_lock,
     path_covered,

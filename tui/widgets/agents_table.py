@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from shared.models import AgentView, TicketView
-from tui.format import agent_state_style, ci_cell, since
-from tui.widgets.board_table import BoardTable, Row
+from orchestrator.shared.models import AgentView, TicketView
+from orchestrator.tui.format import agent_state_style, ci_cell, since
+from orchestrator.tui.widgets.board_table import BoardTable, Row
 
 
 class AgentsTable(BoardTable):

@@ -12,9 +12,9 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
-from shared.models import AgentView, TicketState, TicketView
-from tui import git
-from tui.format import CI_STYLES, agent_state_style, since, ticket_state
+from orchestrator.shared.models import AgentView, TicketState, TicketView
+from orchestrator.tui import git
+from orchestrator.tui.format import CI_STYLES, agent_state_style, since, ticket_state
 
 #: Output lines shown; the whole log is one key away (``l``).
 OUTPUT_TAIL_LINES = 40

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from rich.text import Text
 from textual.widgets import RichLog
 
-from tui.board import LogEntry
-from tui.format import clock
+from orchestrator.tui.board import LogEntry
+from orchestrator.tui.format import clock
 
 MAX_LINES = 1000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from shared.models import TicketState
-from tui.board import Board
+from orchestrator.shared.models import TicketState
+from orchestrator.tui.board import Board
 
 
 class StatusLine(Static):

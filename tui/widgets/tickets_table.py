@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from shared.models import TicketState, TicketView
-from tui.format import ticket_state
-from tui.widgets.board_table import BoardTable, Row
+from orchestrator.shared.models import TicketState, TicketView
+from orchestrator.tui.format import ticket_state
+from orchestrator.tui.widgets.board_table import BoardTable, Row
 
 
 class TicketsTable(BoardTable):

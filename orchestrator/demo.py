@@ -20,13 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.git import git_sync
-from daemon.home import init_home, resource
-from shared import protocol as P
-from shared.client import Client
-from shared.config import load_config
-from shared.errors import OrchestratorError
-from shared.models import FINAL_STATES, TicketState
+from orchestrator.daemon.git import git_sync
+from orchestrator.daemon.home import init_home
+from orchestrator.shared import protocol as P
+from orchestrator.shared.assets import asset
+from orchestrator.shared.client import Client
+from orchestrator.shared.config import load_config
+from orchestrator.shared.errors import OrchestratorError
+from orchestrator.shared.models import FINAL_STATES, TicketState
 
 DEMO_EXTRA_CONFIG = "heartbeat_interval_s: 1\nlease_ttl_s: 30\n"
 
@@ -35,12 +36,12 @@ def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> 
     """Create the sample repo and its project home under ``base``; return config.yaml."""
     source = base / "project"
     if not source.exists():
-        shutil.copytree(resource("examples/demo/project"), source,
+        shutil.copytree(asset("examples/demo/project"), source,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         git_sync(source, "init", "--quiet", "--initial-branch=main")
         git_sync(source, "add", "-A")
         git_sync(source, "commit", "--quiet", "-m", "Sample inventory project")
-    agent = [sys.executable, str(resource("examples/demo/demo_agent.py"))]
+    agent = [sys.executable, str(asset("examples/demo/demo_agent.py"))]
     ci = f"{_q(sys.executable)} -m unittest discover -s tests -q"
     config = init_home(base / "home", str(source), ci_command=ci, workers=3,
                        agent_command=agent, approval="auto" if auto_approve else "manual",
@@ -65,7 +66,7 @@ def start_daemon(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
     """
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "daemon", "--config", str(config)],
+            [sys.executable, "-m", "orchestrator", "daemon", "--config", str(config)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     socket_path = load_config(config).socket_path
@@ -105,7 +106,7 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
 def drop_tickets(backlog: Path) -> list[str]:
     """Copy the sample tickets into the backlog atomically; return their ids."""
     ids = []
-    for ticket in sorted(resource("examples/demo/tickets").glob("*.yaml")):
+    for ticket in sorted(asset("examples/demo/tickets").glob("*.yaml")):
         tmp = backlog / f".{ticket.name}.tmp"
         shutil.copyfile(ticket, tmp)
         os.replace(tmp, backlog / ticket.name)
@@ -164,7 +165,7 @@ def run_demo(directory: Path | None, headless: bool, auto_approve: bool,
         ids = drop_tickets(home.backlog)
         print(f"dropped {len(ids)} tickets into {home.backlog}")
         if not headless:
-            from tui.app import run
+            from orchestrator.tui.app import run
 
             return run(home.socket_path)
         if not auto_approve:

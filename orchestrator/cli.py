@@ -16,9 +16,9 @@ from pathlib import Path
 
 import msgspec
 
-from shared import protocol as P
-from shared.config import Home, default_config_path, load_config
-from shared.errors import OrchestratorError, TicketError
+from orchestrator.shared import protocol as P
+from orchestrator.shared.config import Home, default_config_path, load_config
+from orchestrator.shared.errors import OrchestratorError, TicketError
 
 
 def _config(args: argparse.Namespace) -> Home:
@@ -26,7 +26,7 @@ def _config(args: argparse.Namespace) -> Home:
 
 
 def _request(args: argparse.Namespace, command: P.Command) -> P.Reply:
-    from shared.client import request
+    from orchestrator.shared.client import request
 
     _, reply = request(_config(args).socket_path, command)
     return reply
@@ -43,7 +43,7 @@ def _answer(reply: P.Reply) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     import shlex
 
-    from daemon.home import init_home
+    from orchestrator.daemon.home import init_home
 
     agent = shlex.split(args.agent_command) if args.agent_command else None
     config = init_home(Path(args.dir), args.source, ci_command=args.ci_command,
@@ -55,13 +55,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from daemon.service import main
+    from orchestrator.daemon.service import main
 
     return main(_config(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from shared.models import load_ticket
+    from orchestrator.shared.models import load_ticket
 
     bad = 0
     for name in args.files:
@@ -134,8 +134,8 @@ def cmd_ticket_command(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from shared.fsutil import atomic_write
-    from shared.models import parse_ticket
+    from orchestrator.shared.fsutil import atomic_write
+    from orchestrator.shared.models import parse_ticket
 
     home = _config(args)
     bad = 0
@@ -168,7 +168,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         return _replay(args)
     import asyncio
 
-    from shared.client import Client
+    from orchestrator.shared.client import Client
 
     async def follow() -> None:
         async with Client(_config(args).socket_path) as client:
@@ -196,7 +196,7 @@ def _print_event(event: P.Event, as_json: bool) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from daemon.store import Store
+    from orchestrator.daemon.store import Store
 
     home = _config(args)
     since = args.since
@@ -223,11 +223,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from daemon.report import write_report
+    from orchestrator.daemon.report import write_report
 
     text = write_report(_config(args))
     if args.out:
-        from shared.fsutil import atomic_write
+        from orchestrator.shared.fsutil import atomic_write
 
         atomic_write(Path(args.out), text)
         print(f"wrote {args.out}")
@@ -246,20 +246,20 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    from tui.app import run
+    from orchestrator.tui.app import run
 
     return run(_config(args).socket_path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from orchestrator.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None, headless=args.headless,
                     auto_approve=args.auto_approve, timeout_s=args.timeout_s)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from daemon.unit import install, uninstall
+    from orchestrator.daemon.unit import install, uninstall
 
     if args.action == "install":
         return install(_config(args))
@@ -366,6 +366,3 @@ def cli(argv: list[str] | None = None) -> int:
 def main() -> None:
     sys.exit(cli())
 
-
-if __name__ == "__main__":
-    main()
