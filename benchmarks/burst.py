@@ -30,6 +30,8 @@ from orchestrator.shared import protocol as P
 
 TARGET_S = 5.0
 TARGET_PEAK_RSS_MB = 150.0
+
+
 def run(quick: bool) -> list[Figure]:
     count = 2000 if quick else 10_000
     # Beyond this the run is reported as it stands (the figure is then a lower bound).
@@ -58,8 +60,9 @@ def run(quick: bool) -> list[Figure]:
         rng = random.Random(2)
         staged = []
         for ticket_id in ids:
-            path = project.stage_ticket(ticket_id, priority=rng.randrange(5),
-                                        locks=[f"src/m{rng.randrange(500)}.py"])
+            path = project.stage_ticket(
+                ticket_id, priority=rng.randrange(5), locks=[f"src/m{rng.randrange(500)}.py"]
+            )
             staged.append((path, backlog / f"{ticket_id}.yaml"))
         base_rss = rss_mb(project.pid)
         with Connection(project.socket_path, on_message):
@@ -69,8 +72,13 @@ def run(quick: bool) -> list[Figure]:
             renamed_s = time.monotonic() - t0
             complete = True
             try:
-                wait_until(lambda: len(seen) >= count, timeout_s, f"{count} tickets queued",
-                           project, poll_s=0.05)
+                wait_until(
+                    lambda: len(seen) >= count,
+                    timeout_s,
+                    f"{count} tickets queued",
+                    project,
+                    poll_s=0.05,
+                )
             except BenchmarkError:
                 project.alive()
                 complete = False
@@ -78,15 +86,30 @@ def run(quick: bool) -> list[Figure]:
             time.sleep(0.5)
             peak = peak_rss_mb(project.pid)
             after = rss_mb(project.pid)
-    how = ("" if complete else f"cut short: {len(seen)} of {count} queued after "
-           f"{timeout_s:.0f} s; ")
+    how = "" if complete else f"cut short: {len(seen)} of {count} queued after {timeout_s:.0f} s; "
     return [
-        Figure("burst.all_queued", elapsed, "s", TARGET_S, samples=count,
-               lower_bound=not complete,
-               note=f"{how}{count} tickets renamed into the backlog in {renamed_s:.2f} s -> "
-                    "last ticket.queued on a socket client"),
-        Figure("burst.queued_per_s", len(seen) / elapsed, "tickets/s", None,
-               note="tickets queued per second over the burst"),
-        Figure("burst.peak_rss", peak, "MB", TARGET_PEAK_RSS_MB,
-               note=f"daemon VmHWM; VmRSS {base_rss:.0f} MB before, {after:.0f} MB after"),
+        Figure(
+            "burst.all_queued",
+            elapsed,
+            "s",
+            TARGET_S,
+            samples=count,
+            lower_bound=not complete,
+            note=f"{how}{count} tickets renamed into the backlog in {renamed_s:.2f} s -> "
+            "last ticket.queued on a socket client",
+        ),
+        Figure(
+            "burst.queued_per_s",
+            len(seen) / elapsed,
+            "tickets/s",
+            None,
+            note="tickets queued per second over the burst",
+        ),
+        Figure(
+            "burst.peak_rss",
+            peak,
+            "MB",
+            TARGET_PEAK_RSS_MB,
+            note=f"daemon VmHWM; VmRSS {base_rss:.0f} MB before, {after:.0f} MB after",
+        ),
     ]

@@ -49,16 +49,22 @@ AGENT = Path(__file__).with_name("agent.py")
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def write_status(directory: Path, sha: str, ref: str) -> float:
     """Write a passing status file atomically, as ci.sh does; return the rename time."""
     now = time.time()
-    doc = {"sha": sha, "ref": ref, "status": "pass", "exit_code": 0,
-           "started_at": _iso(now - 1), "finished_at": _iso(now), "duration_s": 1.0,
-           "log_tail": "benchmark: tests passed\n"}
+    doc = {
+        "sha": sha,
+        "ref": ref,
+        "status": "pass",
+        "exit_code": 0,
+        "started_at": _iso(now - 1),
+        "finished_at": _iso(now),
+        "duration_s": 1.0,
+        "log_tail": "benchmark: tests passed\n",
+    }
     tmp = directory / f"{sha}.json.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2)
@@ -80,14 +86,21 @@ def run(quick: bool) -> list[Figure]:
         if not isinstance(message, P.Event) or message.ticket is None:
             return
         view = message.ticket_view
-        if (message.kind == "ticket.state" and view is not None and view.state == "ci_running"
-                and view.ci is not None):
+        if (
+            message.kind == "ticket.state"
+            and view is not None
+            and view.state == "ci_running"
+            and view.ci is not None
+        ):
             waiting.put((message.ticket, view.ci.sha))
         elif message.kind == "ci.result":
             results.setdefault(message.ticket, t)
 
-    with Project(workers=3, agent_command=[sys.executable, str(AGENT), "write"],
-                 ci_command="flock -s {base}/ci.lock true") as project:
+    with Project(
+        workers=3,
+        agent_command=[sys.executable, str(AGENT), "write"],
+        ci_command="flock -s {base}/ci.lock true",
+    ) as project:
         lock_fd = os.open(project.base / "ci.lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)  # every CI job waits until the end
         shas: list[str] = []
@@ -107,20 +120,48 @@ def run(quick: bool) -> list[Figure]:
             os.close(lock_fd)
             _wait_ci_jobs(project, shas)
     return [
-        Figure("ci.push_p50", percentile(push_s, 50), "s", TARGET_PUSH_S, samples=len(push_s),
-               note="git push of a new commit to agent-1/bench-N, post-receive hook included"),
-        Figure("ci.push_max", max(push_s), "s", TARGET_PUSH_S, samples=len(push_s),
-               note="the slowest of those pushes"),
-        Figure("ci.status_to_event_p50", percentile(event_ms, 50), "ms", TARGET_EVENT_MS,
-               samples=len(event_ms),
-               note="ci-status/<sha>.json renamed in -> ci.result on a socket client, real "
-                    "tickets waiting in ci_running"),
-        Figure("ci.status_to_event_p99", percentile(event_ms, 99), "ms", TARGET_EVENT_MS,
-               samples=len(event_ms), note="same, p99 (no ci_notify: the daemon's watcher)"),
-        Figure("ci.notify_roundtrip_p99", percentile(notify_ms, 99), "ms", None,
-               samples=len(notify_ms),
-               note="what the hook's notify costs after its interpreter starts: connect, "
-                    "hello + snapshot, ci_notify, reply"),
+        Figure(
+            "ci.push_p50",
+            percentile(push_s, 50),
+            "s",
+            TARGET_PUSH_S,
+            samples=len(push_s),
+            note="git push of a new commit to agent-1/bench-N, post-receive hook included",
+        ),
+        Figure(
+            "ci.push_max",
+            max(push_s),
+            "s",
+            TARGET_PUSH_S,
+            samples=len(push_s),
+            note="the slowest of those pushes",
+        ),
+        Figure(
+            "ci.status_to_event_p50",
+            percentile(event_ms, 50),
+            "ms",
+            TARGET_EVENT_MS,
+            samples=len(event_ms),
+            note="ci-status/<sha>.json renamed in -> ci.result on a socket client, real "
+            "tickets waiting in ci_running",
+        ),
+        Figure(
+            "ci.status_to_event_p99",
+            percentile(event_ms, 99),
+            "ms",
+            TARGET_EVENT_MS,
+            samples=len(event_ms),
+            note="same, p99 (no ci_notify: the daemon's watcher)",
+        ),
+        Figure(
+            "ci.notify_roundtrip_p99",
+            percentile(notify_ms, 99),
+            "ms",
+            None,
+            samples=len(notify_ms),
+            note="what the hook's notify costs after its interpreter starts: connect, "
+            "hello + snapshot, ci_notify, reply",
+        ),
     ]
 
 
@@ -141,9 +182,13 @@ def _pushes(project: Project, count: int) -> tuple[list[float], list[str]]:
     return times, shas
 
 
-def _ticket_flow(project: Project, count: int, waiting: queue.Queue[tuple[str, str]],
-                 results: dict[str, float], on_message: object
-                 ) -> tuple[list[float], list[str]]:
+def _ticket_flow(
+    project: Project,
+    count: int,
+    waiting: queue.Queue[tuple[str, str]],
+    results: dict[str, float],
+    on_message: object,
+) -> tuple[list[float], list[str]]:
     status_dir = project.home.ci_status_dir
     backlog = project.home.backlog
     latencies = []
@@ -160,15 +205,26 @@ def _ticket_flow(project: Project, count: int, waiting: queue.Queue[tuple[str, s
                 ticket_id, sha = waiting.get(timeout=60)
             except queue.Empty:
                 project.alive()
-                raise BenchmarkError(f"no ticket reached ci_running within 60 s "
-                                     f"(daemon log: {project.log_tail()})") from None
+                raise BenchmarkError(
+                    f"no ticket reached ci_running within 60 s (daemon log: {project.log_tail()})"
+                ) from None
             shas.append(sha)
             log = status_dir / f"{sha}.log"
-            wait_until(partial(_job_started, log), 20, f"the CI job of {sha[:10]} to start",
-                       project, poll_s=0.005)
+            wait_until(
+                partial(_job_started, log),
+                20,
+                f"the CI job of {sha[:10]} to start",
+                project,
+                poll_s=0.005,
+            )
             t0 = write_status(status_dir, sha, f"refs/heads/{ticket_id}")
-            wait_until(partial(results.__contains__, ticket_id), 20,
-                       f"ci.result of {ticket_id}", project, poll_s=0.002)
+            wait_until(
+                partial(results.__contains__, ticket_id),
+                20,
+                f"ci.result of {ticket_id}",
+                project,
+                poll_s=0.002,
+            )
             latencies.append((results[ticket_id] - t0) * 1000)
             reply, _ = conn.request(P.Stop(ticket=ticket_id))
             if not reply.ok:

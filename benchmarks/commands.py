@@ -52,8 +52,9 @@ def run(quick: bool) -> list[Figure]:
                 started.add(message.ticket)
 
     agent = [sys.executable, str(AGENT), "chatty", str(LINES_PER_S)]
-    with Project(workers=WORKERS, agent_command=agent,
-                 config={"heartbeat_interval_s": "5"}) as project:
+    with Project(
+        workers=WORKERS, agent_command=agent, config={"heartbeat_interval_s": "5"}
+    ) as project:
         project.start()
         ids = [f"k{i:04d}" for i in range(WORKERS + stops)]
         backlog = project.home.backlog
@@ -62,8 +63,7 @@ def run(quick: bool) -> list[Figure]:
                 staged = project.stage_ticket(ticket_id, locks=[f"bench/{ticket_id}.txt"])
                 tmp = staged.rename(backlog / f".{staged.name}.tmp")
                 tmp.rename(backlog / staged.name)
-            wait_until(lambda: len(started) >= WORKERS, 30, f"{WORKERS} agents to start",
-                       project)
+            wait_until(lambda: len(started) >= WORKERS, 30, f"{WORKERS} agents to start", project)
             running = set(started)
             queued = [i for i in ids if i not in running]
             time.sleep(1.0)  # the stream is at full rate
@@ -92,15 +92,33 @@ def run(quick: bool) -> list[Figure]:
     with lock:
         streamed = sum(1 for t in output_times if t_start <= t <= t_end)
     rate = streamed / (t_end - t_start)
-    note = (f"approve/stop alternating on one connection while the daemon streamed "
-            f"{rate:.0f} agent.output events/s to a listening client")
+    note = (
+        f"approve/stop alternating on one connection while the daemon streamed "
+        f"{rate:.0f} agent.output events/s to a listening client"
+    )
     return [
-        Figure("command.roundtrip_p50", percentile(rtt_ms, 50), "ms", TARGET_P99_MS,
-               samples=len(rtt_ms), note=note),
-        Figure("command.roundtrip_p99", percentile(rtt_ms, 99), "ms", TARGET_P99_MS,
-               samples=len(rtt_ms),
-               note=f"approve p99 {percentile(approve_ms, 99):.1f} ms, stop p99 "
-                    f"{percentile(stop_ms, 99):.1f} ms"),
-        Figure("command.stream_rate", rate, "events/s", None,
-               note="agent.output events received by the listening client during the commands"),
+        Figure(
+            "command.roundtrip_p50",
+            percentile(rtt_ms, 50),
+            "ms",
+            TARGET_P99_MS,
+            samples=len(rtt_ms),
+            note=note,
+        ),
+        Figure(
+            "command.roundtrip_p99",
+            percentile(rtt_ms, 99),
+            "ms",
+            TARGET_P99_MS,
+            samples=len(rtt_ms),
+            note=f"approve p99 {percentile(approve_ms, 99):.1f} ms, stop p99 "
+            f"{percentile(stop_ms, 99):.1f} ms",
+        ),
+        Figure(
+            "command.stream_rate",
+            rate,
+            "events/s",
+            None,
+            note="agent.output events received by the listening client during the commands",
+        ),
     ]

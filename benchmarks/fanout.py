@@ -64,24 +64,37 @@ def sample_events(count: int) -> list[P.Event]:
     events = []
     for i in range(count):
         view = TicketView(
-            id=f"ticket-{i:05d}", title=f"Benchmark ticket number {i} with a realistic title",
-            state=TicketState.QUEUED, priority=i % 5, effective_priority=(i % 5) - 0.25,
+            id=f"ticket-{i:05d}",
+            title=f"Benchmark ticket number {i} with a realistic title",
+            state=TicketState.QUEUED,
+            priority=i % 5,
+            effective_priority=(i % 5) - 0.25,
             locks=[f"src/pkg{i % 50}/module{i}.py", f"tests/test_module{i}.py"],
-            queued_at=now - 60, state_since=now - 30, rank=(i % 5) + now / 300,
+            queued_at=now - 60,
+            state_since=now - 30,
+            rank=(i % 5) + now / 300,
             file=f"/home/user/project/backlog/ticket-{i:05d}.yaml",
             reason="lock src/pkg1/module1.py held by ticket-00001",
         )
-        events.append(P.Event(id=1000 + i, ts=now, kind="ticket.updated",
-                              message=f"ticket-{i:05d}: priority P{i % 5}", ticket=view.id,
-                              ticket_view=view))
+        events.append(
+            P.Event(
+                id=1000 + i,
+                ts=now,
+                kind="ticket.updated",
+                message=f"ticket-{i:05d}: priority P{i % 5}",
+                ticket=view.id,
+                ticket_view=view,
+            )
+        )
     return events
 
 
 class _Bench:
     def __init__(self, path: Path) -> None:
         self.path = path
-        snapshot = P.Snapshot(version=P.PROTOCOL_VERSION, last_event_id=0, tickets=[],
-                              agents=[], leases=[])
+        snapshot = P.Snapshot(
+            version=P.PROTOCOL_VERSION, last_event_id=0, tickets=[], agents=[], leases=[]
+        )
         hello = P.Hello(version=P.PROTOCOL_VERSION, home="/bench", pid=os.getpid())
         hello_line, snapshot_line = P.encode(hello), P.encode(snapshot)
         self.server = Server(path, lambda: hello_line, lambda: snapshot_line, self._dispatch)
@@ -96,7 +109,7 @@ class _Bench:
         k = 0
         n = len(self.events)
         while time.monotonic() < deadline:
-            batch = self.events[k:k + BATCH]
+            batch = self.events[k : k + BATCH]
             k = (k + BATCH) % n
             self.server.publish(batch)
             self.published += len(batch)
@@ -108,7 +121,7 @@ class _Bench:
         n = len(self.events)
         ticks = int(seconds / tick_s)
         for i in range(ticks):
-            self.server.publish(self.events[k:k + per_tick])
+            self.server.publish(self.events[k : k + per_tick])
             k = (k + per_tick) % n
             self.published += per_tick
             await anyio.sleep(max(0.0, start + (i + 1) * tick_s - time.monotonic()))
@@ -121,6 +134,7 @@ class _Bench:
 
 def _rate(series: list[list[float]], t0: float, t1: float) -> float:
     """Lines per second a reader received between t0 and t1 (from its series)."""
+
     def lines_at(t: float) -> float:
         best = 0.0
         for ts, n in series:
@@ -129,11 +143,17 @@ def _rate(series: list[list[float]], t0: float, t1: float) -> float:
             else:
                 break
         return best
+
     return (lines_at(t1) - lines_at(t0)) / (t1 - t0)
 
 
-async def _alternate(bench: _Bench, rounds: int, phase_s: float, label: str,
-                     phases: list[tuple[str, int, float, float]]) -> tuple[list[float], int]:
+async def _alternate(
+    bench: _Bench,
+    rounds: int,
+    phase_s: float,
+    label: str,
+    phases: list[tuple[str, int, float, float]],
+) -> tuple[list[float], int]:
     """Pairs of flat-out phases without and with a fifth client that never reads.
 
     The order alternates (free-stalled, stalled-free, ...) so that a drift of the
@@ -167,8 +187,7 @@ async def _alternate(bench: _Bench, rounds: int, phase_s: float, label: str,
     return growth, resyncs
 
 
-async def _main(quick: bool, base: Path, big_snapshot: Callable[[], bytes]
-                ) -> dict[str, Any]:
+async def _main(quick: bool, base: Path, big_snapshot: Callable[[], bytes]) -> dict[str, Any]:
     bench = _Bench(base / "s.sock")
     phase_s = 1.0 if quick else 2.0
     rounds = 4 if quick else 8
@@ -177,14 +196,17 @@ async def _main(quick: bool, base: Path, big_snapshot: Callable[[], bytes]
     lags: list[float] = []
     async with anyio.create_task_group() as tg:
         await tg.start(bench.server.serve)
-        readers = [subprocess.Popen([sys.executable, str(READER), str(bench.path)],
-                                    stdout=subprocess.PIPE) for _ in range(CLIENTS)]
+        readers = [
+            subprocess.Popen([sys.executable, str(READER), str(bench.path)], stdout=subprocess.PIPE)
+            for _ in range(CLIENTS)
+        ]
         await bench.wait_peers(CLIENTS)
         await bench.publish_flat_out(0.5)  # warm-up
         growth, resyncs = await _alternate(bench, rounds, phase_s, "small", phases)
         bench.server.snapshot = big_snapshot
-        big_growth, big_resyncs = await _alternate(bench, max(2, rounds // 2), phase_s, "big",
-                                                   phases)
+        big_growth, big_resyncs = await _alternate(
+            bench, max(2, rounds // 2), phase_s, "big", phases
+        )
 
         async def measure_lag() -> None:
             while True:
@@ -217,9 +239,15 @@ async def _main(quick: bool, base: Path, big_snapshot: Callable[[], bytes]
                 rate_free = min(_rate(series, fa, fb) for series in outputs)
                 rate_busy = min(_rate(series, a, b) for series in outputs)
                 slowdowns.setdefault(label, []).append((1 - rate_busy / rate_free) * 100)
-    return {"rates": rates, "slowdowns": slowdowns, "growth": growth,
-            "big_growth": big_growth, "resyncs": resyncs, "big_resyncs": big_resyncs,
-            "lags": lags}
+    return {
+        "rates": rates,
+        "slowdowns": slowdowns,
+        "growth": growth,
+        "big_growth": big_growth,
+        "resyncs": resyncs,
+        "big_resyncs": big_resyncs,
+        "lags": lags,
+    }
 
 
 def daemon_like_snapshot(tickets: int) -> tuple[Callable[[], bytes], int]:
@@ -238,10 +266,12 @@ def daemon_like_snapshot(tickets: int) -> tuple[Callable[[], bytes], int]:
     def snapshot_line() -> bytes:
         now = time.time()
         snapshot = P.Snapshot(
-            version=P.PROTOCOL_VERSION, last_event_id=0,
+            version=P.PROTOCOL_VERSION,
+            last_event_id=0,
             tickets=[core.ticket_view(r, now) for r in core.ordered()],
             agents=[core.agent_view(w) for w in core.workers.values()],
-            leases=core.lease_views(), approval="manual",
+            leases=core.lease_views(),
+            approval="manual",
         )
         return P.encode(snapshot)
 
@@ -272,29 +302,60 @@ def run(quick: bool) -> list[Figure]:
     lags = r["lags"]
     paced = median(rates["paced"])
     return [
-        Figure("fanout.events_per_s", free, "events/s", TARGET_EVENTS_PER_S,
-               higher_is_better=True, samples=len(rates["small/free"]),
-               note=f"daemon.server.Server in-process, {CLIENTS} reader processes, batches of "
-                    f"{BATCH}; the slowest client's rate, median over phases"),
-        Figure("fanout.loop_lag_p99", percentile(lags, 99), "ms", TARGET_LAG_P99_MS,
-               samples=len(lags),
-               note=f"10 ms sleeps oversleeping while publishing {paced:.0f} events/s "
-                    f"to {CLIENTS} clients; p50 {percentile(lags, 50):.2f} ms"),
-        Figure("fanout.stalled_slowdown", median(r["slowdowns"]["small"]), "%",
-               TARGET_SLOWDOWN_PCT, samples=len(r["slowdowns"]["small"]),
-               note=f"median over pairs of phases of the slowest client's rate drop with a 5th "
-                    f"client that never reads ({busy:.0f}/s vs {free:.0f}/s; "
-                    f"{r['resyncs']} resyncs); empty snapshot"),
-        Figure("fanout.stalled_rss_growth", max(r["growth"]), "MB", TARGET_STALLED_GROWTH_MB,
-               samples=len(r["growth"]),
-               note="RSS growth of the serving process while the 5th client is stalled "
-                    f"(per phase: {', '.join(f'{g:.0f}' for g in r['growth'])} MB)"),
-        Figure("fanout.stalled_slowdown_10k", median(r["slowdowns"]["big"]), "%",
-               TARGET_SLOWDOWN_PCT, samples=len(r["slowdowns"]["big"]),
-               note=f"the same with a daemon-like 10,000-ticket snapshot ({big_size / 1e6:.1f} "
-                    f"MB, {big_ms:.0f} ms to build) resent at each resync ({r['big_resyncs']} "
-                    f"resyncs): {big_busy:.0f}/s vs {big_free:.0f}/s"),
-        Figure("fanout.stalled_rss_growth_10k", max(r["big_growth"]), "MB",
-               TARGET_STALLED_GROWTH_MB, samples=len(r["big_growth"]),
-               note="RSS growth with the 10,000-ticket snapshot"),
+        Figure(
+            "fanout.events_per_s",
+            free,
+            "events/s",
+            TARGET_EVENTS_PER_S,
+            higher_is_better=True,
+            samples=len(rates["small/free"]),
+            note=f"daemon.server.Server in-process, {CLIENTS} reader processes, batches of "
+            f"{BATCH}; the slowest client's rate, median over phases",
+        ),
+        Figure(
+            "fanout.loop_lag_p99",
+            percentile(lags, 99),
+            "ms",
+            TARGET_LAG_P99_MS,
+            samples=len(lags),
+            note=f"10 ms sleeps oversleeping while publishing {paced:.0f} events/s "
+            f"to {CLIENTS} clients; p50 {percentile(lags, 50):.2f} ms",
+        ),
+        Figure(
+            "fanout.stalled_slowdown",
+            median(r["slowdowns"]["small"]),
+            "%",
+            TARGET_SLOWDOWN_PCT,
+            samples=len(r["slowdowns"]["small"]),
+            note=f"median over pairs of phases of the slowest client's rate drop with a 5th "
+            f"client that never reads ({busy:.0f}/s vs {free:.0f}/s; "
+            f"{r['resyncs']} resyncs); empty snapshot",
+        ),
+        Figure(
+            "fanout.stalled_rss_growth",
+            max(r["growth"]),
+            "MB",
+            TARGET_STALLED_GROWTH_MB,
+            samples=len(r["growth"]),
+            note="RSS growth of the serving process while the 5th client is stalled "
+            f"(per phase: {', '.join(f'{g:.0f}' for g in r['growth'])} MB)",
+        ),
+        Figure(
+            "fanout.stalled_slowdown_10k",
+            median(r["slowdowns"]["big"]),
+            "%",
+            TARGET_SLOWDOWN_PCT,
+            samples=len(r["slowdowns"]["big"]),
+            note=f"the same with a daemon-like 10,000-ticket snapshot ({big_size / 1e6:.1f} "
+            f"MB, {big_ms:.0f} ms to build) resent at each resync ({r['big_resyncs']} "
+            f"resyncs): {big_busy:.0f}/s vs {big_free:.0f}/s",
+        ),
+        Figure(
+            "fanout.stalled_rss_growth_10k",
+            max(r["big_growth"]),
+            "MB",
+            TARGET_STALLED_GROWTH_MB,
+            samples=len(r["big_growth"]),
+            note="RSS growth with the 10,000-ticket snapshot",
+        ),
     ]

@@ -153,7 +153,7 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (fields 14 and 15 of /proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat") as f:
         data = f.read()
-    fields = data[data.rindex(")") + 2:].split()
+    fields = data[data.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -183,7 +183,9 @@ def machine() -> dict[str, Any]:
 def git(cwd: Path, *args: str) -> str:
     result = subprocess.run(
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "-C", str(cwd), *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise BenchmarkError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
@@ -207,9 +209,15 @@ class Project:
     that directory.
     """
 
-    def __init__(self, *, workers: int = 5, agent_command: list[str] | None = None,
-                 ci_command: str = "true", approval: str = "manual",
-                 config: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int = 5,
+        agent_command: list[str] | None = None,
+        ci_command: str = "true",
+        approval: str = "manual",
+        config: dict[str, str] | None = None,
+    ) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
         self.staging = self.base / "staging"
         self.staging.mkdir()
@@ -220,9 +228,12 @@ class Project:
         git(source, "add", "-A")
         git(source, "commit", "--quiet", "-m", "initial")
         self.config_file = init_home(
-            self.base / "home", str(source), workers=workers,
+            self.base / "home",
+            str(source),
+            workers=workers,
             ci_command=ci_command.replace("{base}", str(self.base)),
-            agent_command=agent_command or SLEEPING_AGENT, approval=approval,
+            agent_command=agent_command or SLEEPING_AGENT,
+            approval=approval,
         )
         text = self.config_file.read_text()
         overrides = {"socket": str(self.base / "d.sock"), **(config or {})}
@@ -274,8 +285,9 @@ class Project:
 
     def alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise BenchmarkError(f"the daemon exited with {self.proc.returncode}: "
-                                 f"{self.log_tail()}")
+            raise BenchmarkError(
+                f"the daemon exited with {self.proc.returncode}: {self.log_tail()}"
+            )
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -285,11 +297,13 @@ class Project:
 
     # --- tickets --------------------------------------------------------------
 
-    def stage_ticket(self, ticket_id: str, *, priority: int = 2,
-                     locks: Sequence[str] = (), title: str = "") -> Path:
+    def stage_ticket(
+        self, ticket_id: str, *, priority: int = 2, locks: Sequence[str] = (), title: str = ""
+    ) -> Path:
         """Write a ticket file outside the backlog (same file system); return its path."""
-        text = f"title: {json.dumps(title or 'benchmark ticket ' + ticket_id)}\n" \
-               f"priority: {priority}\n"
+        text = (
+            f"title: {json.dumps(title or 'benchmark ticket ' + ticket_id)}\npriority: {priority}\n"
+        )
         if locks:
             text += "locks: [" + ", ".join(json.dumps(x) for x in locks) + "]\n"
         path = self.staging / f"{ticket_id}.yaml"
@@ -427,8 +441,13 @@ class Connection:
             raise
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
-               project: Project | None = None, poll_s: float = 0.01) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    project: Project | None = None,
+    poll_s: float = 0.01,
+) -> None:
     """Poll ``predicate`` until true; BenchmarkError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout_s
     while not predicate():

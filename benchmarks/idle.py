@@ -46,10 +46,20 @@ def run(quick: bool) -> list[Figure]:
     elapsed = t1 - t0
     cpu_pct = (cpu1 - cpu0) / elapsed * 100
     return [
-        Figure("idle.cpu", cpu_pct, "%", TARGET_CPU_PCT,
-               note=f"daemon user+sys CPU over {elapsed:.0f} s, 5 idle workers, 1 client "
-                    f"(tick resolution {100 / elapsed / os.sysconf('SC_CLK_TCK'):.3f} %)"),
+        Figure(
+            "idle.cpu",
+            cpu_pct,
+            "%",
+            TARGET_CPU_PCT,
+            note=f"daemon user+sys CPU over {elapsed:.0f} s, 5 idle workers, 1 client "
+            f"(tick resolution {100 / elapsed / os.sysconf('SC_CLK_TCK'):.3f} %)",
+        ),
         Figure("idle.rss", rss, "MB", TARGET_RSS_MB, note="daemon VmRSS after the idle window"),
-        Figure("idle.wakeups_per_s", (switches1 - switches0) / elapsed, "1/s", None,
-               note="context switches of all daemon threads per second"),
+        Figure(
+            "idle.wakeups_per_s",
+            (switches1 - switches0) / elapsed,
+            "1/s",
+            None,
+            note="context switches of all daemon threads per second",
+        ),
     ]

@@ -71,10 +71,12 @@ def run(quick: bool) -> list[Figure]:
             with Connection(project.socket_path, on_message):
                 # The first ticket takes the only worker; the others warm the code paths.
                 _drop_paced(project, [f"warm-{i}" for i in range(5)], queued, inside=True, seed=0)
-                outside = _drop_paced(project, [f"o{i:05d}" for i in range(count)], queued,
-                                      inside=False, seed=1)
-                inside = _drop_paced(project, [f"i{i:05d}" for i in range(count)], queued,
-                                     inside=True, seed=2)
+                outside = _drop_paced(
+                    project, [f"o{i:05d}" for i in range(count)], queued, inside=False, seed=1
+                )
+                inside = _drop_paced(
+                    project, [f"i{i:05d}" for i in range(count)], queued, inside=True, seed=2
+                )
         finally:
             observer.stop()
             observer.join(5)
@@ -84,23 +86,43 @@ def run(quick: bool) -> list[Figure]:
         ("intake.in_dir", inside, "written as .NAME.tmp inside the backlog, renamed to NAME.yaml"),
     ):
         daemon_ms = [(queued[i] - t0) * 1000 for i, t0 in drops.items()]
-        floor_ms = [(moves.seen[f"{i}.yaml"] - t0) * 1000 for i, t0 in drops.items()
-                    if f"{i}.yaml" in moves.seen]
+        floor_ms = [
+            (moves.seen[f"{i}.yaml"] - t0) * 1000
+            for i, t0 in drops.items()
+            if f"{i}.yaml" in moves.seen
+        ]
         if len(floor_ms) < len(drops):
             raise BenchmarkError(f"watchdog saw {len(floor_ms)} of {len(drops)} renames")
-        note = (f"{how}; rename -> ticket.queued on a socket client, {count} tickets dropped "
-                "10-30 ms apart; floor: watchdog event for the same rename")
+        note = (
+            f"{how}; rename -> ticket.queued on a socket client, {count} tickets dropped "
+            "10-30 ms apart; floor: watchdog event for the same rename"
+        )
         figures += [
-            Figure(f"{prefix}.latency_p50", percentile(daemon_ms, 50), "ms", TARGET_P99_MS,
-                   floor=percentile(floor_ms, 50), samples=count, note=note),
-            Figure(f"{prefix}.latency_p99", percentile(daemon_ms, 99), "ms", TARGET_P99_MS,
-                   floor=percentile(floor_ms, 99), samples=count, note=note),
+            Figure(
+                f"{prefix}.latency_p50",
+                percentile(daemon_ms, 50),
+                "ms",
+                TARGET_P99_MS,
+                floor=percentile(floor_ms, 50),
+                samples=count,
+                note=note,
+            ),
+            Figure(
+                f"{prefix}.latency_p99",
+                percentile(daemon_ms, 99),
+                "ms",
+                TARGET_P99_MS,
+                floor=percentile(floor_ms, 99),
+                samples=count,
+                note=note,
+            ),
         ]
     return figures
 
 
-def _drop_paced(project: Project, ids: list[str], queued: dict[str, float], *,
-                inside: bool, seed: int) -> dict[str, float]:
+def _drop_paced(
+    project: Project, ids: list[str], queued: dict[str, float], *, inside: bool, seed: int
+) -> dict[str, float]:
     """Drop tickets 10-30 ms apart (open loop, not waiting for each event); wait for all
     their queued events; return id -> rename time."""
     rng = random.Random(seed)
@@ -116,6 +138,10 @@ def _drop_paced(project: Project, ids: list[str], queued: dict[str, float], *,
         t0 = time.monotonic()
         os.rename(staged, backlog / f"{ticket_id}.yaml")
         drops[ticket_id] = t0
-    wait_until(lambda: all(i in queued for i in ids), 30,
-               f"ticket.queued events for {len(ids)} tickets", project)
+    wait_until(
+        lambda: all(i in queued for i in ids),
+        30,
+        f"ticket.queued events for {len(ids)} tickets",
+        project,
+    )
     return drops

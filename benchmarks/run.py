@@ -27,25 +27,36 @@ BENCHMARKS = ["intake", "burst", "scheduling", "fanout", "ci_path", "idle", "com
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description="Run the performance benchmarks.")
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller counts and shorter windows (~90 s; what CI runs)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Run the performance benchmarks."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller counts and shorter windows (~90 s; what CI runs)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per figure")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run only these: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only these: {', '.join(BENCHMARKS)}",
+    )
     args = parser.parse_args(argv)
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so every daemon started is stopped
     # and every temporary project removed.
     signal.signal(signal.SIGTERM, _terminate)
     info = machine()
-    print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, "
-          f"Linux {info['kernel']}, {info['date']}", file=sys.stderr)
+    print(
+        f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, "
+        f"Linux {info['kernel']}, {info['date']}",
+        file=sys.stderr,
+    )
     figures: list[Figure] = []
     failed = []
     for name in args.only or BENCHMARKS:
-        print(f"[{name}] running{' (quick)' if args.quick else ''}...", file=sys.stderr,
-              flush=True)
+        print(f"[{name}] running{' (quick)' if args.quick else ''}...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         try:
             module = importlib.import_module(f"benchmarks.{name}")
@@ -99,8 +110,10 @@ def table(figures: list[Figure]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):
-        cells = [c.ljust(w) if i in (0, 2, 5) else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.ljust(w) if i in (0, 2, 5) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("| " + " | ".join(cells) + " |")
         if k == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -66,10 +66,13 @@ class _Bench:
         self.now += 0.001
         # Locks normalised as shared.models.parse_ticket does at intake (which also
         # warms the lock parser's cache, as in the daemon).
-        ticket = Ticket(title=ticket_id, id=ticket_id, priority=priority,
-                        locks=[normalize_lock(x) for x in locks])
-        self.core.handle(TicketRead(path=f"/backlog/{ticket_id}.yaml", now=self.now,
-                                    ticket=ticket))
+        ticket = Ticket(
+            title=ticket_id,
+            id=ticket_id,
+            priority=priority,
+            locks=[normalize_lock(x) for x in locks],
+        )
+        self.core.handle(TicketRead(path=f"/backlog/{ticket_id}.yaml", now=self.now, ticket=ticket))
         return ticket_id
 
     def fill_running(self, wanted: int) -> None:
@@ -105,8 +108,9 @@ class _Bench:
         self.now += 0.01
         self.core.handle(Command("stop", rec.id, self.now))
         self.now += 0.01
-        exited = AgentExited(agent=worker.name, ticket=rec.id, attempt=rec.attempt,
-                             exit_code=-15, now=self.now)
+        exited = AgentExited(
+            agent=worker.name, ticket=rec.id, attempt=rec.attempt, exit_code=-15, now=self.now
+        )
         self.core._schedule = self._timed if timed else self._plain  # type: ignore[method-assign]
         t0 = time.perf_counter()
         self.core.handle(exited)
@@ -136,8 +140,9 @@ def _without_refresh(core: Core) -> Callable[[], None]:
     return undo
 
 
-def _mixed(samples: int, queued: int, stub_leases: bool = False
-           ) -> tuple[list[float], list[float], tuple[int, int], list[int]]:
+def _mixed(
+    samples: int, queued: int, stub_leases: bool = False
+) -> tuple[list[float], list[float], tuple[int, int], list[int]]:
     """Returns pick times, handle times, (min, max) held paths and, with
     ``stub_leases``, how many queued tickets each pick examined."""
     bench = _Bench(seed=3)
@@ -199,8 +204,11 @@ def _hot_lock(samples: int, queued: int) -> tuple[list[float], list[float]]:
         bench.core.handle(Command("stop", rec.id, bench.now))
         bench.now += 0.01
         bench.core._schedule = bench._timed  # type: ignore[method-assign]
-        bench.core.handle(AgentExited(agent=worker.name, ticket=rec.id, attempt=rec.attempt,
-                                      exit_code=-15, now=bench.now))
+        bench.core.handle(
+            AgentExited(
+                agent=worker.name, ticket=rec.id, attempt=rec.attempt, exit_code=-15, now=bench.now
+            )
+        )
         bench.core._schedule = bench._plain  # type: ignore[method-assign]
         while bench.queued() < queued:
             bench.read(bench.mixed_locks(), priority=3)
@@ -228,29 +236,72 @@ def run(quick: bool) -> list[Figure]:
     hms = [x * 1000 for x in handle_s]
     hot_ms = [x * 1000 for x in hot_s]
     pick_ms = [x * 1000 for x in pick_s]
-    setup = (f"{QUEUED} queued, {held[0]}-{held[1]} held lock paths ({WORKERS} running "
-             f"tickets x {LOCKS_PER_TICKET} locks), pure Core in-process")
+    setup = (
+        f"{QUEUED} queued, {held[0]}-{held[1]} held lock paths ({WORKERS} running "
+        f"tickets x {LOCKS_PER_TICKET} locks), pure Core in-process"
+    )
     return [
-        Figure("schedule.choose_p50", percentile(ms, 50), "ms", TARGET_P99_MS,
-               samples=len(ms), note=f"Core._schedule after a worker frees; {setup}"),
-        Figure("schedule.choose_p99", percentile(ms, 99), "ms", TARGET_P99_MS,
-               samples=len(ms), note=f"Core._schedule after a worker frees; {setup}"),
-        Figure("schedule.free_to_assign_p99", percentile(hms, 99), "ms", None,
-               samples=len(hms), note="the whole handle(AgentExited) that frees the worker "
-                                      "and assigns the next ticket, events included"),
-        Figure("schedule.pick_only_p99", percentile(pick_ms, 99), "ms", None,
-               samples=len(pick_ms),
-               note="the same picks with Core.lease_views stubbed out (the choice without the "
-                    f"lease events); queued tickets examined per pick: median "
-                    f"{median([float(x) for x in examined]):.0f}, max {max(examined)}"),
-        Figure("schedule.lease_views", median(views_ms), "ms", None, samples=len(views_ms),
-               note=f"one full Core.lease_views() with {len(bench.core.locks)} leases (in every "
-                    "snapshot; in every lease event up to commit 84d7694)"),
-        Figure("schedule.hot_lock_first_pick", hot_first_s[0] * 1000, "ms", None, samples=1,
-               note="the first pick after 9,000 more urgent tickets queued for one held file "
-                    "while every worker was busy (it examines all of them)"),
-        Figure("schedule.hot_lock_choose_p99", percentile(hot_ms, 99), "ms", None,
-               samples=len(hot_ms), note="the picks after it: Core._schedule when 9,000 more "
-                                         "urgent queued tickets "
-                                         "wait for one held file"),
+        Figure(
+            "schedule.choose_p50",
+            percentile(ms, 50),
+            "ms",
+            TARGET_P99_MS,
+            samples=len(ms),
+            note=f"Core._schedule after a worker frees; {setup}",
+        ),
+        Figure(
+            "schedule.choose_p99",
+            percentile(ms, 99),
+            "ms",
+            TARGET_P99_MS,
+            samples=len(ms),
+            note=f"Core._schedule after a worker frees; {setup}",
+        ),
+        Figure(
+            "schedule.free_to_assign_p99",
+            percentile(hms, 99),
+            "ms",
+            None,
+            samples=len(hms),
+            note="the whole handle(AgentExited) that frees the worker "
+            "and assigns the next ticket, events included",
+        ),
+        Figure(
+            "schedule.pick_only_p99",
+            percentile(pick_ms, 99),
+            "ms",
+            None,
+            samples=len(pick_ms),
+            note="the same picks with Core.lease_views stubbed out (the choice without the "
+            f"lease events); queued tickets examined per pick: median "
+            f"{median([float(x) for x in examined]):.0f}, max {max(examined)}",
+        ),
+        Figure(
+            "schedule.lease_views",
+            median(views_ms),
+            "ms",
+            None,
+            samples=len(views_ms),
+            note=f"one full Core.lease_views() with {len(bench.core.locks)} leases (in every "
+            "snapshot; in every lease event up to commit 84d7694)",
+        ),
+        Figure(
+            "schedule.hot_lock_first_pick",
+            hot_first_s[0] * 1000,
+            "ms",
+            None,
+            samples=1,
+            note="the first pick after 9,000 more urgent tickets queued for one held file "
+            "while every worker was busy (it examines all of them)",
+        ),
+        Figure(
+            "schedule.hot_lock_choose_p99",
+            percentile(hot_ms, 99),
+            "ms",
+            None,
+            samples=len(hot_ms),
+            note="the picks after it: Core._schedule when 9,000 more "
+            "urgent queued tickets "
+            "wait for one held file",
+        ),
     ]

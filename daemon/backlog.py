@@ -109,8 +109,9 @@ class Watcher:
 class Backlog:
     """Feeds :class:`TicketRead` and :class:`TicketFileGone` inputs for one backlog dir."""
 
-    def __init__(self, directory: Path, submit: Callable[[list[Input]], None],
-                 rescan_interval_s: float) -> None:
+    def __init__(
+        self, directory: Path, submit: Callable[[list[Input]], None], rescan_interval_s: float
+    ) -> None:
         self.directory = directory
         self.submit = submit
         self.rescan_interval_s = rescan_interval_s
@@ -122,8 +123,9 @@ class Backlog:
         """The daemon moved this file away itself."""
         self.known.pop(path, None)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         self.watcher.start()
         try:
             await self._read(self._listing(), full=True)

@@ -48,8 +48,13 @@ def read_status(path: Path) -> CIStatus:
 class CIStatusDir:
     """Turns status files into :class:`CIResult` inputs (each file once per mtime)."""
 
-    def __init__(self, directory: Path, submit: Callable[[list[Input]], None],
-                 warn: Callable[[str], None], rescan_interval_s: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        submit: Callable[[list[Input]], None],
+        warn: Callable[[str], None],
+        rescan_interval_s: float,
+    ) -> None:
         self.directory = directory
         self.submit = submit
         self.warn = warn
@@ -77,9 +82,18 @@ class CIStatusDir:
         if status.sha != path.stem:
             self.warn(f"ci-status/{path.name}: its sha field is {status.sha!r}; ignored")
             return True
-        self.submit([CIResult(sha=status.sha, status=status.status, now=time.time(),
-                              exit_code=status.exit_code, duration_s=status.duration_s,
-                              log_tail=status.log_tail)])
+        self.submit(
+            [
+                CIResult(
+                    sha=status.sha,
+                    status=status.status,
+                    now=time.time(),
+                    exit_code=status.exit_code,
+                    duration_s=status.duration_s,
+                    log_tail=status.log_tail,
+                )
+            ]
+        )
         return True
 
     def scan(self) -> None:
@@ -90,8 +104,9 @@ class CIStatusDir:
         for name in sorted(names):
             self._apply(self.directory / name)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         watcher = Watcher(self.directory)
         watcher.start()

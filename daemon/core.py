@@ -488,8 +488,12 @@ class Core:
             rec = self.tickets[holder]
             views.extend(
                 LeaseView(
-                    path=p, ticket=holder, agent="", acquired_at=rec.queued_at,
-                    expires_at=0.0, reserved=True,
+                    path=p,
+                    ticket=holder,
+                    agent="",
+                    acquired_at=rec.queued_at,
+                    expires_at=0.0,
+                    reserved=True,
                 )
                 for p in paths
             )
@@ -510,11 +514,18 @@ class Core:
 
     def _on_ticket_read(self, ev: TicketRead) -> None:
         previous = self.tickets.get(self.by_file.get(ev.path, ""))
-        if previous is not None and previous.file == ev.path and (
-                ev.ticket is None or ev.ticket.id != previous.id):
+        if (
+            previous is not None
+            and previous.file == ev.path
+            and (ev.ticket is None or ev.ticket.id != previous.id)
+        ):
             # The file of a known ticket now holds something else: that ticket is gone.
-            self._file_lost(previous, ev.now, "its file no longer defines it: " +
-                            (ev.error or f"it now holds ticket {ev.ticket and ev.ticket.id!r}"))
+            self._file_lost(
+                previous,
+                ev.now,
+                "its file no longer defines it: "
+                + (ev.error or f"it now holds ticket {ev.ticket and ev.ticket.id!r}"),
+            )
         if ev.ticket is None:
             self._reject_file(ev.path, ev.error, ev.now)
             return
@@ -532,8 +543,12 @@ class Core:
         if rec is None or rec.state in REPLACEABLE:
             if rec is None:
                 rec = TicketRecord(
-                    ticket=ticket, file=ev.path, state=S.QUEUED, seq=self._seq,
-                    queued_at=ev.now, state_since=ev.now,
+                    ticket=ticket,
+                    file=ev.path,
+                    state=S.QUEUED,
+                    seq=self._seq,
+                    queued_at=ev.now,
+                    state_since=ev.now,
                     max_attempts=ticket.max_attempts or self.config.max_attempts,
                 )
                 self._seq += 1
@@ -557,7 +572,8 @@ class Core:
             self._emit(
                 "warning",
                 f"{rec.id}: file changed while {rec.state}; the change applies to later attempts",
-                rec, now=ev.now,
+                rec,
+                now=ev.now,
             )
             rec.ticket = ticket
             self._dirty(rec)
@@ -736,8 +752,13 @@ class Core:
             self._effect(Push(worker.name, rec.id, rec.attempt, rec.branch))
         else:
             self._start_attempt(rec, worker, now)
-        self._emit("lease.acquired", f"{rec.id}: holds {', '.join(rec.ticket.locks) or 'no locks'}",
-                   rec, now=now, leases=True)
+        self._emit(
+            "lease.acquired",
+            f"{rec.id}: holds {', '.join(rec.ticket.locks) or 'no locks'}",
+            rec,
+            now=now,
+            leases=True,
+        )
 
     def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
         rec.attempt += 1
@@ -748,8 +769,11 @@ class Core:
         rec.approved = False
         self._set_state(rec, S.RUNNING, now)
         assert rec.branch is not None
-        self._effect(StartAgent(worker.name, rec.id, rec.attempt, rec.branch, rec.feedback,
-                                rec.rebuild, rec.file))
+        self._effect(
+            StartAgent(
+                worker.name, rec.id, rec.attempt, rec.branch, rec.feedback, rec.rebuild, rec.file
+            )
+        )
         rec.rebuild = False
 
     # --- agent lifecycle --------------------------------------------------
@@ -766,8 +790,13 @@ class Core:
         worker.pid = ev.pid
         worker.last_activity = ev.now
         rec.log_file, rec.feedback_file = ev.log_file, ev.feedback_file
-        self._emit("agent.started", f"{ev.agent}: started {ev.ticket} attempt {ev.attempt} "
-                   f"(pid {ev.pid})", rec, worker, now=ev.now)
+        self._emit(
+            "agent.started",
+            f"{ev.agent}: started {ev.ticket} attempt {ev.attempt} (pid {ev.pid})",
+            rec,
+            worker,
+            now=ev.now,
+        )
 
     def _on_agent_exited(self, ev: AgentExited) -> None:
         rec = self.tickets.get(ev.ticket)
@@ -798,14 +827,16 @@ class Core:
         elif not ev.changed:
             self._fail_attempt(rec, "agent exited 0 but changed nothing", ev.log_tail, ev.now)
         elif ev.head == rec.pushed_sha:
-            self._fail_attempt(rec, "agent exited 0 but changed nothing since the last CI run",
-                               ev.log_tail, ev.now)
+            self._fail_attempt(
+                rec, "agent exited 0 but changed nothing since the last CI run", ev.log_tail, ev.now
+            )
         else:
             outside = paths_outside(ev.changed, rec.ticket.locks)
             if outside and self.config.lock_policy == "reject":
                 listing = ", ".join(outside[:20]) + (" ..." if len(outside) > 20 else "")
                 self._fail_attempt(
-                    rec, f"changed paths outside its locks: {listing}",
+                    rec,
+                    f"changed paths outside its locks: {listing}",
                     f"Your change touched paths outside this ticket's locks "
                     f"({', '.join(rec.ticket.locks) or 'none'}): {listing}. "
                     "Revert those changes or ask for wider locks.",
@@ -813,12 +844,21 @@ class Core:
                 )
                 return
             if outside:
-                self._emit("warning", f"{rec.id}: changed paths outside its locks: "
-                           f"{', '.join(outside[:20])}", rec, now=ev.now)
+                self._emit(
+                    "warning",
+                    f"{rec.id}: changed paths outside its locks: {', '.join(outside[:20])}",
+                    rec,
+                    now=ev.now,
+                )
             assert rec.branch is not None
             self._effect(Push(ev.agent, rec.id, rec.attempt, rec.branch))
-            self._emit("agent.exited", f"{ev.agent}: {rec.id} attempt {rec.attempt} done; "
-                       "pushing", rec, worker, now=ev.now)
+            self._emit(
+                "agent.exited",
+                f"{ev.agent}: {rec.id} attempt {rec.attempt} done; pushing",
+                rec,
+                worker,
+                now=ev.now,
+            )
 
     def _on_pushed(self, ev: Pushed) -> None:
         rec = self.tickets.get(ev.ticket)
@@ -840,22 +880,35 @@ class Core:
             self._release(rec, S.STOPPED, ev.now)
             return
         if rec.state == S.RUNNING:
-            self._set_state(rec, S.CI_RUNNING, ev.now, message=f"{rec.id}: pushed {ev.sha[:10]}, "
-                            "CI running")
+            self._set_state(
+                rec, S.CI_RUNNING, ev.now, message=f"{rec.id}: pushed {ev.sha[:10]}, CI running"
+            )
 
     def _on_ci(self, ev: CIResult) -> None:
         rec = next(
-            (r for r in self.tickets.values()
-             if r.ci_sha == ev.sha and r.state in (S.CI_RUNNING, S.MERGING)),
+            (
+                r
+                for r in self.tickets.values()
+                if r.ci_sha == ev.sha and r.state in (S.CI_RUNNING, S.MERGING)
+            ),
             None,
         )
         if rec is None:
             return
-        rec.ci = CIView(sha=ev.sha, status=ev.status, duration_s=ev.duration_s,
-                        log_tail=ev.log_tail[-FEEDBACK_TAIL_CHARS:])
+        rec.ci = CIView(
+            sha=ev.sha,
+            status=ev.status,
+            duration_s=ev.duration_s,
+            log_tail=ev.log_tail[-FEEDBACK_TAIL_CHARS:],
+        )
         rec.ci_sha = None
-        self._emit("ci.result", f"{rec.id}: CI {ev.status} on {ev.sha[:10]}", rec,
-                   now=ev.now, text=ev.log_tail[-2000:])
+        self._emit(
+            "ci.result",
+            f"{rec.id}: CI {ev.status} on {ev.sha[:10]}",
+            rec,
+            now=ev.now,
+            text=ev.log_tail[-2000:],
+        )
         if ev.status == "pass":
             if rec.state == S.MERGING:
                 assert rec.branch is not None
@@ -867,17 +920,22 @@ class Core:
                 self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
         else:
             what = "after rebase onto main " if rec.state == S.MERGING else ""
-            self._fail_attempt(rec, f"CI {ev.status} {what}(exit {ev.exit_code})",
-                               f"CI failed on your branch. Its output ended with:\n{ev.log_tail}",
-                               ev.now)
+            self._fail_attempt(
+                rec,
+                f"CI {ev.status} {what}(exit {ev.exit_code})",
+                f"CI failed on your branch. Its output ended with:\n{ev.log_tail}",
+                ev.now,
+            )
 
     def _merge_effect(self, rec: TicketRecord) -> Merge:
         assert rec.branch is not None
         passed = rec.ci.sha if rec.ci is not None and rec.ci.status == "pass" else ""
         attempts = f"{rec.attempt} attempt{'s' if rec.attempt != 1 else ''}"
-        message = (f"{rec.id}: {rec.ticket.title}\n\n{rec.ticket.description.strip()}\n\n"
-                   f"Merged by orchestrator from {rec.branch} after {attempts}.\n\n"
-                   f"Ticket: {rec.id}\n")
+        message = (
+            f"{rec.id}: {rec.ticket.title}\n\n{rec.ticket.description.strip()}\n\n"
+            f"Merged by orchestrator from {rec.branch} after {attempts}.\n\n"
+            f"Ticket: {rec.id}\n"
+        )
         return Merge(rec.id, rec.branch, passed, message)
 
     def _approve(self, rec: TicketRecord, now: float, auto: bool = False) -> None:
@@ -905,10 +963,14 @@ class Core:
             self._emit("merge.recheck", f"{rec.id}: {rec.reason}", rec, now=ev.now)
         elif ev.outcome == "conflict":
             rec.rebuild = True
-            self._fail_attempt(rec, "rebase onto main conflicted",
-                               f"Rebasing your branch onto main conflicted:\n{ev.text}\n"
-                               "Your branch starts again from the current main; redo the change "
-                               "on top of it.", ev.now)
+            self._fail_attempt(
+                rec,
+                "rebase onto main conflicted",
+                f"Rebasing your branch onto main conflicted:\n{ev.text}\n"
+                "Your branch starts again from the current main; redo the change "
+                "on top of it.",
+                ev.now,
+            )
         else:
             rec.reason = f"merge failed: {ev.text}"
             self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
@@ -918,8 +980,9 @@ class Core:
         rec.reason = reason
         rec.feedback = f"Attempt {rec.attempt} failed: {reason}\n{feedback[-FEEDBACK_TAIL_CHARS:]}"
         worker = self._worker_of(rec)
-        self._emit("attempt.failed", f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec,
-                   now=now)
+        self._emit(
+            "attempt.failed", f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec, now=now
+        )
         if rec.attempt >= rec.max_attempts or worker is None:
             rec.reason = f"{reason} (attempt {rec.attempt} of {rec.max_attempts})"
             self._release(rec, S.FAILED, now)
@@ -957,8 +1020,13 @@ class Core:
             worker.state_since = now
         self._set_state(rec, state, now)
         if released:
-            self._emit("lease.released", f"{rec.id}: released {len(released)} lock(s)", rec,
-                       now=now, leases=True)
+            self._emit(
+                "lease.released",
+                f"{rec.id}: released {len(released)} lock(s)",
+                rec,
+                now=now,
+                leases=True,
+            )
         if worker is not None:
             self._emit("agent.state", f"{worker.name}: idle", agent=worker, now=now)
 
@@ -975,8 +1043,9 @@ class Core:
         self.locks.renew(rec.id, now, self.config.lease_ttl_s)
         if worker.stale_since is not None and rec.state == S.RUNNING:
             worker.stale_since = None
-            self._emit("agent.state", f"{agent}: progress again, no longer stale", agent=worker,
-                       now=now)
+            self._emit(
+                "agent.state", f"{agent}: progress again, no longer stale", agent=worker, now=now
+            )
         elif note:
             self._emit("agent.heartbeat", f"{agent}: {note}", agent=worker, now=now)
 
@@ -990,23 +1059,42 @@ class Core:
             # lives; whether the agent makes progress is judged below (stale_after_s).
             self.locks.renew(rec.id, now, cfg.lease_ttl_s)
             if rec.state != S.RUNNING:
-                if (rec.state in (S.CI_RUNNING, S.MERGING) and rec.ci_sha
-                        and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S):
-                    self._on_ci(CIResult(sha=rec.ci_sha, status="error", now=now,
-                                         log_tail="CI did not report a result in time"))
+                if (
+                    rec.state in (S.CI_RUNNING, S.MERGING)
+                    and rec.ci_sha
+                    and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S
+                ):
+                    self._on_ci(
+                        CIResult(
+                            sha=rec.ci_sha,
+                            status="error",
+                            now=now,
+                            log_tail="CI did not report a result in time",
+                        )
+                    )
                 continue
             if rec.stop_requested:
                 continue
             idle_s = now - worker.last_activity
             if worker.stale_since is None and idle_s >= cfg.stale_after_s:
                 worker.stale_since = now
-                self._emit("agent.stale", f"{worker.name}: no progress for {idle_s:.0f} s on "
-                           f"{rec.id}", rec, worker, now=now)
+                self._emit(
+                    "agent.stale",
+                    f"{worker.name}: no progress for {idle_s:.0f} s on {rec.id}",
+                    rec,
+                    worker,
+                    now=now,
+                )
             elif worker.stale_since is not None and now - worker.stale_since >= cfg.stale_grace_s:
                 rec.stop_requested = "stale"
                 self._effect(StopAgent(worker.name, rec.id, "stale"))
-                self._emit("agent.stopping", f"{worker.name}: stale past grace; stopping, work "
-                           "will be committed", rec, worker, now=now)
+                self._emit(
+                    "agent.stopping",
+                    f"{worker.name}: stale past grace; stopping, work will be committed",
+                    rec,
+                    worker,
+                    now=now,
+                )
         for owner in self.locks.expired(now):
             rec = self.tickets[owner]
             holder = self._worker_of(rec)
@@ -1024,24 +1112,35 @@ class Core:
                 self._unknown_deps.discard(ticket_id)
                 rec.reason = f"depends_on: unknown ticket {unknown[0]!r}"
                 self._set_state(rec, S.REJECTED, now)
-                self._effect(MoveFile(path=rec.file, dest="rejected", ticket=rec.id,
-                                      error=rec.reason))
+                self._effect(
+                    MoveFile(path=rec.file, dest="rejected", ticket=rec.id, error=rec.reason)
+                )
                 self._refresh_blocked(now, rec.id)
 
     def _reserve_starved(self, now: float) -> None:
         """Reserve the locks of tickets that waited past ``starvation_after_s`` for locks."""
         oldest = now - self.config.starvation_after_s
-        starving = [r for r in self.tickets.values()
-                    if r.state == S.QUEUED and not r.reserved and r.queued_at <= oldest
-                    and r.reason.startswith("lock ")]
+        starving = [
+            r
+            for r in self.tickets.values()
+            if r.state == S.QUEUED
+            and not r.reserved
+            and r.queued_at <= oldest
+            and r.reason.startswith("lock ")
+        ]
         for rec in sorted(starving, key=lambda r: r.queued_at):  # the longest wait wins
             try:
                 self.locks.reserve(rec.id, rec.ticket.locks)
             except LockConflict:
                 continue  # overlaps an older ticket's reservation; it waits its turn
             rec.reserved = True
-            self._emit("lease.reserved", f"{rec.id}: waited {now - rec.queued_at:.0f} s; its "
-                       "locks are reserved", rec, now=now, leases=True)
+            self._emit(
+                "lease.reserved",
+                f"{rec.id}: waited {now - rec.queued_at:.0f} s; its locks are reserved",
+                rec,
+                now=now,
+                leases=True,
+            )
 
     # --- commands ---------------------------------------------------------
 
@@ -1076,8 +1175,9 @@ class Core:
                     if rec.state == S.BLOCKED:
                         self._reply(False, f"{rec.id}: still blocked: {rec.reason}")
                     else:
-                        self._reply(True, f"{rec.id}: queued again on "
-                                    f"{rec.branch or 'a new branch'}")
+                        self._reply(
+                            True, f"{rec.id}: queued again on {rec.branch or 'a new branch'}"
+                        )
                 elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.MERGING, S.MERGED):
                     self._reply(True, f"{rec.id}: already {st}")
                 else:
@@ -1087,8 +1187,12 @@ class Core:
                     self._reply(False, f"{rec.id} is {st}; only awaiting_approval can be rejected")
                     return
                 rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
-                self._fail_attempt(rec, "rejected by reviewer",
-                                   f"The reviewer rejected the change:\n{cmd.feedback}", now)
+                self._fail_attempt(
+                    rec,
+                    "rejected by reviewer",
+                    f"The reviewer rejected the change:\n{cmd.feedback}",
+                    now,
+                )
                 self._reply(True, f"{rec.id}: sent back with feedback (attempt {rec.attempt})")
             case "priority":
                 if cmd.priority is None or not 0 <= cmd.priority <= 4:
@@ -1147,8 +1251,14 @@ class Core:
 
     # --- plumbing ---------------------------------------------------------
 
-    def _set_state(self, rec: TicketRecord, state: TicketState, now: float,
-                   kind: str = "ticket.state", message: str = "") -> None:
+    def _set_state(
+        self,
+        rec: TicketRecord,
+        state: TicketState,
+        now: float,
+        kind: str = "ticket.state",
+        message: str = "",
+    ) -> None:
         rec.state = state
         rec.state_since = now
         self._unpark(rec.id)
@@ -1158,22 +1268,35 @@ class Core:
         worker = self._worker_of(rec)
         self._emit(kind, text, rec, worker, now=now)
 
-    def _emit(self, kind: str, message: str, rec: TicketRecord | None = None,
-              agent: Worker | None = None, *, now: float, leases: bool = False,
-              text: str | None = None) -> None:
+    def _emit(
+        self,
+        kind: str,
+        message: str,
+        rec: TicketRecord | None = None,
+        agent: Worker | None = None,
+        *,
+        now: float,
+        leases: bool = False,
+        text: str | None = None,
+    ) -> None:
         if rec is not None:
             self._dirty(rec)
             if agent is None:
                 agent = self._worker_of(rec)
-        self._out.events.append(Event(
-            id=0, ts=now, kind=kind, message=message,
-            ticket=rec.id if rec else None,
-            agent=agent.name if agent else None,
-            ticket_view=self.ticket_view(rec, now) if rec else None,
-            agent_view=self.agent_view(agent) if agent else None,
-            leases=self.lease_views(rec.id) if leases and rec else None,
-            text=text,
-        ))
+        self._out.events.append(
+            Event(
+                id=0,
+                ts=now,
+                kind=kind,
+                message=message,
+                ticket=rec.id if rec else None,
+                agent=agent.name if agent else None,
+                ticket_view=self.ticket_view(rec, now) if rec else None,
+                agent_view=self.agent_view(agent) if agent else None,
+                leases=self.lease_views(rec.id) if leases and rec else None,
+                text=text,
+            )
+        )
 
     def _dirty(self, rec: TicketRecord) -> None:
         self._out.dirty.add(rec.id)

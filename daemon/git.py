@@ -34,8 +34,13 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-async def git(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
-              stdin: bytes | None = None) -> str:
+async def git(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> str:
     """Run ``git -C cwd args...`` and return its stdout (stripped).
 
     Raises:
@@ -47,8 +52,9 @@ async def git(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | N
     return result.stdout.decode(errors="replace").strip()
 
 
-async def run_git(cwd: Path, *args: str, env: dict[str, str] | None = None,
-                  stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+async def run_git(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run git and return the completed process whatever its exit status."""
     return await anyio.run_process(
         ["git", "-C", str(cwd), *args], input=stdin, check=False, env=git_env(env)

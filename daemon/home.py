@@ -23,8 +23,14 @@ from orchestrator.shared.fsutil import atomic_write
 DEFAULT_AGENT = ["claude", "-p", "{prompt}", "--permission-mode", "acceptEdits"]
 
 
-def render_config(workers: int, agent_command: list[str], ci_command: str, approval: str,
-                  extra: str = "", agent_env: dict[str, str] | None = None) -> str:
+def render_config(
+    workers: int,
+    agent_command: list[str],
+    ci_command: str,
+    approval: str,
+    extra: str = "",
+    agent_env: dict[str, str] | None = None,
+) -> str:
     """config.yaml text with a comment per key (see docs/config.md).
 
     ``extra`` holds top-level ``key: value`` lines that replace the defaults;
@@ -38,8 +44,8 @@ def render_config(workers: int, agent_command: list[str], ci_command: str, appro
         "  # {ticket_id} {worktree} {branch} {attempt} {feedback_file}\n"
         f"  command: {json.dumps(agent_command)}\n"
         "  stop_grace_s: 10       # SIGTERM -> SIGKILL grace when stopping an agent\n"
-        + (f"  env: {json.dumps(agent_env)}\n" if agent_env else "") +
-        f"approval: {approval}       # manual (approve with c / orchestrator approve) or auto\n"
+        + (f"  env: {json.dumps(agent_env)}\n" if agent_env else "")
+        + f"approval: {approval}       # manual (approve with c / orchestrator approve) or auto\n"
         "max_attempts: 3          # attempts per ticket before it is failed\n"
         "ci:\n"
         f"  command: {json.dumps(ci_command)}   # run by ci.sh in a throw-away checkout\n"
@@ -72,10 +78,18 @@ def _merge_settings(text: str, extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def init_home(root: Path, source: str, *, ci_command: str, workers: int,
-              agent_command: list[str] | None = None, approval: str = "manual",
-              force: bool = False, extra_config: str = "",
-              agent_env: dict[str, str] | None = None) -> Path:
+def init_home(
+    root: Path,
+    source: str,
+    *,
+    ci_command: str,
+    workers: int,
+    agent_command: list[str] | None = None,
+    approval: str = "manual",
+    force: bool = False,
+    extra_config: str = "",
+    agent_env: dict[str, str] | None = None,
+) -> Path:
     """Create (or with ``force``, refresh) a project home; return its config.yaml path.
 
     Never deletes anything: with ``force`` an existing repo.git and work clone
@@ -89,8 +103,10 @@ def init_home(root: Path, source: str, *, ci_command: str, workers: int,
     config_file = root / "config.yaml"
     repo = root / "repo.git"
     if (config_file.exists() or repo.exists()) and not force:
-        raise HomeError(f"{root} already holds a project home; use --force to refresh its "
-                        "config and hook (nothing is deleted)")
+        raise HomeError(
+            f"{root} already holds a project home; use --force to refresh its "
+            "config and hook (nothing is deleted)"
+        )
     if not (1 <= workers <= 32):
         raise HomeError("--workers must be between 1 and 32")
     root.mkdir(parents=True, exist_ok=True)
@@ -110,8 +126,12 @@ def init_home(root: Path, source: str, *, ci_command: str, workers: int,
         (root / d).mkdir(parents=True, exist_ok=True)
     if config_file.exists():
         shutil.copy2(config_file, root / "config.yaml.bak")
-    atomic_write(config_file, render_config(workers, agent_command or DEFAULT_AGENT, ci_command,
-                                            approval, extra_config, agent_env))
+    atomic_write(
+        config_file,
+        render_config(
+            workers, agent_command or DEFAULT_AGENT, ci_command, approval, extra_config, agent_env
+        ),
+    )
     sync_repo_config(load_config(config_file))
     return config_file
 
@@ -130,8 +150,12 @@ def _ensure_main(repo: Path) -> None:
 def _has_ref(repo: Path, ref: str) -> bool:
     import subprocess
 
-    return subprocess.run(["git", "-C", str(repo), "show-ref", "--verify", "--quiet", ref],
-                          check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["git", "-C", str(repo), "show-ref", "--verify", "--quiet", ref], check=False
+        ).returncode
+        == 0
+    )
 
 
 def _install_hook(root: Path, repo: Path) -> None:

@@ -22,6 +22,7 @@ from orchestrator.shared.lockspec import (
 
 __all__ = ["Lease", "LockConflict", "LockTable"]
 
+
 @dataclass(slots=True)
 class Lease:
     """A held lock on one normalized path.
@@ -234,8 +235,9 @@ class LockTable:
             self._index.query(parse_spec(p), owner, out)
         return sorted(out)
 
-    def first_conflict(self, paths: Sequence[str], owner: str | None = None
-                       ) -> tuple[str, str] | None:
+    def first_conflict(
+        self, paths: Sequence[str], owner: str | None = None
+    ) -> tuple[str, str] | None:
         """The first ``(path, owner)`` that :meth:`conflicts` would report for the first
         conflicting spec of ``paths``, or None; stops at the first overlap (a yes/no
         check for the scheduler).

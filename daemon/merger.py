@@ -39,8 +39,15 @@ class Merger:
 
     async def ensure_worktree(self) -> None:
         if not (self.worktree / ".git").exists():
-            await git(self.home.work, "worktree", "add", "--detach", "--force",
-                      str(self.worktree), "origin/main")
+            await git(
+                self.home.work,
+                "worktree",
+                "add",
+                "--detach",
+                "--force",
+                str(self.worktree),
+                "origin/main",
+            )
 
     async def merge(self, effect: Merge) -> MergeResult:
         """Merge a ticket's branch into main; never raises (errors become ``error``).
@@ -79,8 +86,9 @@ class Merger:
             await git(wt, "checkout", "--quiet", "--detach", main)
             tree = await git(work, "rev-parse", f"{rebased}^{{tree}}")
             if tree == await git(work, "rev-parse", f"{main}^{{tree}}"):
-                return MergeResult(ticket, "error", time.time(),
-                                   text="the branch changes nothing on top of main")
+                return MergeResult(
+                    ticket, "error", time.time(), text="the branch changes nothing on top of main"
+                )
             verified = ""
             if effect.verified_sha:
                 verified = await git(work, "rev-parse", f"{effect.verified_sha}^{{tree}}")
@@ -89,17 +97,29 @@ class Merger:
                 async with self.repo_lock:
                     if rebased != tip:
                         await git(work, "update-ref", f"refs/heads/{branch}", rebased, tip)
-                    await git(work, "push", "--quiet", "--force", "origin",
-                              f"refs/heads/{branch}:refs/heads/{branch}")
+                    await git(
+                        work,
+                        "push",
+                        "--quiet",
+                        "--force",
+                        "origin",
+                        f"refs/heads/{branch}:refs/heads/{branch}",
+                    )
                 return MergeResult(ticket, "recheck", time.time(), sha=rebased)
-            squashed = await git(work, "commit-tree", tree, "-p", main,
-                                 stdin=effect.message.encode())
+            squashed = await git(
+                work, "commit-tree", tree, "-p", main, stdin=effect.message.encode()
+            )
             async with self.repo_lock:
-                push = await run_git(work, "push", "--quiet", "origin",
-                                     f"{squashed}:refs/heads/main")
+                push = await run_git(
+                    work, "push", "--quiet", "origin", f"{squashed}:refs/heads/main"
+                )
             if push.returncode == 0:
                 async with self.repo_lock:
                     await run_git(work, "fetch", "--quiet", "origin", "main")
                 return MergeResult(ticket, "merged", time.time(), sha=squashed)
-        return MergeResult(ticket, "error", time.time(),
-                           text=f"main kept moving; gave up after {PUSH_RETRIES} tries")
+        return MergeResult(
+            ticket,
+            "error",
+            time.time(),
+            text=f"main kept moving; gave up after {PUSH_RETRIES} tries",
+        )

@@ -85,13 +85,16 @@ def read_run(home: Home) -> RunData:
         OrchestratorError: ``home.state_db`` does not exist.
     """
     if not home.state_db.exists():
-        raise OrchestratorError(f"{home.state_db}: no state database yet; start the daemon "
-                                f"(orchestrator daemon --config {home.config_file}) first")
+        raise OrchestratorError(
+            f"{home.state_db}: no state database yet; start the daemon "
+            f"(orchestrator daemon --config {home.config_file}) first"
+        )
     store = Store(home.state_db)
     try:
         data = RunData(records=store.load())
         first, last, count = store.db.execute(
-            "SELECT MIN(ts), MAX(ts), COUNT(*) FROM events").fetchone()
+            "SELECT MIN(ts), MAX(ts), COUNT(*) FROM events"
+        ).fetchone()
         data.first_ts, data.last_ts, data.event_count = first, last, count
         for event in _events_of_kinds(store, REPORT_KINDS):
             _take_event(data, event)
@@ -109,8 +112,7 @@ def read_run(home: Home) -> RunData:
 def _events_of_kinds(store: Store, kinds: Iterable[str]) -> Iterator[Event]:
     kinds = tuple(kinds)
     marks = ", ".join("?" * len(kinds))
-    cursor = store.db.execute(
-        f"SELECT data FROM events WHERE kind IN ({marks}) ORDER BY id", kinds)  # noqa: S608
+    cursor = store.db.execute(f"SELECT data FROM events WHERE kind IN ({marks}) ORDER BY id", kinds)  # noqa: S608
     for (raw,) in cursor:
         yield _event_decoder.decode(raw)
 
@@ -124,8 +126,11 @@ def _take_event(data: RunData, event: Event) -> None:
             data.ci_runs.append(CIRun(event.ts, event.ticket, match["status"], match["sha"]))
     elif event.kind == "attempt.failed":
         attempt = f"attempt {view.attempt}" if view is not None else "attempt"
-        reason = view.reason if view is not None and view.reason else (
-            event.message.partition(" failed: ")[2] or event.message)
+        reason = (
+            view.reason
+            if view is not None and view.reason
+            else (event.message.partition(" failed: ")[2] or event.message)
+        )
         data.failures.append(Failure(event.ts, event.ticket or "?", f"{attempt} failed", reason))
     elif event.kind == "ticket.rejected":
         name, _, reason = event.message.partition(": ")
@@ -142,8 +147,10 @@ def render(data: RunData, home: Home) -> str:
     if data.first_ts is None or data.last_ts is None:
         out.append("- Events: none recorded")
     else:
-        out.append(f"- Events: {data.event_count}, from {_when(data.first_ts)} to "
-                   f"{_when(data.last_ts)} ({_duration(data.last_ts - data.first_ts)})")
+        out.append(
+            f"- Events: {data.event_count}, from {_when(data.first_ts)} to "
+            f"{_when(data.last_ts)} ({_duration(data.last_ts - data.first_ts)})"
+        )
     out.append(f"- Generated: {_when(time.time())}")
     out += ["", "## Summary", ""]
     out += _summary(data)
@@ -161,13 +168,20 @@ def render(data: RunData, home: Home) -> str:
 def _summary(data: RunData) -> list[str]:
     lines = []
     states = Counter(rec.state for rec in data.records)
-    lines.append(f"{len(data.records)} tickets: " + (", ".join(
-        f"{count} {state}" for state, count in sorted(states.items(), key=lambda kv: -kv[1])
-    ) or "none"))
+    lines.append(
+        f"{len(data.records)} tickets: "
+        + (
+            ", ".join(
+                f"{count} {state}" for state, count in sorted(states.items(), key=lambda kv: -kv[1])
+            )
+            or "none"
+        )
+    )
     ci = Counter(run.status for run in data.ci_runs)
     lines.append("")
-    lines.append(f"CI runs: {len(data.ci_runs)} ({ci['pass']} pass, {ci['fail']} fail, "
-                 f"{ci['error']} error)")
+    lines.append(
+        f"CI runs: {len(data.ci_runs)} ({ci['pass']} pass, {ci['fail']} fail, {ci['error']} error)"
+    )
     attempts = sum(rec.attempt for rec in data.records)
     failed = sum(1 for f in data.failures if f.what.startswith("attempt"))
     lines.append("")
@@ -184,18 +198,33 @@ def _tickets(data: RunData) -> list[str]:
     for run in data.ci_runs:
         if run.ticket:
             ci_by_ticket.setdefault(run.ticket, []).append(run.status)
-    lines = ["| Ticket | Title | State | Priority | Attempts | Agent | Branch | Queued → end "
-             "| CI results |",
-             "|---|---|---|---|---:|---|---|---:|---|"]
+    lines = [
+        "| Ticket | Title | State | Priority | Attempts | Agent | Branch | Queued → end "
+        "| CI results |",
+        "|---|---|---|---|---:|---|---|---:|---|",
+    ]
     for rec in data.records:
-        took = (_duration(rec.state_since - rec.queued_at) if rec.state in ENDED_STATES
-                else f"({rec.state})")
-        lines.append(" | ".join([
-            f"| `{rec.id}`", _cell(rec.ticket.title), str(rec.state), f"P{rec.ticket.priority}",
-            f"{rec.attempt}/{rec.max_attempts}", rec.agent or "—",
-            f"`{rec.branch}`" if rec.branch else "—", took,
-            ", ".join(ci_by_ticket.get(rec.id, [])) or "—",
-        ]) + " |")
+        took = (
+            _duration(rec.state_since - rec.queued_at)
+            if rec.state in ENDED_STATES
+            else f"({rec.state})"
+        )
+        lines.append(
+            " | ".join(
+                [
+                    f"| `{rec.id}`",
+                    _cell(rec.ticket.title),
+                    str(rec.state),
+                    f"P{rec.ticket.priority}",
+                    f"{rec.attempt}/{rec.max_attempts}",
+                    rec.agent or "—",
+                    f"`{rec.branch}`" if rec.branch else "—",
+                    took,
+                    ", ".join(ci_by_ticket.get(rec.id, [])) or "—",
+                ]
+            )
+            + " |"
+        )
     return lines
 
 
@@ -203,11 +232,16 @@ def _merges(data: RunData) -> list[str]:
     merged = sorted((r for r in data.records if r.merged_sha), key=lambda r: r.state_since)
     if not merged:
         return ["Nothing merged."]
-    lines = ["In merge order (main's history).", "",
-             "| Ticket | Merged sha | Merged at | Attempts |", "|---|---|---|---:|"]
+    lines = [
+        "In merge order (main's history).",
+        "",
+        "| Ticket | Merged sha | Merged at | Attempts |",
+        "|---|---|---|---:|",
+    ]
     for rec in merged:
-        lines.append(f"| `{rec.id}` | `{rec.merged_sha}` | {_when(rec.state_since)} | "
-                     f"{rec.attempt} |")
+        lines.append(
+            f"| `{rec.id}` | `{rec.merged_sha}` | {_when(rec.state_since)} | {rec.attempt} |"
+        )
     return lines
 
 
@@ -216,8 +250,9 @@ def _ci(data: RunData) -> list[str]:
         return ["No CI results."]
     lines = ["| Time | Ticket | Result | Commit |", "|---|---|---|---|"]
     for run in data.ci_runs:
-        lines.append(f"| {_when(run.ts)} | `{run.ticket or '?'}` | {run.status} | "
-                     f"`{run.sha[:SHORT_SHA]}` |")
+        lines.append(
+            f"| {_when(run.ts)} | `{run.ticket or '?'}` | {run.status} | `{run.sha[:SHORT_SHA]}` |"
+        )
     return lines
 
 

@@ -67,8 +67,13 @@ class Server:
         dispatch: answers one command (awaited; runs in the client's task).
     """
 
-    def __init__(self, path: Path, hello: Callable[[], bytes], snapshot: Callable[[], bytes],
-                 dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        path: Path,
+        hello: Callable[[], bytes],
+        snapshot: Callable[[], bytes],
+        dispatch: Dispatch,
+    ) -> None:
         self.path = path
         self.hello = hello
         self.snapshot = snapshot
@@ -157,8 +162,15 @@ class Server:
             except anyio.IncompleteRead:
                 return
             except anyio.DelimiterNotFound:
-                peer.push(reply=True, data=encode(Reply(ok=False, message=(
-                    f"line longer than {MAX_COMMAND_BYTES} bytes; closing"))))
+                peer.push(
+                    reply=True,
+                    data=encode(
+                        Reply(
+                            ok=False,
+                            message=(f"line longer than {MAX_COMMAND_BYTES} bytes; closing"),
+                        )
+                    ),
+                )
                 return
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return

@@ -104,8 +104,9 @@ class Daemon:
             pass
         return 0
 
-    async def async_run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                        ) -> None:
+    async def async_run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         self._take_lock()
         self.store = Store(self.home.state_db)
         try:
@@ -145,8 +146,11 @@ class Daemon:
             tg.start_soon(self._ticker)
             tg.start_soon(self._signals)
             self._execute(outcome.effects)
-            self.notice(f"daemon started (pid {os.getpid()}, {len(self.names)} workers, "
-                        f"socket {self.home.socket_path})", kind="daemon.started")
+            self.notice(
+                f"daemon started (pid {os.getpid()}, {len(self.names)} workers, "
+                f"socket {self.home.socket_path})",
+                kind="daemon.started",
+            )
             log.info("ready: %d workers, socket %s", len(self.names), self.home.socket_path)
             sd_notify("READY=1\nSTATUS=running")
             task_status.started()
@@ -172,7 +176,8 @@ class Daemon:
                 wt = self.workers.worktree(rec.agent)
                 try:
                     await self.workers.salvage(
-                        wt, f"{rec.id}: work of attempt {rec.attempt} saved after a daemon restart")
+                        wt, f"{rec.id}: work of attempt {rec.attempt} saved after a daemon restart"
+                    )
                     if await git(wt, "symbolic-ref", "-q", "HEAD", check=False):
                         await git(wt, "checkout", "--quiet", "--detach")
                 except OrchestratorError as exc:
@@ -219,8 +224,17 @@ class Daemon:
             except Exception as exc:  # a bug in a rule must not stop the team
                 log.exception("applying %r failed", item)
                 outcome = C.Outcome(ok=False, message=f"internal error: {exc}")
-                self._notices.append(P.Event(id=0, ts=time.time(), kind="warning", message=(
-                    f"internal error applying {type(item).__name__} ({exc}); see the daemon log")))
+                self._notices.append(
+                    P.Event(
+                        id=0,
+                        ts=time.time(),
+                        kind="warning",
+                        message=(
+                            f"internal error applying {type(item).__name__} ({exc});"
+                            " see the daemon log"
+                        ),
+                    )
+                )
             total.effects += outcome.effects
             total.events += outcome.events
             total.dirty |= outcome.dirty
@@ -258,8 +272,9 @@ class Daemon:
                 case C.StartAgent():
                     self._tg.start_soon(self._guarded, self.workers.run_attempt(effect))
                 case C.StopAgent():
-                    self._tg.start_soon(self._guarded,
-                                        self.workers.stop(effect.agent, effect.reason))
+                    self._tg.start_soon(
+                        self._guarded, self.workers.stop(effect.agent, effect.reason)
+                    )
                 case C.Push():
                     self._tg.start_soon(self._guarded, self._push(effect))
                 case C.Merge():
@@ -323,8 +338,10 @@ class Daemon:
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                log.info("received %s: stopping agents (work is committed), then exiting",
-                         signal.Signals(signum).name)
+                log.info(
+                    "received %s: stopping agents (work is committed), then exiting",
+                    signal.Signals(signum).name,
+                )
                 await self.shutdown()
                 return
 
@@ -362,8 +379,9 @@ class Daemon:
         )
 
     def _hello(self) -> bytes:
-        return P.encode(P.Hello(version=P.PROTOCOL_VERSION, home=str(self.home.root),
-                                pid=os.getpid()))
+        return P.encode(
+            P.Hello(version=P.PROTOCOL_VERSION, home=str(self.home.root), pid=os.getpid())
+        )
 
     def _snapshot_line(self) -> bytes:
         return P.encode(self.snapshot())
@@ -379,8 +397,7 @@ class Daemon:
             case P.Enqueue():
                 return self._enqueue(command)
             case P.Approve() | P.Stop() | P.Continue():
-                name = {P.Approve: "approve", P.Stop: "stop", P.Continue: "continue"}[
-                    type(command)]
+                name = {P.Approve: "approve", P.Stop: "stop", P.Continue: "continue"}[type(command)]
                 cmd = C.Command(name, command.ticket, now)
             case P.Reject():
                 cmd = C.Command("reject", command.ticket, now, feedback=command.feedback)
@@ -413,8 +430,11 @@ class Daemon:
 def configure_logging(level: str = "INFO") -> None:
     """Log to stderr; under systemd (JOURNAL_STREAM set) without our own timestamps."""
     journald = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "<%(levelno)s>%(levelname)s %(name)s: %(message)s" if journald else (
-        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = (
+        "<%(levelno)s>%(levelname)s %(name)s: %(message)s"
+        if journald
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     if journald:
         # sd-daemon(3) prefixes: <3> error, <4> warning, <6> info, <7> debug.
         class _Prefix(logging.Formatter):

@@ -89,7 +89,7 @@ def render_unit(executable: Path | list[str], config: Path) -> str:
     template = asset(TEMPLATE)
     # the template's own header comment is about the template; the unit gets its own
     raw = template.read_text()
-    text = GENERATED_HEADER.format(template=template) + raw[raw.find("[Unit]"):]
+    text = GENERATED_HEADER.format(template=template) + raw[raw.find("[Unit]") :]
     try:
         docs = asset("docs/service.md")
     except OrchestratorError:
@@ -97,8 +97,7 @@ def render_unit(executable: Path | list[str], config: Path) -> str:
     if docs is not None and not _NEEDS_QUOTES.search(str(docs)) and "%" not in str(docs):
         text = text.replace("@DOCS@", str(docs))
     else:
-        text = "".join(line for line in text.splitlines(keepends=True)
-                       if "@DOCS@" not in line)
+        text = "".join(line for line in text.splitlines(keepends=True) if "@DOCS@" not in line)
     description = str(config).replace("%", "%%")
     if "\n" in description:
         raise HomeError(f"{config!r}: a path with a newline cannot go into a systemd unit")
@@ -107,7 +106,8 @@ def render_unit(executable: Path | list[str], config: Path) -> str:
     for line in text.splitlines(keepends=True):
         if line.startswith("ExecStart="):
             line = line.replace("@ORCHESTRATOR@", exec_start).replace(
-                "@CONFIG@", _exec_word(str(config)))
+                "@CONFIG@", _exec_word(str(config))
+            )
         elif line.startswith("Description="):
             line = line.replace("@CONFIG@", description)
         lines.append(line)

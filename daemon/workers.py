@@ -32,8 +32,10 @@ from orchestrator.shared.protocol import Event
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER_RE = re.compile(r"\{(prompt|prompt_file|ticket_file|ticket_id|worktree|branch|"
-                            r"attempt|feedback_file)\}")
+PLACEHOLDER_RE = re.compile(
+    r"\{(prompt|prompt_file|ticket_file|ticket_id|worktree|branch|"
+    r"attempt|feedback_file)\}"
+)
 LOG_TAIL_CHARS = 4000
 #: At most one Progress input per agent this often (s), however chatty its output.
 PROGRESS_EVERY_S = 1.0
@@ -64,8 +66,13 @@ class Workers:
         repo_lock: serialises git operations that update refs in the shared clone.
     """
 
-    def __init__(self, home: Home, submit: Callable[[list[Input]], None],
-                 publish: Callable[[list[Event]], None], repo_lock: anyio.Lock) -> None:
+    def __init__(
+        self,
+        home: Home,
+        submit: Callable[[list[Input]], None],
+        publish: Callable[[list[Event]], None],
+        repo_lock: anyio.Lock,
+    ) -> None:
         self.home = home
         self.submit = submit
         self.publish = publish
@@ -128,38 +135,70 @@ class Workers:
         if feedback_file is not None:
             feedback_file.write_text(eff.feedback)
         values = {
-            "prompt": prompt, "prompt_file": str(prompt_file), "ticket_file": ticket_file,
-            "ticket_id": eff.ticket, "worktree": str(wt), "branch": eff.branch,
-            "attempt": str(eff.attempt), "feedback_file": str(feedback_file or ""),
+            "prompt": prompt,
+            "prompt_file": str(prompt_file),
+            "ticket_file": ticket_file,
+            "ticket_id": eff.ticket,
+            "worktree": str(wt),
+            "branch": eff.branch,
+            "attempt": str(eff.attempt),
+            "feedback_file": str(feedback_file or ""),
         }
         argv = fill_placeholders(self.home.config.agent.command, values)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        }
         env.update(self.home.config.agent.env)
-        env.update({
-            "ORCH_TICKET_ID": eff.ticket, "ORCH_TICKET_FILE": ticket_file,
-            "ORCH_PROMPT_FILE": str(prompt_file), "ORCH_WORKTREE": str(wt),
-            "ORCH_BRANCH": eff.branch, "ORCH_ATTEMPT": str(eff.attempt),
-            "ORCH_AGENT": eff.agent, "ORCH_FEEDBACK_FILE": str(feedback_file or ""),
-            "ORCH_CONFIG": str(self.home.config_file),
-        })
+        env.update(
+            {
+                "ORCH_TICKET_ID": eff.ticket,
+                "ORCH_TICKET_FILE": ticket_file,
+                "ORCH_PROMPT_FILE": str(prompt_file),
+                "ORCH_WORKTREE": str(wt),
+                "ORCH_BRANCH": eff.branch,
+                "ORCH_ATTEMPT": str(eff.attempt),
+                "ORCH_AGENT": eff.agent,
+                "ORCH_FEEDBACK_FILE": str(feedback_file or ""),
+                "ORCH_CONFIG": str(self.home.config_file),
+            }
+        )
         with open(log_file, "ab") as out:
             out.write(f"$ {' '.join(argv)}\n".encode())
             try:
                 run.process = await anyio.open_process(
-                    argv, cwd=wt, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, start_new_session=True,
+                    argv,
+                    cwd=wt,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             except OSError as exc:
-                reason = (f"agent command not found: {argv[0]}"
-                          if isinstance(exc, FileNotFoundError)
-                          else f"cannot start agent {argv[0]}: {exc.strerror or exc}")
+                reason = (
+                    f"agent command not found: {argv[0]}"
+                    if isinstance(exc, FileNotFoundError)
+                    else f"cannot start agent {argv[0]}: {exc.strerror or exc}"
+                )
                 out.write(f"{reason}\n".encode())
                 await self._finish(run, wt, None, reason)
                 return
             process = run.process
-            self.submit([AgentStarted(eff.agent, eff.ticket, eff.attempt, process.pid,
-                                      str(log_file), str(feedback_file or ""), time.time())])
+            self.submit(
+                [
+                    AgentStarted(
+                        eff.agent,
+                        eff.ticket,
+                        eff.attempt,
+                        process.pid,
+                        str(log_file),
+                        str(feedback_file or ""),
+                        time.time(),
+                    )
+                ]
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump_output, run, out)
                 if run.stop_reason:  # a stop arrived while the process was being started
@@ -185,8 +224,18 @@ class Workers:
             run.tail.extend(chunk)
             del run.tail[:-LOG_TAIL_CHARS]
             now = time.time()
-            self.publish([Event(id=0, ts=now, kind="agent.output", ticket=eff.ticket,
-                                agent=eff.agent, text=chunk.decode(errors="replace"))])
+            self.publish(
+                [
+                    Event(
+                        id=0,
+                        ts=now,
+                        kind="agent.output",
+                        ticket=eff.ticket,
+                        agent=eff.agent,
+                        text=chunk.decode(errors="replace"),
+                    )
+                ]
+            )
             if now - last_progress >= PROGRESS_EVERY_S:
                 last_progress = now
                 line = chunk.decode(errors="replace").strip().splitlines()
@@ -228,27 +277,55 @@ class Workers:
     async def _finish(self, run: _Run, wt: Path, code: int | None, reason: str) -> None:
         eff = run.effect
         try:
-            await self.salvage(wt, f"{eff.ticket}: attempt {eff.attempt} by {eff.agent}\n\n"
-                                   f"Ticket: {eff.ticket}")
+            await self.salvage(
+                wt, f"{eff.ticket}: attempt {eff.attempt} by {eff.agent}\n\nTicket: {eff.ticket}"
+            )
             head = await git(wt, "rev-parse", "HEAD")
             changed = await git(wt, "diff", "--name-only", "origin/main...HEAD")
             await git(wt, "checkout", "--quiet", "--detach")
         except GitError as exc:
-            self._exited(eff, code, reason=f"cannot commit the agent's work: {exc}",
-                         tail=bytes(run.tail), force_fail=True)
+            self._exited(
+                eff,
+                code,
+                reason=f"cannot commit the agent's work: {exc}",
+                tail=bytes(run.tail),
+                force_fail=True,
+            )
             return
-        self._exited(eff, code, reason=reason, tail=bytes(run.tail),
-                     changed=tuple(p for p in changed.splitlines() if p),
-                     head=head)
+        self._exited(
+            eff,
+            code,
+            reason=reason,
+            tail=bytes(run.tail),
+            changed=tuple(p for p in changed.splitlines() if p),
+            head=head,
+        )
 
-    def _exited(self, eff: StartAgent, code: int | None, reason: str, tail: bytes = b"",
-                changed: tuple[str, ...] = (), head: str = "",
-                force_fail: bool = False) -> None:
-        self.submit([AgentExited(
-            agent=eff.agent, ticket=eff.ticket, attempt=eff.attempt,
-            exit_code=None if force_fail else code, now=time.time(), changed=changed,
-            head=head, log_tail=tail.decode(errors="replace"), reason=reason,
-        )])
+    def _exited(
+        self,
+        eff: StartAgent,
+        code: int | None,
+        reason: str,
+        tail: bytes = b"",
+        changed: tuple[str, ...] = (),
+        head: str = "",
+        force_fail: bool = False,
+    ) -> None:
+        self.submit(
+            [
+                AgentExited(
+                    agent=eff.agent,
+                    ticket=eff.ticket,
+                    attempt=eff.attempt,
+                    exit_code=None if force_fail else code,
+                    now=time.time(),
+                    changed=changed,
+                    head=head,
+                    log_tail=tail.decode(errors="replace"),
+                    reason=reason,
+                )
+            ]
+        )
 
     def _prompt(self, eff: StartAgent, ticket_file: str) -> str:
         text = ""
@@ -290,8 +367,12 @@ class Workers:
         with anyio.move_on_after(self.home.config.agent.stop_grace_s):
             await run.process.wait()
             return
-        log.info("%s: pid %d still alive after %.0f s: SIGKILL", agent, pid,
-                 self.home.config.agent.stop_grace_s)
+        log.info(
+            "%s: pid %d still alive after %.0f s: SIGKILL",
+            agent,
+            pid,
+            self.home.config.agent.stop_grace_s,
+        )
         _kill_group(pid, signal.SIGKILL)
 
     async def check_worktrees(self) -> None:
@@ -310,8 +391,14 @@ class Workers:
         ("" when the push failed)."""
         try:
             async with self.repo_lock:
-                await git(self.home.work, "push", "--quiet", "--force", "origin",
-                          f"refs/heads/{branch}:refs/heads/{branch}")
+                await git(
+                    self.home.work,
+                    "push",
+                    "--quiet",
+                    "--force",
+                    "origin",
+                    f"refs/heads/{branch}:refs/heads/{branch}",
+                )
             sha = await git(self.home.work, "rev-parse", f"refs/heads/{branch}")
         except GitError as exc:
             self.submit([Pushed(ticket, attempt, "", time.time(), error=str(exc))])

@@ -46,8 +46,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     from orchestrator.daemon.home import init_home
 
     agent = shlex.split(args.agent_command) if args.agent_command else None
-    config = init_home(Path(args.dir), args.source, ci_command=args.ci_command,
-                       workers=args.workers, agent_command=agent, force=args.force)
+    config = init_home(
+        Path(args.dir),
+        args.source,
+        ci_command=args.ci_command,
+        workers=args.workers,
+        agent_command=agent,
+        force=args.force,
+    )
     print(f"created {config}")
     print(f"  edit agent.command there, then run: orchestrator daemon --config {config}")
     print(f"  drop ticket YAML files into {config.parent / 'backlog'}")
@@ -84,14 +90,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     print(f"{'AGENT':<10} {'STATE':<18} {'TICKET':<24} {'BRANCH':<32} ATTEMPT")
     for a in snapshot.agents:
-        print(f"{a.name:<10} {a.state:<18} {a.ticket or '-':<24} {a.branch or '-':<32} "
-              f"{a.attempt or '-'}")
+        print(
+            f"{a.name:<10} {a.state:<18} {a.ticket or '-':<24} {a.branch or '-':<32} "
+            f"{a.attempt or '-'}"
+        )
     print()
     print(f"{'TICKET':<24} {'STATE':<18} {'PRIO':<5} {'EFF':>6} {'AGENT':<9} {'AGE':>6}  REASON")
     for t in snapshot.tickets:
         age = _age(now - t.queued_at)
-        print(f"{t.id:<24} {t.state:<18} P{t.priority:<4} {t.effective_priority:>6.2f} "
-              f"{t.agent or '-':<9} {age:>6}  {t.reason}")
+        print(
+            f"{t.id:<24} {t.state:<18} P{t.priority:<4} {t.effective_priority:>6.2f} "
+            f"{t.agent or '-':<9} {age:>6}  {t.reason}"
+        )
     return 0
 
 
@@ -113,8 +123,10 @@ def cmd_locks(args: argparse.Namespace) -> int:
     print(f"{'PATH':<40} {'TICKET':<24} {'AGENT':<9} {'AGE':>6} {'EXPIRES':>8}")
     for lease in snapshot.leases:
         expires = "reserved" if lease.reserved else _age(lease.expires_at - now)
-        print(f"{lease.path:<40} {lease.ticket:<24} {lease.agent or '-':<9} "
-              f"{_age(now - lease.acquired_at):>6} {expires:>8}")
+        print(
+            f"{lease.path:<40} {lease.ticket:<24} {lease.agent or '-':<9} "
+            f"{_age(now - lease.acquired_at):>6} {expires:>8}"
+        )
     return 0
 
 
@@ -154,8 +166,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             continue
         target = home.backlog / path.name
         if target.exists():
-            print(f"{name}: {target} already exists; rename the file or change the id",
-                  file=sys.stderr)
+            print(
+                f"{name}: {target} already exists; rename the file or change the id",
+                file=sys.stderr,
+            )
             bad += 1
             continue
         atomic_write(target, data)
@@ -190,8 +204,10 @@ def _print_event(event: P.Event, as_json: bool) -> None:
         for line in (event.text or "").splitlines():
             print(f"{time.strftime('%H:%M:%S', time.localtime(event.ts))} {event.agent}> {line}")
     else:
-        print(f"{time.strftime('%H:%M:%S', time.localtime(event.ts))} {event.kind:<16} "
-              f"{event.message}")
+        print(
+            f"{time.strftime('%H:%M:%S', time.localtime(event.ts))} {event.kind:<16} "
+            f"{event.message}"
+        )
     sys.stdout.flush()
 
 
@@ -209,8 +225,9 @@ def _replay(args: argparse.Namespace) -> int:
         try:
             since_ts = datetime.fromisoformat(since).timestamp()
         except ValueError:
-            raise OrchestratorError(f"--since {since!r}: give an event id or an ISO 8601 time "
-                                    "(e.g. 2026-11-21T10:00)") from None
+            raise OrchestratorError(
+                f"--since {since!r}: give an event id or an ISO 8601 time (e.g. 2026-11-21T10:00)"
+            ) from None
     if not home.state_db.exists():
         raise OrchestratorError(f"{home.state_db}: no state yet (the daemon has not run)")
     store = Store(home.state_db)
@@ -254,8 +271,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
-    return run_demo(Path(args.dir) if args.dir else None, headless=args.headless,
-                    auto_approve=args.auto_approve, timeout_s=args.timeout_s)
+    return run_demo(
+        Path(args.dir) if args.dir else None,
+        headless=args.headless,
+        auto_approve=args.auto_approve,
+        timeout_s=args.timeout_s,
+    )
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -270,24 +291,32 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator",
-                                     description="Run a team of AI coding agents on one repo.")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Run a team of AI coding agents on one repo."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="path of config.yaml (default $ORCH_CONFIG or "
-                       "./config.yaml)")
+        p.add_argument(
+            "--config", help="path of config.yaml (default $ORCH_CONFIG or ./config.yaml)"
+        )
         return p
 
     p = sub.add_parser("init", help="create a project home")
     p.add_argument("dir")
     p.add_argument("--from", dest="source", required=True, help="git repository (path or URL)")
-    p.add_argument("--ci-command", default="python3 -m pytest -q",
-                   help="the repo's test command (default: %(default)s)")
+    p.add_argument(
+        "--ci-command",
+        default="python3 -m pytest -q",
+        help="the repo's test command (default: %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--agent-command", help="agent argv as one shell-quoted string")
-    p.add_argument("--force", action="store_true",
-                   help="refresh config and hook of an existing home (deletes nothing)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="refresh config and hook of an existing home (deletes nothing)",
+    )
     p.set_defaults(func=cmd_init)
 
     with_config(sub.add_parser("daemon", help="run the daemon")).set_defaults(func=cmd_daemon)
@@ -304,9 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_locks)
 
-    for name, text in (("approve", "merge a ticket that passed CI"),
-                       ("stop", "stop a ticket (its work stays on its branch)"),
-                       ("continue", "resume a stopped/failed ticket, or approve")):
+    for name, text in (
+        ("approve", "merge a ticket that passed CI"),
+        ("stop", "stop a ticket (its work stays on its branch)"),
+        ("continue", "resume a stopped/failed ticket, or approve"),
+    ):
         p = with_config(sub.add_parser(name, help=text))
         p.add_argument("ticket")
         p.set_defaults(func=cmd_ticket_command)
@@ -319,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("priority", type=int)
     p.set_defaults(func=cmd_ticket_command)
 
-    p = with_config(sub.add_parser("enqueue", help="validate tickets and place them in the "
-                                   "backlog"))
+    p = with_config(
+        sub.add_parser("enqueue", help="validate tickets and place them in the backlog")
+    )
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_enqueue)
 
@@ -365,4 +397,3 @@ def cli(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     sys.exit(cli())
-

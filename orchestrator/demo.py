@@ -36,19 +36,28 @@ def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> 
     """Create the sample repo and its project home under ``base``; return config.yaml."""
     source = base / "project"
     if not source.exists():
-        shutil.copytree(asset("examples/demo/project"), source,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            asset("examples/demo/project"),
+            source,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
         git_sync(source, "init", "--quiet", "--initial-branch=main")
         git_sync(source, "add", "-A")
         git_sync(source, "commit", "--quiet", "-m", "Sample inventory project")
     agent = [sys.executable, str(asset("examples/demo/demo_agent.py"))]
     ci = f"{_q(sys.executable)} -m unittest discover -s tests -q"
-    config = init_home(base / "home", str(source), ci_command=ci, workers=3,
-                       agent_command=agent, approval="auto" if auto_approve else "manual",
-                       force=(base / "home" / "config.yaml").exists(),
-                       extra_config=DEMO_EXTRA_CONFIG,
-                       # the demo agent's pace (seconds between its progress lines)
-                       agent_env={"DEMO_AGENT_DELAY_S": str(agent_delay_s)})
+    config = init_home(
+        base / "home",
+        str(source),
+        ci_command=ci,
+        workers=3,
+        agent_command=agent,
+        approval="auto" if auto_approve else "manual",
+        force=(base / "home" / "config.yaml").exists(),
+        extra_config=DEMO_EXTRA_CONFIG,
+        # the demo agent's pace (seconds between its progress lines)
+        agent_env={"DEMO_AGENT_DELAY_S": str(agent_delay_s)},
+    )
     return config
 
 
@@ -67,7 +76,9 @@ def start_daemon(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "daemon", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     socket_path = load_config(config).socket_path
     deadline = time.monotonic() + 30
@@ -114,8 +125,9 @@ def drop_tickets(backlog: Path) -> list[str]:
     return ids
 
 
-async def follow(config: Path, expected: int, timeout_s: float, quiet: bool = False
-                 ) -> dict[str, str]:
+async def follow(
+    config: Path, expected: int, timeout_s: float, quiet: bool = False
+) -> dict[str, str]:
     """Print events until ``expected`` tickets are final (or failed); return id -> state."""
     socket_path = load_config(config).socket_path
     states: dict[str, str] = {}
@@ -132,8 +144,7 @@ async def follow(config: Path, expected: int, timeout_s: float, quiet: bool = Fa
                 if not quiet and message.kind != "agent.output":
                     stamp = time.strftime("%H:%M:%S", time.localtime(message.ts))
                     print(f"{stamp} {message.kind:<17} {message.message}", flush=True)
-                done = [s for s in states.values()
-                        if s in FINAL_STATES or s == TicketState.FAILED]
+                done = [s for s in states.values() if s in FINAL_STATES or s == TicketState.FAILED]
                 if len(states) >= expected and len(done) == len(states):
                     return states
     return states
@@ -153,8 +164,9 @@ def check_main(repo: Path, ids: list[str]) -> list[str]:
     return problems
 
 
-def run_demo(directory: Path | None, headless: bool, auto_approve: bool,
-             timeout_s: float = 600.0) -> int:
+def run_demo(
+    directory: Path | None, headless: bool, auto_approve: bool, timeout_s: float = 600.0
+) -> int:
     base = directory.resolve() if directory else Path(tempfile.mkdtemp(prefix="orch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     config = prepare_demo(base, auto_approve)
@@ -169,8 +181,10 @@ def run_demo(directory: Path | None, headless: bool, auto_approve: bool,
 
             return run(home.socket_path)
         if not auto_approve:
-            print("approval is manual: approve with "
-                  f"`orchestrator approve TICKET --config {config}` (or run the TUI)")
+            print(
+                "approval is manual: approve with "
+                f"`orchestrator approve TICKET --config {config}` (or run the TUI)"
+            )
         states = asyncio.run(follow(config, len(ids), timeout_s))
     except TimeoutError:
         print(f"demo: not finished within {timeout_s:.0f} s", file=sys.stderr)

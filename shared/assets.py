@@ -30,6 +30,7 @@ def asset(relative: str) -> Path:
     """
     path = asset_root() / relative
     if not path.exists():
-        raise OrchestratorError(f"{relative} is missing from the installation at {asset_root()};"
-                                " reinstall orchestrator")
+        raise OrchestratorError(
+            f"{relative} is missing from the installation at {asset_root()}; reinstall orchestrator"
+        )
     return path

@@ -172,9 +172,14 @@ class TicketState(enum.StrEnum):
 #: States from which nothing more happens without a person.
 FINAL_STATES = frozenset({TicketState.MERGED, TicketState.REJECTED, TicketState.CANCELLED})
 #: States in which a ticket holds a worker.
-ACTIVE_STATES = frozenset({
-    TicketState.RUNNING, TicketState.CI_RUNNING, TicketState.AWAITING_APPROVAL, TicketState.MERGING,
-})
+ACTIVE_STATES = frozenset(
+    {
+        TicketState.RUNNING,
+        TicketState.CI_RUNNING,
+        TicketState.AWAITING_APPROVAL,
+        TicketState.MERGING,
+    }
+)
 
 
 class AgentState(enum.StrEnum):

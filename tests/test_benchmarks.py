@@ -50,7 +50,11 @@ def _number(x: object) -> bool:
 def test_quick_run_reports_every_figure_with_a_value_and_a_target():
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     figures = {}

@@ -75,20 +75,41 @@ class OrchestratorApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (160, "-wide")]
     # The tooltips are the help screen's descriptions.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("c", "proceed", "Continue", tooltip="approve the selected ticket if it awaits "
-                "approval; continue it if stopped, failed or blocked"),
-        Binding("s", "stop_ticket", "Stop", tooltip="stop the selected ticket (work is kept "
-                "on its branch)"),
-        Binding("r", "reject", "Reject", tooltip="reject the selected ticket with feedback "
-                "for its next attempt"),
+        Binding(
+            "c",
+            "proceed",
+            "Continue",
+            tooltip="approve the selected ticket if it awaits "
+            "approval; continue it if stopped, failed or blocked",
+        ),
+        Binding(
+            "s",
+            "stop_ticket",
+            "Stop",
+            tooltip="stop the selected ticket (work is kept on its branch)",
+        ),
+        Binding(
+            "r",
+            "reject",
+            "Reject",
+            tooltip="reject the selected ticket with feedback for its next attempt",
+        ),
         Binding("d", "diff", "Diff", tooltip="full diff of its branch against main"),
         Binding("l", "log", "Log", tooltip="the agent's full output log"),
-        Binding("plus", "priority(-1)", "Prio↑", key_display="+",
-                tooltip="more urgent (P2 → P1; P0 is the most urgent)"),
-        Binding("minus", "priority(1)", "Prio↓", key_display="-",
-                tooltip="less urgent (P2 → P3)"),
-        Binding("f", "toggle_finished", "Finished", tooltip="show or hide merged, cancelled "
-                "and rejected tickets"),
+        Binding(
+            "plus",
+            "priority(-1)",
+            "Prio↑",
+            key_display="+",
+            tooltip="more urgent (P2 → P1; P0 is the most urgent)",
+        ),
+        Binding("minus", "priority(1)", "Prio↓", key_display="-", tooltip="less urgent (P2 → P3)"),
+        Binding(
+            "f",
+            "toggle_finished",
+            "Finished",
+            tooltip="show or hide merged, cancelled and rejected tickets",
+        ),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="this screen"),
         Binding("q", "quit", "Quit", tooltip="quit the TUI (the daemon keeps running)"),
     ]
@@ -180,8 +201,11 @@ class OrchestratorApp(App[int]):
         board.hello = message.hello
         board.connected = True
         board.load(message.snapshot)
-        board.note(self.now(), "tui.connected",
-                   f"connected to daemon pid {message.hello.pid} ({message.hello.home})")
+        board.note(
+            self.now(),
+            "tui.connected",
+            f"connected to daemon pid {message.hello.pid} ({message.hello.home})",
+        )
         self._banner.hide()
         self._detail_dirty = True
 
@@ -274,18 +298,21 @@ class OrchestratorApp(App[int]):
             if agent is not None:
                 self.notify(f"{agent.name} has no ticket", severity="warning", markup=False)
             else:
-                self.notify("nothing selected: pick a ticket or an agent with ↑/↓ first",
-                            severity="warning")
+                self.notify(
+                    "nothing selected: pick a ticket or an agent with ↑/↓ first", severity="warning"
+                )
         return ticket
 
     def _git_dir(self, ticket: TicketView | None) -> Path | None:
         agent = self.board.agent_of_ticket(ticket.id) if ticket else None
         home = self.board.hello.home if self.board.hello else None
-        return git.pick_git_dir([
-            agent.worktree if agent else None,
-            Path(home) / "work" if home else None,
-            *(a.worktree for a in self.board.agents.values()),
-        ])
+        return git.pick_git_dir(
+            [
+                agent.worktree if agent else None,
+                Path(home) / "work" if home else None,
+                *(a.worktree for a in self.board.agents.values()),
+            ]
+        )
 
     # --- commands ---------------------------------------------------------------
 
@@ -304,15 +331,20 @@ class OrchestratorApp(App[int]):
         try:
             reply = await client.send(command, timeout_s=COMMAND_TIMEOUT_S)
         except TimeoutError:
-            self.notify(f"no reply within {COMMAND_TIMEOUT_S:.0f} s", title=label,
-                        severity="error", markup=False)
+            self.notify(
+                f"no reply within {COMMAND_TIMEOUT_S:.0f} s",
+                title=label,
+                severity="error",
+                markup=False,
+            )
             return
         except Exception as exc:  # report any failure, keep running
             self.notify(str(exc) or repr(exc), title=label, severity="error", markup=False)
             return
         text = reply.message or ("done" if reply.ok else "refused")
-        self.notify(text, title=label, severity="information" if reply.ok else "error",
-                    markup=False)
+        self.notify(
+            text, title=label, severity="information" if reply.ok else "error", markup=False
+        )
 
     def action_proceed(self) -> None:
         """``c``: approve a ticket awaiting approval, continue a stopped/failed/blocked one."""
@@ -327,7 +359,8 @@ class OrchestratorApp(App[int]):
             self.notify(
                 f"{ticket.id} is {ticket.state}: c approves a ticket awaiting approval "
                 "or continues a stopped, failed or blocked one",
-                severity="warning", markup=False,
+                severity="warning",
+                markup=False,
             )
 
     def action_stop_ticket(self) -> None:
@@ -392,8 +425,9 @@ class OrchestratorApp(App[int]):
             (binding.key_display or binding.key, binding.tooltip or binding.description)
             for binding in (b for b in self.BINDINGS if isinstance(b, Binding))
         ]
-        self.push_screen(HelpScreen([*keys, *_NAVIGATION_KEYS],
-                                    about=f"daemon socket: {self.socket_path}"))
+        self.push_screen(
+            HelpScreen([*keys, *_NAVIGATION_KEYS], about=f"daemon socket: {self.socket_path}")
+        )
 
 
 def probe(socket_path: Path, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:

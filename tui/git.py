@@ -69,8 +69,15 @@ def diff_stat(cwd: Path, branch: str, width: int = 80) -> str:
     """``git diff --stat <main>...<branch>`` as text, or why it could not be computed."""
     try:
         base = _base(cwd)
-        out = _git(cwd, "diff", "--no-color", "--no-ext-diff", f"--stat={max(width, 40)}",
-                   f"{base}...{branch}", "--")
+        out = _git(
+            cwd,
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            f"--stat={max(width, 40)}",
+            f"{base}...{branch}",
+            "--",
+        )
     except GitFailed as exc:
         return f"diff unavailable: {exc}"
     return out.rstrip() or f"no changes against {base}"
@@ -80,8 +87,15 @@ def full_diff(cwd: Path, branch: str) -> str:
     """``git diff <main>...<branch>`` as text (cut at :data:`MAX_DIFF_BYTES`), or the error."""
     try:
         base = _base(cwd)
-        out = _git(cwd, "diff", "--no-color", "--no-ext-diff", f"{base}...{branch}", "--",
-                   limit=MAX_DIFF_BYTES)
+        out = _git(
+            cwd,
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            f"{base}...{branch}",
+            "--",
+            limit=MAX_DIFF_BYTES,
+        )
     except GitFailed as exc:
         return f"diff unavailable: {exc}"
     return out or f"no changes against {base}"

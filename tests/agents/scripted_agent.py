@@ -72,8 +72,9 @@ def main() -> int:
                 print("working...", flush=True)
                 time.sleep(0.2)
         elif cmd == "heartbeat":
-            subprocess.run([sys.executable, "-m", "orchestrator", "heartbeat", "--note", rest],
-                           check=False)
+            subprocess.run(
+                [sys.executable, "-m", "orchestrator", "heartbeat", "--note", rest], check=False
+            )
         elif cmd == "sigstop":
             os.kill(os.getpid(), signal.SIGSTOP)
         elif cmd == "child":

@@ -25,16 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "tests" / "agents" / "scripted_agent.py"
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
-FAST = (
-    "heartbeat_interval_s: 0.5\n"
-    "lease_ttl_s: 30\n"
-    "rescan_interval_s: 0.5\n"
-)
+FAST = "heartbeat_interval_s: 0.5\nlease_ttl_s: 30\nrescan_interval_s: 0.5\n"
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, "-C", str(cwd), *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *GIT_ID, "-C", str(cwd), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -55,7 +52,8 @@ def source_repo(tmp_path: Path) -> Path:
     (repo / "tests" / "__init__.py").write_text("")
     (repo / "tests" / "test_app.py").write_text(
         "import unittest\nimport app\n\n\nclass T(unittest.TestCase):\n"
-        "    def test_answer(self):\n        self.assertEqual(app.answer(), 42)\n")
+        "    def test_answer(self):\n        self.assertEqual(app.answer(), 42)\n"
+    )
     git(repo.parent, "init", "--quiet", "--initial-branch=main", str(repo))
     git(repo, "add", "-A")
     git(repo, "commit", "--quiet", "-m", "initial")
@@ -110,8 +108,12 @@ class Project:
     def states(self) -> dict[str, str]:
         return {t.id: str(t.state) for t in self.snapshot().tickets}
 
-    def wait_for(self, predicate: Callable[[P.Snapshot], bool], timeout_s: float = 60.0,
-                 what: str = "condition") -> P.Snapshot:
+    def wait_for(
+        self,
+        predicate: Callable[[P.Snapshot], bool],
+        timeout_s: float = 60.0,
+        what: str = "condition",
+    ) -> P.Snapshot:
         deadline = time.monotonic() + timeout_s
         snap = self.snapshot()
         while time.monotonic() < deadline:
@@ -126,25 +128,43 @@ class Project:
     def wait_state(self, tid: str, *states: str, timeout_s: float = 60.0) -> P.Snapshot:
         return self.wait_for(
             lambda s: any(t.id == tid and t.state in states for t in s.tickets),
-            timeout_s, f"{tid} in {states}")
+            timeout_s,
+            f"{tid} in {states}",
+        )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "orchestrator", *args, "--config",
-                               str(self.config)], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 @pytest.fixture
-def make_project(tmp_path: Path, source_repo: Path, runtime_dir: Path
-                 ) -> Iterator[Callable[..., Project]]:
+def make_project(
+    tmp_path: Path, source_repo: Path, runtime_dir: Path
+) -> Iterator[Callable[..., Project]]:
     projects: list[Project] = []
 
-    def make(workers: int = 2, approval: str = "manual", extra: str = "",
-             agent: list[str] | None = None, start: bool = True) -> Project:
+    def make(
+        workers: int = 2,
+        approval: str = "manual",
+        extra: str = "",
+        agent: list[str] | None = None,
+        start: bool = True,
+    ) -> Project:
         root = tmp_path / f"home{len(projects)}"
         ci = f"{shlex.quote(sys.executable)} -m unittest discover -s tests -q"
-        config = init_home(root, str(source_repo), ci_command=ci, workers=workers,
-                           agent_command=agent or [sys.executable, str(AGENT)],
-                           approval=approval, extra_config=FAST + extra)
+        config = init_home(
+            root,
+            str(source_repo),
+            ci_command=ci,
+            workers=workers,
+            agent_command=agent or [sys.executable, str(AGENT)],
+            approval=approval,
+            extra_config=FAST + extra,
+        )
         project = Project(tmp_path, load_config(config))
         projects.append(project)
         if start:

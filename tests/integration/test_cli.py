@@ -12,20 +12,33 @@ from tests.integration.conftest import git
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_init_creates_a_home_and_refuses_to_overwrite_it(tmp_path, source_repo, runtime_dir):
     home = tmp_path / "home"
-    first = run("init", str(home), "--from", str(source_repo), "--ci-command", "true",
-                "--workers", "4")
+    first = run(
+        "init", str(home), "--from", str(source_repo), "--ci-command", "true", "--workers", "4"
+    )
     assert first.returncode == 0, first.stderr
     config = (home / "config.yaml").read_text()
     assert "workers: 4" in config and "approval: manual" in config
     assert "max_attempts: 3" in config and "command:" in config
-    for path in ("backlog", "backlog/done", "backlog/rejected", "repo.git/hooks/post-receive",
-                 "repo.git/hooks/update", "ci.sh", "work"):
+    for path in (
+        "backlog",
+        "backlog/done",
+        "backlog/rejected",
+        "repo.git/hooks/post-receive",
+        "repo.git/hooks/update",
+        "ci.sh",
+        "work",
+    ):
         assert (home / path).exists(), path
     repo = home / "repo.git"
     assert git(repo, "config", "orchestrator.ciCommand") == "true"

@@ -52,16 +52,22 @@ def test_kill_9_at_random_moments_loses_nothing(make_project):
         script = [f"spin {rng.uniform(0.2, 1.5):.2f}", f"write src/f{i}.py V = {i}\\n"]
         if i == 2:  # a CI failure then a passing retry, across the crashes
             script += [f"a1: write tests/test_t2.py {BROKEN}", f"write tests/test_t2.py {FIXED}"]
-        project.ticket(tid, priority=rng.randint(0, 4),
-                       locks=[f"src/f{i}.py", "tests/test_t2.py"] if i == 2 else [f"src/f{i}.py"],
-                       depends_on=["t0"] if i == 5 else [], description="\n".join(script))
+        project.ticket(
+            tid,
+            priority=rng.randint(0, 4),
+            locks=[f"src/f{i}.py", "tests/test_t2.py"] if i == 2 else [f"src/f{i}.py"],
+            depends_on=["t0"] if i == 5 else [],
+            description="\n".join(script),
+        )
     for _ in range(ROUNDS):
         time.sleep(rng.uniform(0.2, 2.5))
         project.kill9()
         project.start()
     snap = project.wait_for(
         lambda s: len(s.tickets) == len(ids) and all(t.state == "merged" for t in s.tickets),
-        150, f"every ticket merged (seed {SEED})")
+        150,
+        f"every ticket merged (seed {SEED})",
+    )
     assert sorted(t.id for t in snap.tickets) == ids, "no ticket lost or duplicated"
 
     repo = project.home.repo
@@ -71,8 +77,12 @@ def test_kill_9_at_random_moments_loses_nothing(make_project):
     # main only ever moved by fast-forward (repo.git keeps a reflog of every update)
     moves = git(repo, "reflog", "--format=%H", "main").split()
     for new, old in zip(moves, moves[1:], strict=False):
-        ok = subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", old, new],
-                            check=False).returncode == 0
+        ok = (
+            subprocess.run(
+                ["git", "-C", str(repo), "merge-base", "--is-ancestor", old, new], check=False
+            ).returncode
+            == 0
+        )
         assert ok, f"main moved {old} -> {new} without a fast-forward"
     project.stop()
     assert _agent_processes(project.home.root) == [], "no orphan agent processes"
@@ -84,9 +94,11 @@ def test_kill_9_at_random_moments_loses_nothing(make_project):
 
 
 def test_the_daemon_never_imports_textual():
-    code = ("import sys, orchestrator.daemon.service, orchestrator.daemon.home,"
-            " orchestrator.daemon.store, orchestrator.shared.client;"
-            "print(sorted(m for m in sys.modules"
-            " if m.split('.')[0] == 'textual' or m.startswith('orchestrator.tui')))")
+    code = (
+        "import sys, orchestrator.daemon.service, orchestrator.daemon.home,"
+        " orchestrator.daemon.store, orchestrator.shared.client;"
+        "print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] == 'textual' or m.startswith('orchestrator.tui')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

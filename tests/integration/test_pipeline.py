@@ -6,23 +6,43 @@ import time
 
 from tests.integration.conftest import git, main_log
 
-PASSING_TEST = ("import unittest\\n\\nclass T(unittest.TestCase):\\n    def test_ok(self):\\n"
-                "        pass\\n")
-FAILING_TEST = ("import unittest\\n\\nclass T(unittest.TestCase):\\n    def test_ok(self):\\n"
-                "        self.fail('deliberate')\\n")
+PASSING_TEST = (
+    "import unittest\\n\\nclass T(unittest.TestCase):\\n    def test_ok(self):\\n        pass\\n"
+)
+FAILING_TEST = (
+    "import unittest\\n\\nclass T(unittest.TestCase):\\n    def test_ok(self):\\n"
+    "        self.fail('deliberate')\\n"
+)
 
 
 def test_priorities_locks_dependency_ci_retry_approval_linear_main(make_project):
     project = make_project(workers=2)
-    project.ticket("a-shared", priority=0, locks=["src/shared.py"],
-                   description="spin 1.5\nwrite src/shared.py A = 1\\n")
-    project.ticket("b-shared", priority=1, locks=["src/shared.py", "src/b.py"],
-                   description="append src/shared.py B = 2\nwrite src/b.py b = 1\\n")
-    project.ticket("c-child", priority=2, locks=["src/c.py"], depends_on=["a-shared"],
-                   description="write src/c.py c = 1\\n")
-    project.ticket("d-flaky", priority=3, locks=["tests/test_d.py"],
-                   description=f"a1: write tests/test_d.py {FAILING_TEST}\n"
-                               f"a2: write tests/test_d.py {PASSING_TEST}")
+    project.ticket(
+        "a-shared",
+        priority=0,
+        locks=["src/shared.py"],
+        description="spin 1.5\nwrite src/shared.py A = 1\\n",
+    )
+    project.ticket(
+        "b-shared",
+        priority=1,
+        locks=["src/shared.py", "src/b.py"],
+        description="append src/shared.py B = 2\nwrite src/b.py b = 1\\n",
+    )
+    project.ticket(
+        "c-child",
+        priority=2,
+        locks=["src/c.py"],
+        depends_on=["a-shared"],
+        description="write src/c.py c = 1\\n",
+    )
+    project.ticket(
+        "d-flaky",
+        priority=3,
+        locks=["tests/test_d.py"],
+        description=f"a1: write tests/test_d.py {FAILING_TEST}\n"
+        f"a2: write tests/test_d.py {PASSING_TEST}",
+    )
     snap = project.wait_for(lambda s: len(s.tickets) == 4, 20, "intake")
     running = {t.id for t in snap.tickets if t.state != "queued"}
     assert running == {"a-shared", "d-flaky"}, "the two most urgent eligible tickets run first"
@@ -34,8 +54,13 @@ def test_priorities_locks_dependency_ci_retry_approval_linear_main(make_project)
     deadline = time.monotonic() + 150
     while len(merged) < 4 and time.monotonic() < deadline:
         snap = project.wait_for(
-            lambda s: any(t.state in ("awaiting_approval", "failed") for t in s.tickets)
-            or sum(t.state == "merged" for t in s.tickets) == 4, 90, "a ticket to approve")
+            lambda s: (
+                any(t.state in ("awaiting_approval", "failed") for t in s.tickets)
+                or sum(t.state == "merged" for t in s.tickets) == 4
+            ),
+            90,
+            "a ticket to approve",
+        )
         for t in snap.tickets:
             assert t.state != "failed", (t.id, t.reason)
             if t.state == "awaiting_approval":

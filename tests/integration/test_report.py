@@ -35,12 +35,14 @@ DEMO_TICKETS = sorted(p.stem for p in (ROOT / "examples" / "demo" / "tickets").g
 BIN = Path(sys.executable).parent
 
 
-def orchestrator(*args: str, env: dict[str, str], timeout_s: float = 60
-                 ) -> subprocess.CompletedProcess[str]:
+def orchestrator(
+    *args: str, env: dict[str, str], timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
     script = BIN / "orchestrator"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
-    return subprocess.run([*argv, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout_s, cwd=ROOT)
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, env=env, timeout=timeout_s, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,17 @@ def demo_run() -> Iterator[tuple[Path, dict[str, str]]]:
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
     env.pop("ORCH_CONFIG", None)
     try:
-        result = orchestrator("demo", "--dir", str(base), "--headless", "--auto-approve",
-                              "--timeout-s", "60", env=env, timeout_s=90)
+        result = orchestrator(
+            "demo",
+            "--dir",
+            str(base),
+            "--headless",
+            "--auto-approve",
+            "--timeout-s",
+            "60",
+            env=env,
+            timeout_s=90,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "demo: every ticket merged into main" in result.stdout
         yield base / "home" / "config.yaml", env
@@ -63,8 +74,12 @@ def demo_run() -> Iterator[tuple[Path, dict[str, str]]]:
 
 def merged_commits(repo: Path) -> dict[str, str]:
     """Ticket id -> the newest commit on main of repo.git carrying its ``Ticket:`` trailer."""
-    log = subprocess.run(["git", "-C", str(repo), "log", "--format=%H%x01%B%x00", "main"],
-                         capture_output=True, text=True, check=True).stdout
+    log = subprocess.run(
+        ["git", "-C", str(repo), "log", "--format=%H%x01%B%x00", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     newest: dict[str, str] = {}
     for entry in log.split("\x00"):
         sha, _, body = entry.strip().partition("\x01")
@@ -82,8 +97,11 @@ def section(report: str, title: str) -> str:
 
 def table_row(text: str, ticket: str) -> list[str]:
     """The cells of the one table row of ``text`` that names ``ticket``."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split(" | ")]
-            for line in text.splitlines() if line.startswith("|")]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        for line in text.splitlines()
+        if line.startswith("|")
+    ]
     found = [cells for cells in rows if f"`{ticket}`" in cells]
     assert len(found) == 1, f"{ticket}: {len(found)} rows in\n{text}"
     return found[0]
@@ -137,13 +155,17 @@ def test_events_replay_as_json(demo_run: tuple[Path, dict[str, str]]) -> None:
     assert ids == sorted(ids) and ids[0] == 1 and len(set(ids)) == len(ids)
     kinds = {e.kind for e in events}
     assert {"ticket.state", "ci.result", "daemon.started", "daemon.stopping"} <= kinds
-    merged = {e.ticket for e in events if e.kind == "ticket.state" and e.ticket_view
-              and e.ticket_view.state == TicketState.MERGED}
+    merged = {
+        e.ticket
+        for e in events
+        if e.kind == "ticket.state" and e.ticket_view and e.ticket_view.state == TicketState.MERGED
+    }
     assert sorted(t for t in merged if t) == DEMO_TICKETS
 
     # --since N skips what came before N
-    later = orchestrator("events", "--since", str(ids[-3]), "--json", "--config", str(config),
-                         env=env)
+    later = orchestrator(
+        "events", "--since", str(ids[-3]), "--json", "--config", str(config), env=env
+    )
     assert [json.loads(line)["id"] for line in later.stdout.splitlines()] == ids[-2:]
 
 
@@ -172,20 +194,45 @@ def test_report_lists_failures_and_unfinished_tickets(tmp_path: Path) -> None:
 
     def record(tid: str, state: TicketState, seq: int, **kw: object) -> TicketRecord:
         ticket = Ticket(title=f"title of {tid} | with a pipe", id=tid, priority=1)
-        return TicketRecord(ticket=ticket, file=f"/b/{tid}.yaml", state=state, seq=seq,
-                            queued_at=now - 600, state_since=now, **kw)  # type: ignore[arg-type]
+        return TicketRecord(
+            ticket=ticket,
+            file=f"/b/{tid}.yaml",
+            state=state,
+            seq=seq,
+            queued_at=now - 600,
+            state_since=now,
+            **kw,
+        )  # type: ignore[arg-type]
 
-    broken = record("broken", TicketState.FAILED, 0, attempt=3,
-                    reason="agent exited with code 1 (attempt 3 of 3)")
-    busy = record("busy", TicketState.RUNNING, 1, attempt=1, agent="agent-1",
-                  branch="agent-1/busy")
+    broken = record(
+        "broken",
+        TicketState.FAILED,
+        0,
+        attempt=3,
+        reason="agent exited with code 1 (attempt 3 of 3)",
+    )
+    busy = record("busy", TicketState.RUNNING, 1, attempt=1, agent="agent-1", branch="agent-1/busy")
     events = [
-        Event(id=0, ts=now - 90, kind="ci.result", ticket="broken",
-              message="broken: CI error on 0123456789"),
-        Event(id=0, ts=now - 80, kind="attempt.failed", ticket="broken",
-              message="broken: attempt 1 failed: CI error (exit None)"),
-        Event(id=0, ts=now - 70, kind="ticket.rejected",
-              message="bad.yaml: title: Object missing required field"),
+        Event(
+            id=0,
+            ts=now - 90,
+            kind="ci.result",
+            ticket="broken",
+            message="broken: CI error on 0123456789",
+        ),
+        Event(
+            id=0,
+            ts=now - 80,
+            kind="attempt.failed",
+            ticket="broken",
+            message="broken: attempt 1 failed: CI error (exit None)",
+        ),
+        Event(
+            id=0,
+            ts=now - 70,
+            kind="ticket.rejected",
+            message="bad.yaml: title: Object missing required field",
+        ),
     ]
     store = Store(home.state_db)
     try:

@@ -80,14 +80,19 @@ def test_socket_garbage_gets_an_error_and_others_are_unaffected(make_project):
         assert reply["ok"] is False and reply["req"] == "7"
         bad.sendall(b'{"type":"approve","ticket":"nope","req":"8"}\n')
         reply = json.loads(bad_reader.readline())
-        assert reply == {"type": "reply", "ok": False, "message": "unknown ticket 'nope'",
-                         "req": "8"}
+        assert reply == {
+            "type": "reply",
+            "ok": False,
+            "message": "unknown ticket 'nope'",
+            "req": "8",
+        }
     assert project.send(P.Status()).ok
 
 
 def test_missing_agent_command_fails_the_attempt_with_the_reason(make_project):
-    project = make_project(workers=1, agent=["/nonexistent/agent-binary"],
-                           extra="max_attempts: 1\n")
+    project = make_project(
+        workers=1, agent=["/nonexistent/agent-binary"], extra="max_attempts: 1\n"
+    )
     project.ticket("t", description="x")
     snap = project.wait_state("t", "failed")
     (t,) = snap.tickets
@@ -96,12 +101,20 @@ def test_missing_agent_command_fails_the_attempt_with_the_reason(make_project):
 
 def test_stop_commits_the_work_and_continue_resumes_on_the_same_branch(make_project):
     project = make_project(workers=1)
-    project.ticket("long", locks=["notes.txt"],
-                   description="a1: write notes.txt half done\na1: child 600\na1: spin 600\n"
-                               "a2: append notes.txt finished")
-    snap = project.wait_for(lambda s: s.agents[0].pid is not None
-                            and (project.home.worktrees / "agent-1" / "notes.txt").exists(),
-                            30, "agent running")
+    project.ticket(
+        "long",
+        locks=["notes.txt"],
+        description="a1: write notes.txt half done\na1: child 600\na1: spin 600\n"
+        "a2: append notes.txt finished",
+    )
+    snap = project.wait_for(
+        lambda s: (
+            s.agents[0].pid is not None
+            and (project.home.worktrees / "agent-1" / "notes.txt").exists()
+        ),
+        30,
+        "agent running",
+    )
     child_pid_file = project.home.runs / "long" / "1" / "child.pid"
     _wait_file(child_pid_file)
     child = int(child_pid_file.read_text())
@@ -133,16 +146,20 @@ def _assert_gone(pid: int, timeout_s: float = 10.0) -> None:
 
 def test_changes_outside_locks_are_rejected_with_paths_named(make_project):
     project = make_project(workers=1, extra="max_attempts: 1\n")
-    project.ticket("sneaky", locks=["src/mine.py"],
-                   description="write src/mine.py x = 1\nwrite src/theirs.py y = 2")
+    project.ticket(
+        "sneaky",
+        locks=["src/mine.py"],
+        description="write src/mine.py x = 1\nwrite src/theirs.py y = 2",
+    )
     snap = project.wait_state("sneaky", "failed")
     assert "outside its locks: src/theirs.py" in snap.tickets[0].reason
 
 
 def test_kill_9_during_an_agent_run_loses_nothing(make_project):
     project = make_project(workers=1)
-    project.ticket("survivor", locks=["work.txt"],
-                   description="write work.txt before crash\nspin-once 600")
+    project.ticket(
+        "survivor", locks=["work.txt"], description="write work.txt before crash\nspin-once 600"
+    )
     snap = project.wait_for(lambda s: s.agents[0].pid is not None, 30, "agent running")
     agent_pid = snap.agents[0].pid
     assert agent_pid is not None
@@ -163,10 +180,13 @@ def test_kill_9_during_an_agent_run_loses_nothing(make_project):
 
 def test_ci_result_arriving_while_the_daemon_is_down_is_applied(make_project):
     project = make_project(workers=1, extra="max_attempts: 1\n")
-    project.ticket("slow-ci", locks=["tests/test_slow.py"],
-                   description="write tests/test_slow.py import time, unittest\\n"
-                               "class T(unittest.TestCase):\\n    def test(self):\\n"
-                               "        time.sleep(3)\\n")
+    project.ticket(
+        "slow-ci",
+        locks=["tests/test_slow.py"],
+        description="write tests/test_slow.py import time, unittest\\n"
+        "class T(unittest.TestCase):\\n    def test(self):\\n"
+        "        time.sleep(3)\\n",
+    )
     project.wait_state("slow-ci", "ci_running", timeout_s=30)
     project.stop()
     sha = git(project.home.repo, "rev-parse", "agent-1/slow-ci")
@@ -179,20 +199,25 @@ def test_a_second_daemon_refuses_to_start(make_project):
     import subprocess
 
     project = make_project(workers=1)
-    second = subprocess.run([sys.executable, "-m", "orchestrator", "daemon", "--config",
-                             str(project.config)], capture_output=True, text=True, timeout=30)
+    second = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "daemon", "--config", str(project.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert second.returncode == 2
     assert "another daemon" in second.stderr and "already running" in second.stderr
     assert "Traceback" not in second.stderr
 
 
 def test_sigstopped_agent_goes_stale_and_is_requeued_with_its_work(make_project):
-    project = make_project(workers=1, extra="stale_after_s: 2\nstale_grace_s: 1\n"
-                           "max_attempts: 3\n")
-    project.ticket("hung", locks=["h.txt"],
-                   description="a1: write h.txt partial\na1: sigstop\na2: append h.txt done")
-    project.wait_for(lambda s: s.tickets and s.tickets[0].attempt == 2, 40,
-                            "second attempt")
+    project = make_project(workers=1, extra="stale_after_s: 2\nstale_grace_s: 1\nmax_attempts: 3\n")
+    project.ticket(
+        "hung",
+        locks=["h.txt"],
+        description="a1: write h.txt partial\na1: sigstop\na2: append h.txt done",
+    )
+    project.wait_for(lambda s: s.tickets and s.tickets[0].attempt == 2, 40, "second attempt")
     assert git(project.home.work, "show", "agent-1/hung:h.txt").startswith("partial")
     project.wait_state("hung", "awaiting_approval", timeout_s=30)
     events = project.cli("events", "--since", "0", "--json")
@@ -202,10 +227,13 @@ def test_sigstopped_agent_goes_stale_and_is_requeued_with_its_work(make_project)
 
 def test_agent_calling_heartbeat_is_never_flagged(make_project):
     project = make_project(workers=1, extra="stale_after_s: 2\nstale_grace_s: 1\n")
-    project.ticket("thinker", locks=["t.txt"],
-                   description="sleep 1.2\nheartbeat thinking hard\nsleep 1.2\n"
-                               "heartbeat still thinking\nsleep 1.2\nheartbeat almost\n"
-                               "write t.txt answer")
+    project.ticket(
+        "thinker",
+        locks=["t.txt"],
+        description="sleep 1.2\nheartbeat thinking hard\nsleep 1.2\n"
+        "heartbeat still thinking\nsleep 1.2\nheartbeat almost\n"
+        "write t.txt answer",
+    )
     project.wait_state("thinker", "awaiting_approval", timeout_s=40)
     events = project.cli("events", "--since", "0", "--json")
     lines = [json.loads(line) for line in events.stdout.splitlines()]

@@ -28,8 +28,9 @@ async def test_a_stalled_client_is_resynchronised_and_others_are_unaffected(monk
     async def dispatch(command: P.ClientCommand) -> P.Reply:
         return P.Reply(ok=True, message="done")
 
-    server = S.Server(path, lambda: P.encode(P.Hello(version=1, home="/h", pid=1)), snapshot,
-                      dispatch)
+    server = S.Server(
+        path, lambda: P.encode(P.Hello(version=1, home="/h", pid=1)), snapshot, dispatch
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         stalled = socket.socket(socket.AF_UNIX)

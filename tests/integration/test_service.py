@@ -64,8 +64,7 @@ class Notify:
                 data = self.sock.recv(4096)
             except TimeoutError:
                 continue
-            self._inbox.put(dict(line.partition("=")[::2]
-                                 for line in data.decode().splitlines()))
+            self._inbox.put(dict(line.partition("=")[::2] for line in data.decode().splitlines()))
 
     def close(self) -> None:
         self._stop.set()
@@ -73,8 +72,9 @@ class Notify:
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def wait_for(self, assignment: str, timeout_s: float, proc: subprocess.Popen[bytes],
-                 log: Path) -> dict[str, str]:
+    def wait_for(
+        self, assignment: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path
+    ) -> dict[str, str]:
         """Take datagrams until one carries ``assignment`` (e.g. ``READY=1``); return it."""
         key, _, value = assignment.partition("=")
         deadline = time.monotonic() + timeout_s
@@ -90,7 +90,8 @@ class Notify:
                 return fields
         raise AssertionError(
             f"no {assignment} within {timeout_s} s (exit code {proc.poll()}); received "
-            f"{self.received}\n--- daemon log ---\n{log.read_text()[-3000:]}")
+            f"{self.received}\n--- daemon log ---\n{log.read_text()[-3000:]}"
+        )
 
     def count(self, assignment: str) -> int:
         key, _, value = assignment.partition("=")
@@ -104,16 +105,25 @@ def notify() -> Iterator[Notify]:
     n.close()
 
 
-def start(config: Path, notify_socket: str, log: Path,
-          watchdog_usec: int = WATCHDOG_USEC) -> subprocess.Popen[bytes]:
+def start(
+    config: Path, notify_socket: str, log: Path, watchdog_usec: int = WATCHDOG_USEC
+) -> subprocess.Popen[bytes]:
     """Start the daemon the way the unit does: the ``orchestrator`` script, notify env set."""
-    env = dict(os.environ, NOTIFY_SOCKET=notify_socket, WATCHDOG_USEC=str(watchdog_usec),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        NOTIFY_SOCKET=notify_socket,
+        WATCHDOG_USEC=str(watchdog_usec),
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("JOURNAL_STREAM", None)
     with open(log, "wb") as out:
-        return subprocess.Popen([*unit.executable_argv(), "daemon", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env)
+        return subprocess.Popen(
+            [*unit.executable_argv(), "daemon", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
 
 
 def wait_exit(proc: subprocess.Popen[bytes], log: Path) -> int:
@@ -122,8 +132,10 @@ def wait_exit(proc: subprocess.Popen[bytes], log: Path) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"the daemon did not exit within {EXIT_TIMEOUT_S} s\n"
-                             f"--- daemon log ---\n{log.read_text()[-3000:]}") from None
+        raise AssertionError(
+            f"the daemon did not exit within {EXIT_TIMEOUT_S} s\n"
+            f"--- daemon log ---\n{log.read_text()[-3000:]}"
+        ) from None
 
 
 def last_event_kinds(home: Home, n: int) -> list[str]:
@@ -134,8 +146,9 @@ def last_event_kinds(home: Home, n: int) -> list[str]:
         store.close()
 
 
-def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, runtime_dir: Path,
-                                           notify: Notify) -> None:
+def test_sd_notify_ready_watchdog_stopping(
+    tmp_path: Path, runtime_dir: Path, notify: Notify
+) -> None:
     config = prepare_demo(tmp_path, auto_approve=True)
     home = load_config(config)
     log = tmp_path / "daemon.log"
@@ -168,8 +181,9 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, runtime_dir: Path,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_agents_gracefully(tmp_path: Path, runtime_dir: Path, notify: Notify,
-                                        signum: signal.Signals) -> None:
+def test_signal_stops_agents_gracefully(
+    tmp_path: Path, runtime_dir: Path, notify: Notify, signum: signal.Signals
+) -> None:
     """SIGINT (Ctrl-C) and SIGTERM (systemctl stop) take the same graceful path."""
     # a slow demo agent, so agents are surely still running when the signal comes
     config = prepare_demo(tmp_path, auto_approve=True, agent_delay_s=2.0)
@@ -204,8 +218,9 @@ def test_signal_stops_agents_gracefully(tmp_path: Path, runtime_dir: Path, notif
     assert f"received {signum.name}: stopping agents" in text
     # asyncio's own "Exception in callback" noise (a CPython subprocess race) aside,
     # nothing may have logged an error
-    assert not [line for line in text.splitlines()
-                if " ERROR " in line and " ERROR asyncio:" not in line], text[-3000:]
+    assert not [
+        line for line in text.splitlines() if " ERROR " in line and " ERROR asyncio:" not in line
+    ], text[-3000:]
     assert "internal error" not in text
     for agent in running:
         assert agent.pid is not None
@@ -225,8 +240,7 @@ def test_signal_stops_agents_gracefully(tmp_path: Path, runtime_dir: Path, notif
     assert last_event_kinds(home, 1) == ["daemon.stopping"]
 
 
-def test_unread_notify_socket_does_not_hang_the_daemon(tmp_path: Path,
-                                                       runtime_dir: Path) -> None:
+def test_unread_notify_socket_does_not_hang_the_daemon(tmp_path: Path, runtime_dir: Path) -> None:
     """sd_notify never blocks the event loop, even when nobody reads $NOTIFY_SOCKET.
 
     The kernel queues max_dgram_qlen datagrams per socket (often 10); a blocking
@@ -271,14 +285,24 @@ def _verify(unit_file: Path) -> list[str]:
     runtime = Path(tempfile.mkdtemp(prefix="orch-sa-", dir="/tmp"))
     try:
         env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), SYSTEMD_LOG_COLOR="0")
-        result = subprocess.run(["systemd-analyze", "verify", "--user", str(unit_file)],
-                                capture_output=True, text=True, env=env, timeout=60)
+        result = subprocess.run(
+            ["systemd-analyze", "verify", "--user", str(unit_file)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         output = result.stdout + result.stderr
         if "Failed to initialize manager" in output:
             # no user manager context here (e.g. a container): the system-mode check
             # parses the unit with the same rules
-            result = subprocess.run(["systemd-analyze", "verify", str(unit_file)],
-                                    capture_output=True, text=True, env=env, timeout=60)
+            result = subprocess.run(
+                ["systemd-analyze", "verify", str(unit_file)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
             output = result.stdout + result.stderr
         assert "Failed to initialize manager" not in output, output
     finally:
@@ -293,9 +317,11 @@ def _render_to(directory: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze is not installed (package systemd); it is the "
-                           "only tool that checks a unit file the way systemd parses it")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed (package systemd); it is the "
+    "only tool that checks a unit file the way systemd parses it",
+)
 def test_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = unit.executable_argv()
     assert Path(executable[0]).is_file()
@@ -304,10 +330,19 @@ def test_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
     exec_start = [line for line in text.splitlines() if line.startswith("ExecStart=")]
     assert exec_start == [f"ExecStart={' '.join(executable)} daemon --config {config}"]
-    for setting in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30", "Restart=on-failure",
-                    "RestartSec=2", "KillMode=mixed", "KillSignal=SIGTERM", "TimeoutStopSec=60",
-                    "Environment=PYTHONUNBUFFERED=1", "WantedBy=default.target",
-                    f"Documentation=file://{ROOT / 'docs' / 'service.md'}"):
+    for setting in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30",
+        "Restart=on-failure",
+        "RestartSec=2",
+        "KillMode=mixed",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=60",
+        "Environment=PYTHONUNBUFFERED=1",
+        "WantedBy=default.target",
+        f"Documentation=file://{ROOT / 'docs' / 'service.md'}",
+    ):
         assert setting in text.splitlines(), setting
     assert "@" not in text  # every placeholder filled
 
@@ -350,8 +385,9 @@ def _home(directory: Path) -> Home:
     return load_config(directory / "config.yaml")
 
 
-def test_service_install_and_uninstall(tmp_path: Path, config_home: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_service_install_and_uninstall(
+    tmp_path: Path, config_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = _home(tmp_path / "proj")
     path = config_home / "systemd" / "user" / "orchestrator.service"
 
@@ -394,10 +430,12 @@ def test_service_install_and_uninstall(tmp_path: Path, config_home: Path,
     assert "nothing to remove" in capsys.readouterr().out
 
 
-def test_install_without_console_script_uses_python_m(tmp_path: Path, config_home: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]
-                                                      ) -> None:
+def test_install_without_console_script_uses_python_m(
+    tmp_path: Path,
+    config_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     python = bindir / "python3"
@@ -411,8 +449,7 @@ def test_install_without_console_script_uses_python_m(tmp_path: Path, config_hom
     capsys.readouterr()
 
 
-def test_unit_dir_defaults_to_home_config(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_unit_dir_defaults_to_home_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert unit.unit_path() == tmp_path / ".config" / "systemd" / "user" / unit.UNIT_NAME

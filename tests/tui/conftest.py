@@ -112,8 +112,9 @@ class FakeDaemon:
     def ticket_event(self, ticket_id: str, **changes: Any) -> Event:
         """A ``ticket.state`` event carrying the snapshot's ticket with ``changes``."""
         view = msgspec.structs.replace(self.ticket(ticket_id), **changes)
-        return self.event("ticket.state", f"{ticket_id}: {view.state}", ticket=ticket_id,
-                          ticket_view=view)
+        return self.event(
+            "ticket.state", f"{ticket_id}: {view.state}", ticket=ticket_id, ticket_view=view
+        )
 
     # --- the server (daemon thread) -----------------------------------------------
 
@@ -171,9 +172,12 @@ class FakeDaemon:
 def _git(cwd: Path, *args: str) -> None:
     env = {
         **os.environ,
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
     }
     subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, env=env)
 
@@ -200,44 +204,136 @@ def make_snapshot(worktree: Path, log_dir: Path) -> Snapshot:
     """Eight tickets in every interesting state (snapshot order shuffled) and three agents."""
     S = TicketState
     tickets = [
-        TicketView(id="T-4", title="Document the API", state=S.QUEUED, priority=2,
-                   effective_priority=2.0, rank=2.0, queued_at=NOW - 300,
-                   depends_on=["T-3"], reason="waits for T-3"),
-        TicketView(id="T-1", title="Add a login page", state=S.RUNNING, priority=2,
-                   effective_priority=2.0, agent="agent-1", branch="agent-1/T-1",
-                   attempt=1, max_attempts=3, state_since=NOW - 125, queued_at=NOW - 4000,
-                   locks=["src/auth/"], log_file=str(log_dir / "T-1.log")),
-        TicketView(id="T-3", title="Refactor the db layer", state=S.QUEUED, priority=1,
-                   effective_priority=1.0, rank=1.0, queued_at=NOW - 600,
-                   reason="lock src/auth/ held by T-1"),
-        TicketView(id="T-2", title="Fix the flaky CI job", state=S.AWAITING_APPROVAL,
-                   priority=0, effective_priority=0.0, agent="agent-2",
-                   branch="agent-2/T-2", attempt=1, max_attempts=3, state_since=NOW - 42,
-                   ci=CIView(sha="0123456789abcdef", status="pass", duration_s=42.0,
-                             log_tail="collected 12 items\n12 passed in 3.20s\n")),
-        TicketView(id="T-5", title="Tune the cache", state=S.STOPPED, priority=3,
-                   effective_priority=3.0, branch="agent-3/T-5", attempt=1, rank=3.0,
-                   reason="stopped by a person", state_since=NOW - 3700),
-        TicketView(id="T-6", title="Bump dependencies", state=S.MERGED, priority=2,
-                   effective_priority=2.0, attempt=1, state_since=NOW - 7200),
-        TicketView(id="T-7", title="Port to Windows", state=S.FAILED, priority=2,
-                   effective_priority=2.0, attempt=3, max_attempts=3, rank=2.0,
-                   reason="attempt 3 failed: CI fail", state_since=NOW - 86_400),
-        TicketView(id="T-8", title="Add a CSV export", state=S.QUEUED, priority=2,
-                   effective_priority=1.5, rank=2.0, queued_at=NOW - 900),
+        TicketView(
+            id="T-4",
+            title="Document the API",
+            state=S.QUEUED,
+            priority=2,
+            effective_priority=2.0,
+            rank=2.0,
+            queued_at=NOW - 300,
+            depends_on=["T-3"],
+            reason="waits for T-3",
+        ),
+        TicketView(
+            id="T-1",
+            title="Add a login page",
+            state=S.RUNNING,
+            priority=2,
+            effective_priority=2.0,
+            agent="agent-1",
+            branch="agent-1/T-1",
+            attempt=1,
+            max_attempts=3,
+            state_since=NOW - 125,
+            queued_at=NOW - 4000,
+            locks=["src/auth/"],
+            log_file=str(log_dir / "T-1.log"),
+        ),
+        TicketView(
+            id="T-3",
+            title="Refactor the db layer",
+            state=S.QUEUED,
+            priority=1,
+            effective_priority=1.0,
+            rank=1.0,
+            queued_at=NOW - 600,
+            reason="lock src/auth/ held by T-1",
+        ),
+        TicketView(
+            id="T-2",
+            title="Fix the flaky CI job",
+            state=S.AWAITING_APPROVAL,
+            priority=0,
+            effective_priority=0.0,
+            agent="agent-2",
+            branch="agent-2/T-2",
+            attempt=1,
+            max_attempts=3,
+            state_since=NOW - 42,
+            ci=CIView(
+                sha="0123456789abcdef",
+                status="pass",
+                duration_s=42.0,
+                log_tail="collected 12 items\n12 passed in 3.20s\n",
+            ),
+        ),
+        TicketView(
+            id="T-5",
+            title="Tune the cache",
+            state=S.STOPPED,
+            priority=3,
+            effective_priority=3.0,
+            branch="agent-3/T-5",
+            attempt=1,
+            rank=3.0,
+            reason="stopped by a person",
+            state_since=NOW - 3700,
+        ),
+        TicketView(
+            id="T-6",
+            title="Bump dependencies",
+            state=S.MERGED,
+            priority=2,
+            effective_priority=2.0,
+            attempt=1,
+            state_since=NOW - 7200,
+        ),
+        TicketView(
+            id="T-7",
+            title="Port to Windows",
+            state=S.FAILED,
+            priority=2,
+            effective_priority=2.0,
+            attempt=3,
+            max_attempts=3,
+            rank=2.0,
+            reason="attempt 3 failed: CI fail",
+            state_since=NOW - 86_400,
+        ),
+        TicketView(
+            id="T-8",
+            title="Add a CSV export",
+            state=S.QUEUED,
+            priority=2,
+            effective_priority=1.5,
+            rank=2.0,
+            queued_at=NOW - 900,
+        ),
     ]
     agents = [
-        AgentView(name="agent-2", state=AgentState.AWAITING_APPROVAL, worktree=str(worktree),
-                  ticket="T-2", branch="agent-2/T-2", attempt=1, state_since=NOW - 42,
-                  last_activity=NOW - 50),
-        AgentView(name="agent-1", state=AgentState.RUNNING, worktree=str(worktree),
-                  ticket="T-1", branch="agent-1/T-1", attempt=1, pid=999,
-                  state_since=NOW - 125, last_activity=NOW - 3, note="running tests"),
-        AgentView(name="agent-3", state=AgentState.IDLE, worktree="/nonexistent/wt-3",
-                  state_since=NOW - 3700),
+        AgentView(
+            name="agent-2",
+            state=AgentState.AWAITING_APPROVAL,
+            worktree=str(worktree),
+            ticket="T-2",
+            branch="agent-2/T-2",
+            attempt=1,
+            state_since=NOW - 42,
+            last_activity=NOW - 50,
+        ),
+        AgentView(
+            name="agent-1",
+            state=AgentState.RUNNING,
+            worktree=str(worktree),
+            ticket="T-1",
+            branch="agent-1/T-1",
+            attempt=1,
+            pid=999,
+            state_since=NOW - 125,
+            last_activity=NOW - 3,
+            note="running tests",
+        ),
+        AgentView(
+            name="agent-3",
+            state=AgentState.IDLE,
+            worktree="/nonexistent/wt-3",
+            state_since=NOW - 3700,
+        ),
     ]
-    return Snapshot(version=PROTOCOL_VERSION, last_event_id=100, tickets=tickets,
-                    agents=agents, leases=[])
+    return Snapshot(
+        version=PROTOCOL_VERSION, last_event_id=100, tickets=tickets, agents=agents, leases=[]
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -74,9 +74,15 @@ async def test_event_replaces_ticket_row(make_app, fake_daemon) -> None:
     async with make_app().run_test(size=SIZE) as pilot:
         app = await connected(pilot)
         tickets = app.query_one(TicketsTable)
-        fake_daemon.push(fake_daemon.ticket_event("T-3", state=TicketState.RUNNING,
-                                                  agent="agent-3", reason="[/b] not [red]markup",
-                                                  title="Fix [bug] in [/] parser"))
+        fake_daemon.push(
+            fake_daemon.ticket_event(
+                "T-3",
+                state=TicketState.RUNNING,
+                agent="agent-3",
+                reason="[/b] not [red]markup",
+                title="Fix [bug] in [/] parser",
+            )
+        )
         await until(pilot, lambda: str(tickets.row_cells("T-3")[2]) == "running")
         assert str(tickets.row_cells("T-3")[7]) == "Fix [bug] in [/] parser"
         assert str(tickets.row_cells("T-3")[6]) == "[/b] not [red]markup"
@@ -188,8 +194,12 @@ async def test_detail_shows_output_ci_and_diff(make_app, fake_daemon) -> None:
         app = await connected(pilot)
         detail = app.query_one(DetailPane)
         fake_daemon.push(
-            fake_daemon.event("agent.output", ticket="T-1", agent="agent-1",
-                              text="compiling\n\x1b[32mtests pass\x1b[0m\n"),
+            fake_daemon.event(
+                "agent.output",
+                ticket="T-1",
+                agent="agent-1",
+                text="compiling\n\x1b[32mtests pass\x1b[0m\n",
+            ),
             fake_daemon.event("agent.output", ticket="T-2", agent="agent-2", text="other\n"),
         )
         await until(pilot, lambda: "tests pass" in detail.body_text)
@@ -251,8 +261,11 @@ async def test_disconnect_shows_banner_and_reconnect_resyncs(make_app, fake_daem
 
         snapshot = fake_daemon.snapshot
         fake_daemon.snapshot = snapshot.__class__(
-            version=snapshot.version, last_event_id=500, agents=snapshot.agents,
-            leases=[], tickets=[t for t in snapshot.tickets if t.id != "T-3"],
+            version=snapshot.version,
+            last_event_id=500,
+            agents=snapshot.agents,
+            leases=[],
+            tickets=[t for t in snapshot.tickets if t.id != "T-3"],
         )
         fake_daemon.start()
         await until(pilot, lambda: not banner.display)
@@ -270,15 +283,18 @@ async def test_burst_of_events_is_absorbed(make_app, fake_daemon) -> None:
         states = [TicketState.CI_RUNNING, TicketState.RUNNING]
         events = [
             fake_daemon.ticket_event("T-1", state=states[i % 2], attempt=1 + i % 2)
-            if i % 3 else
-            fake_daemon.event("agent.output", ticket="T-1", agent="agent-1", text=f"line {i}\n")
+            if i % 3
+            else fake_daemon.event(
+                "agent.output", ticket="T-1", agent="agent-1", text=f"line {i}\n"
+            )
             for i in range(5000)
         ]
         events.append(fake_daemon.ticket_event("T-1", state=TicketState.AWAITING_APPROVAL))
         fake_daemon.push(*events)
         tickets = app.query_one(TicketsTable)
-        await until(pilot, lambda: str(tickets.row_cells("T-1")[2]) == "awaiting_approval",
-                    timeout_s=15)
+        await until(
+            pilot, lambda: str(tickets.row_cells("T-1")[2]) == "awaiting_approval", timeout_s=15
+        )
         assert app.board.last_event_id == events[-1].id
         assert len(app.query_one(EventLog).lines) <= 1000
 

@@ -34,8 +34,17 @@ def test_event_views_replace_and_mark_dirty() -> None:
     b.take_touched()
     view = msgspec.structs.replace(b.tickets["T-3"], state=TicketState.RUNNING, agent="agent-3")
     agent = AgentView(name="agent-10", state=AgentState.RUNNING, worktree="/w", ticket="T-3")
-    b.apply(Event(id=101, ts=NOW, kind="ticket.state", message="T-3: running",
-                  ticket_view=view, agent_view=agent, leases=[]))
+    b.apply(
+        Event(
+            id=101,
+            ts=NOW,
+            kind="ticket.state",
+            message="T-3: running",
+            ticket_view=view,
+            agent_view=agent,
+            leases=[],
+        )
+    )
     assert b.tickets["T-3"].state == TicketState.RUNNING
     assert list(b.agents)[-1] == "agent-10"  # numeric order, not "agent-1" < "agent-10" < "agent-2"
     assert b.dirty_tickets and b.dirty_agents
@@ -70,5 +79,11 @@ def test_snapshot_replaces_everything_but_output() -> None:
 
 def test_age() -> None:
     assert [age(s) for s in (0, 59, 60, 3599, 3600, 3725, 90_000)] == [
-        "0s", "59s", "1m", "59m", "1h00", "1h02", "1d01"
+        "0s",
+        "59s",
+        "1m",
+        "59m",
+        "1h00",
+        "1h02",
+        "1d01",
     ]

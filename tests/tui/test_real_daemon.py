@@ -27,8 +27,9 @@ TIMEOUT_S = 60.0
 QUICK = "write src/{name}.py {name} = 1\\n"
 
 
-async def until(pilot: Pilot, predicate: Callable[[], object], what: str,
-                timeout_s: float = TIMEOUT_S) -> None:
+async def until(
+    pilot: Pilot, predicate: Callable[[], object], what: str, timeout_s: float = TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -36,8 +37,13 @@ async def until(pilot: Pilot, predicate: Callable[[], object], what: str,
         await pilot.pause(0.1)
 
 
-async def wait_daemon(pilot: Pilot, project: Project, predicate: Callable[[P.Snapshot], bool],
-                      what: str, timeout_s: float = TIMEOUT_S) -> P.Snapshot:
+async def wait_daemon(
+    pilot: Pilot,
+    project: Project,
+    predicate: Callable[[P.Snapshot], bool],
+    what: str,
+    timeout_s: float = TIMEOUT_S,
+) -> P.Snapshot:
     """Poll the daemon's status (in a thread) until ``predicate``; the app keeps running."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -47,15 +53,19 @@ async def wait_daemon(pilot: Pilot, project: Project, predicate: Callable[[P.Sna
         if time.monotonic() > deadline:
             states = {t.id: (str(t.state), t.reason) for t in snap.tickets}
             log = (project.root / "daemon.log").read_text()[-3000:]
-            raise AssertionError(f"timed out waiting for {what}: {states}\n--- daemon log ---\n"
-                                 f"{log}")
+            raise AssertionError(
+                f"timed out waiting for {what}: {states}\n--- daemon log ---\n{log}"
+            )
         await pilot.pause(0.1)
 
 
 async def wait_state(pilot: Pilot, project: Project, tid: str, *states: str) -> P.Snapshot:
     return await wait_daemon(
-        pilot, project, lambda s: any(t.id == tid and t.state in states for t in s.tickets),
-        f"{tid} in {states}")
+        pilot,
+        project,
+        lambda s: any(t.id == tid and t.state in states for t in s.tickets),
+        f"{tid} in {states}",
+    )
 
 
 def row_state(app: OrchestratorApp, tid: str) -> str | None:
@@ -83,19 +93,26 @@ async def test_c_approves_and_the_ticket_is_merged(make_project) -> None:
     async with app.run_test(size=SIZE) as pilot:
         project.ticket("T-ok", description=QUICK.format(name="ok"))
         await wait_state(pilot, project, "T-ok", "awaiting_approval")
-        await until(pilot, lambda: row_state(app, "T-ok") == "awaiting_approval",
-                    "the TUI to show T-ok awaiting approval")
+        await until(
+            pilot,
+            lambda: row_state(app, "T-ok") == "awaiting_approval",
+            "the TUI to show T-ok awaiting approval",
+        )
 
         await select_ticket(pilot, "T-ok")
         await pilot.press("c")
         await wait_state(pilot, project, "T-ok", "merged")
-        await until(pilot, lambda: app.board.tickets["T-ok"].state == TicketState.MERGED,
-                    "the TUI to learn T-ok merged")
+        await until(
+            pilot,
+            lambda: app.board.tickets["T-ok"].state == TicketState.MERGED,
+            "the TUI to learn T-ok merged",
+        )
         await until(pilot, lambda: row_state(app, "T-ok") is None, "merged T-ok hidden")
         await pilot.press("f")
         await until(pilot, lambda: row_state(app, "T-ok") == "merged", "T-ok shown merged")
-        assert any(n.title == "approve T-ok" and n.severity == "information"
-                   for n in app._notifications)
+        assert any(
+            n.title == "approve T-ok" and n.severity == "information" for n in app._notifications
+        )
 
 
 async def test_s_stops_a_running_agent(make_project) -> None:
@@ -104,16 +121,21 @@ async def test_s_stops_a_running_agent(make_project) -> None:
     async with app.run_test(size=SIZE) as pilot:
         project.ticket("T-spin", description="spin 600")
         await wait_state(pilot, project, "T-spin", "running")
-        await until(pilot, lambda: row_state(app, "T-spin") == "running",
-                    "the TUI to show T-spin running")
-        await until(pilot, lambda: "working..." in "\n".join(app.board.output.get("T-spin", ())),
-                    "the agent's output in the TUI")
+        await until(
+            pilot, lambda: row_state(app, "T-spin") == "running", "the TUI to show T-spin running"
+        )
+        await until(
+            pilot,
+            lambda: "working..." in "\n".join(app.board.output.get("T-spin", ())),
+            "the agent's output in the TUI",
+        )
 
         await select_ticket(pilot, "T-spin")
         await pilot.press("s")
         snap = await wait_state(pilot, project, "T-spin", "stopped")
-        await until(pilot, lambda: row_state(app, "T-spin") == "stopped",
-                    "the TUI to show T-spin stopped")
+        await until(
+            pilot, lambda: row_state(app, "T-spin") == "stopped", "the TUI to show T-spin stopped"
+        )
         agent = next(a for a in snap.agents if a.name == "agent-1")
         assert agent.ticket is None and agent.pid is None, "the agent process is gone"
 
@@ -125,8 +147,11 @@ async def test_r_sends_feedback_to_a_new_attempt(make_project) -> None:
         # The second attempt spins so that it is still running when we look at it.
         project.ticket("T-rej", description=QUICK.format(name="rej") + "\na2: spin 600")
         await wait_state(pilot, project, "T-rej", "awaiting_approval")
-        await until(pilot, lambda: row_state(app, "T-rej") == "awaiting_approval",
-                    "the TUI to show T-rej awaiting approval")
+        await until(
+            pilot,
+            lambda: row_state(app, "T-rej") == "awaiting_approval",
+            "the TUI to show T-rej awaiting approval",
+        )
 
         await select_ticket(pilot, "T-rej")
         await pilot.press("r")
@@ -134,22 +159,28 @@ async def test_r_sends_feedback_to_a_new_attempt(make_project) -> None:
         await pilot.press(*"kiwi")
         assert app.screen.query_one(Input).value == "kiwi"
         await pilot.press("enter")
-        await until(pilot, lambda: not isinstance(app.screen, RejectScreen),
-                    "the dialog to close")
+        await until(pilot, lambda: not isinstance(app.screen, RejectScreen), "the dialog to close")
 
         snap = await wait_daemon(
-            pilot, project,
-            lambda s: any(t.id == "T-rej" and t.attempt == 2 and t.feedback_file
-                          for t in s.tickets),
-            "attempt 2 of T-rej with a feedback file")
+            pilot,
+            project,
+            lambda s: any(
+                t.id == "T-rej" and t.attempt == 2 and t.feedback_file for t in s.tickets
+            ),
+            "attempt 2 of T-rej with a feedback file",
+        )
         view = next(t for t in snap.tickets if t.id == "T-rej")
         feedback = Path(view.feedback_file)
         assert feedback == project.home.runs / "T-rej" / "2" / "feedback.md"
         assert "kiwi" in feedback.read_text()
-        await until(pilot, lambda: app.board.tickets["T-rej"].attempt == 2,
-                    "the TUI to show attempt 2")
-        await until(pilot, lambda: str(app.query_one(TicketsTable).row_cells("T-rej")[4])
-                    .startswith("2/"), "the Att column to show 2")
+        await until(
+            pilot, lambda: app.board.tickets["T-rej"].attempt == 2, "the TUI to show attempt 2"
+        )
+        await until(
+            pilot,
+            lambda: str(app.query_one(TicketsTable).row_cells("T-rej")[4]).startswith("2/"),
+            "the Att column to show 2",
+        )
 
 
 async def test_banner_while_daemon_is_down_then_resync(make_project) -> None:
@@ -170,7 +201,6 @@ async def test_banner_while_daemon_is_down_then_resync(make_project) -> None:
         project.ticket("T-two", description=QUICK.format(name="two"))
         await asyncio.to_thread(project.start)
         await until(pilot, lambda: not banner.display, "the banner to go away")
-        await until(pilot, lambda: row_state(app, "T-two") is not None,
-                    "T-two after the resync")
+        await until(pilot, lambda: row_state(app, "T-two") is not None, "T-two after the resync")
         assert row_state(app, "T-one") is not None
         assert app.board.connected

@@ -20,8 +20,12 @@ from orchestrator.tui.widgets.event_log import EventLog
 @pytest.fixture
 def app(fake_daemon, make_app) -> OrchestratorApp:
     fake_daemon.initial_events = [
-        fake_daemon.event("agent.output", ticket="T-1", agent="agent-1",
-                          text="reading src/auth/views.py\nwriting tests/test_login.py\n"),
+        fake_daemon.event(
+            "agent.output",
+            ticket="T-1",
+            agent="agent-1",
+            text="reading src/auth/views.py\nwriting tests/test_login.py\n",
+        ),
         fake_daemon.event("ci.result", "T-2: CI pass on 0123456789", ticket="T-2"),
         fake_daemon.event("agent.stale", "agent-3: no progress for 600 s", agent="agent-3"),
     ]

@@ -33,8 +33,13 @@ class Tmux:
     def run(self, *args: str) -> str:
         # An explicit env: with env=None a child inherits the C environ, where GNU
         # readline (loaded by pytest) exported COLUMNS=80 LINES=24 for the TUI to obey.
-        done = subprocess.run(["tmux", "-L", self.server, "-f", "/dev/null", *args],
-                              capture_output=True, text=True, timeout=30, env=dict(os.environ))
+        done = subprocess.run(
+            ["tmux", "-L", self.server, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(os.environ),
+        )
         if done.returncode != 0:
             raise AssertionError(f"tmux {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
@@ -48,8 +53,18 @@ class Tmux:
         flags = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
         status = shlex.quote(str(self.status_file))
         script = f'"$@"; echo $? > {status}.tmp && mv {status}.tmp {status}'
-        self.run("new-session", "-d", "-s", self.session, "-x", "120", "-y", "36", *flags,
-                 shlex.join(["sh", "-c", script, "sh", *command]))
+        self.run(
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            "120",
+            "-y",
+            "36",
+            *flags,
+            shlex.join(["sh", "-c", script, "sh", *command]),
+        )
         # Keep the pane after its process exits, so a failure can show the screen.
         self.run("set-option", "-t", self.session, "remain-on-exit", "on")
 
@@ -79,8 +94,13 @@ class Tmux:
         return int(self.status_file.read_text())
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True,
-                       timeout=30, check=False, env=dict(os.environ))
+        subprocess.run(
+            ["tmux", "-L", self.server, "kill-server"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            env=dict(os.environ),
+        )
 
 
 @pytest.fixture
@@ -102,10 +122,13 @@ def test_approve_and_quit_in_a_real_terminal(tmux: Tmux, make_project) -> None:
     project.ticket("T-tmux", description="write src/tmux.py X = 1\\n")
     project.wait_state("T-tmux", "awaiting_approval")
 
-    tmux.start([str(ORCHESTRATOR), "tui", "--config", str(project.config)],
-               {"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"], "TERM": "xterm-256color"})
-    screen = tmux.wait_screen(lambda s: "awaiting_approval" in s and "T-tmux" in s,
-                              "T-tmux awaiting approval")
+    tmux.start(
+        [str(ORCHESTRATOR), "tui", "--config", str(project.config)],
+        {"XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"], "TERM": "xterm-256color"},
+    )
+    screen = tmux.wait_screen(
+        lambda s: "awaiting_approval" in s and "T-tmux" in s, "T-tmux awaiting approval"
+    )
     assert "Agents" in screen and "Tickets" in screen
     assert "agent-1" in screen
     assert max(len(line.rstrip()) for line in screen.splitlines()) > 100, "drawn 120 wide"
@@ -114,8 +137,10 @@ def test_approve_and_quit_in_a_real_terminal(tmux: Tmux, make_project) -> None:
     tmux.keys("c")
     project.wait_state("T-tmux", "merged")
     tmux.keys("f")  # merged tickets are hidden until f
-    tmux.wait_screen(lambda s: any("T-tmux" in line and "merged" in line
-                                   for line in s.splitlines()), "the T-tmux row merged")
+    tmux.wait_screen(
+        lambda s: any("T-tmux" in line and "merged" in line for line in s.splitlines()),
+        "the T-tmux row merged",
+    )
 
     tmux.keys("q")
     assert tmux.wait_exit() == 0, tmux.screen()
@@ -125,8 +150,12 @@ def test_approve_and_quit_in_a_real_terminal(tmux: Tmux, make_project) -> None:
 
 def test_without_a_daemon_one_line_and_non_zero_exit(make_project) -> None:
     project = make_project(start=False)
-    done = subprocess.run([str(ORCHESTRATOR), "tui", "--config", str(project.config)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(ORCHESTRATOR), "tui", "--config", str(project.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr

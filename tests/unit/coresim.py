@@ -15,11 +15,22 @@ def make_config(**overrides: object) -> Config:
     return Config(**values)  # type: ignore[arg-type]
 
 
-def ticket(tid: str, priority: int = 2, locks: list[str] | None = None,
-           depends_on: list[str] | None = None, max_attempts: int | None = None) -> Ticket:
+def ticket(
+    tid: str,
+    priority: int = 2,
+    locks: list[str] | None = None,
+    depends_on: list[str] | None = None,
+    max_attempts: int | None = None,
+) -> Ticket:
     """A ticket as parse_ticket makes it: no locks declared means the whole repo."""
-    return Ticket(id=tid, title=f"ticket {tid}", priority=priority, locks=locks or ["."],
-                  depends_on=depends_on or [], max_attempts=max_attempts)
+    return Ticket(
+        id=tid,
+        title=f"ticket {tid}",
+        priority=priority,
+        locks=locks or ["."],
+        depends_on=depends_on or [],
+        max_attempts=max_attempts,
+    )
 
 
 @dataclass
@@ -46,8 +57,7 @@ class Sim:
         return out
 
     def add(self, t: Ticket, path: str | None = None) -> C.Outcome:
-        return self.feed(C.TicketRead(path=path or f"/backlog/{t.id}.yaml", now=self.now,
-                                      ticket=t))
+        return self.feed(C.TicketRead(path=path or f"/backlog/{t.id}.yaml", now=self.now, ticket=t))
 
     def tick(self, dt: float = 1.0) -> C.Outcome:
         self.now += dt
@@ -72,15 +82,31 @@ class Sim:
     def start(self, eff: C.StartAgent, pid: int = 100) -> None:
         self.feed(C.AgentStarted(eff.agent, eff.ticket, eff.attempt, pid, "/log", "", self.now))
 
-    def exit(self, eff: C.StartAgent, code: int = 0, changed: tuple[str, ...] | None = None,
-             new_work: bool = True, tail: str = "") -> None:
+    def exit(
+        self,
+        eff: C.StartAgent,
+        code: int = 0,
+        changed: tuple[str, ...] | None = None,
+        new_work: bool = True,
+        tail: str = "",
+    ) -> None:
         if changed is None:
             lock = self.rec(eff.ticket).ticket.locks[0]
             changed = ("file.txt",) if lock == "." else (lock,)
         self.heads += 1
         head = f"head{self.heads}" if new_work else (self.rec(eff.ticket).pushed_sha or "")
-        self.feed(C.AgentExited(eff.agent, eff.ticket, eff.attempt, code, self.now,
-                                changed=changed, head=head, log_tail=tail))
+        self.feed(
+            C.AgentExited(
+                eff.agent,
+                eff.ticket,
+                eff.attempt,
+                code,
+                self.now,
+                changed=changed,
+                head=head,
+                log_tail=tail,
+            )
+        )
 
     def push(self, push: C.Push) -> str:
         self.shas += 1
@@ -105,7 +131,7 @@ def check_invariants(core: C.Core) -> None:
     from orchestrator.shared.lockspec import locks_overlap
 
     for i, a in enumerate(leases):
-        for b in leases[i + 1:]:
+        for b in leases[i + 1 :]:
             assert a.owner == b.owner or not locks_overlap(a.path, b.path), (a, b)
     for lease in leases:
         assert core.tickets[lease.owner].state in ACTIVE_STATES, lease

@@ -13,16 +13,23 @@ LOCKS = ["src/", "src/a.py", "src/b.py", "docs/*.md", "docs/", "tests/", "README
 IDS = [f"t{i}" for i in range(8)]
 
 op = st.one_of(
-    st.tuples(st.just("add"), st.sampled_from(IDS), st.integers(0, 4),
-              st.lists(st.sampled_from(LOCKS), max_size=2, unique=True),
-              st.lists(st.sampled_from(IDS), max_size=1)),
+    st.tuples(
+        st.just("add"),
+        st.sampled_from(IDS),
+        st.integers(0, 4),
+        st.lists(st.sampled_from(LOCKS), max_size=2, unique=True),
+        st.lists(st.sampled_from(IDS), max_size=1),
+    ),
     st.tuples(st.just("tick"), st.floats(0.5, 400.0)),
     st.tuples(st.just("exit"), st.integers(0, 2), st.booleans()),
     st.tuples(st.just("push"), st.booleans()),
     st.tuples(st.just("ci"), st.sampled_from(["pass", "fail", "error"])),
     st.tuples(st.just("merge"), st.sampled_from(["merged", "recheck", "conflict", "error"])),
-    st.tuples(st.just("cmd"), st.sampled_from(["approve", "stop", "continue", "reject"]),
-              st.sampled_from(IDS)),
+    st.tuples(
+        st.just("cmd"),
+        st.sampled_from(["approve", "stop", "continue", "reject"]),
+        st.sampled_from(IDS),
+    ),
     st.tuples(st.just("progress"), st.integers(1, 3)),
     st.tuples(st.just("gone"), st.sampled_from(IDS)),
 )
@@ -68,15 +75,30 @@ def play(sim: Sim, step: tuple) -> None:
         sim.feed(C.TicketFileGone(f"/backlog/{step[1]}.yaml", sim.now))
     for stop in sim.take(C.StopAgent):  # the shell stops the process; it exits
         rec = sim.core.tickets[stop.ticket]
-        sim.feed(C.AgentExited(stop.agent, stop.ticket, rec.attempt, -15, sim.now,
-                               head=f"stop{sim.now}", changed=tuple(rec.ticket.locks[:1])))
+        sim.feed(
+            C.AgentExited(
+                stop.agent,
+                stop.ticket,
+                rec.attempt,
+                -15,
+                sim.now,
+                head=f"stop{sim.now}",
+                changed=tuple(rec.ticket.locks[:1]),
+            )
+        )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op, max_size=60))
 def test_invariants_hold_for_any_sequence(steps):
-    sim = Sim.new(workers=3, stale_after_s=300.0, stale_grace_s=100.0, lease_ttl_s=200.0,
-                  heartbeat_interval_s=5.0, starvation_after_s=500.0)
+    sim = Sim.new(
+        workers=3,
+        stale_after_s=300.0,
+        stale_grace_s=100.0,
+        lease_ttl_s=200.0,
+        heartbeat_interval_s=5.0,
+        starvation_after_s=500.0,
+    )
     added: set[str] = set()
     for step in steps:
         play(sim, step)
@@ -91,8 +113,11 @@ def test_invariants_hold_for_any_sequence(steps):
 
 
 def _rejected_ids(sim: Sim) -> set[str]:
-    return {e.path.rsplit("/", 1)[-1].removesuffix(".yaml") for e in sim.effects
-            if isinstance(e, C.MoveFile) and e.dest == "rejected"}
+    return {
+        e.path.rsplit("/", 1)[-1].removesuffix(".yaml")
+        for e in sim.effects
+        if isinstance(e, C.MoveFile) and e.dest == "rejected"
+    }
 
 
 @settings(max_examples=30, deadline=None)

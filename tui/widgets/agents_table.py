@@ -24,9 +24,7 @@ class AgentsTable(BoardTable):
         ("CI", "ci"),
     )
 
-    def show(
-        self, agents: list[AgentView], tickets: dict[str, TicketView], now: float
-    ) -> None:
+    def show(self, agents: list[AgentView], tickets: dict[str, TicketView], now: float) -> None:
         self.sync([_row(agent, tickets, now) for agent in agents])
 
 

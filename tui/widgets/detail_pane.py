@@ -79,10 +79,12 @@ class DetailPane(VerticalScroll):
             return
         ticket, agent, output, now = self._last
         if ticket is None and agent is None:
-            self._update(Text(
-                "Nothing selected: move with ↑/↓ or j/k in the agents or tickets panel.",
-                style="dim",
-            ))
+            self._update(
+                Text(
+                    "Nothing selected: move with ↑/↓ or j/k in the agents or tickets panel.",
+                    style="dim",
+                )
+            )
             return
         parts: list[Text] = []
         if ticket is None:
@@ -107,8 +109,15 @@ class DetailPane(VerticalScroll):
         self, ticket: TicketView, agent: AgentView | None, git_dir: Path | None
     ) -> None:
         branch = ticket.branch or (agent.branch if agent else None)
-        key = (ticket.id, branch, ticket.state, ticket.state_since, ticket.attempt,
-               ticket.ci.sha if ticket.ci else None, git_dir)
+        key = (
+            ticket.id,
+            branch,
+            ticket.state,
+            ticket.state_since,
+            ticket.attempt,
+            ticket.ci.sha if ticket.ci else None,
+            git_dir,
+        )
         stale = (
             ticket.state == TicketState.RUNNING
             and time.monotonic() - self._diff_started > DIFF_REFRESH_S

@@ -25,8 +25,9 @@ class RejectScreen(ModalScreen[str | None]):
         with Vertical(id="reject-box") as box:
             box.border_title = f"Reject {self.ticket_id}"
             box.border_subtitle = "enter sends · escape cancels"
-            yield Label(f"{self._title}\nWhat should the next attempt do differently?",
-                        markup=False)
+            yield Label(
+                f"{self._title}\nWhat should the next attempt do differently?", markup=False
+            )
             yield Input(placeholder="feedback for the agent", id="feedback")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
