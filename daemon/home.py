@@ -185,6 +185,43 @@ def sync_repo_config(home: Home) -> None:
         ("core.logAllRefUpdates", "always"),
     ):
         git_sync(home.repo, "config", key, value)
+    sync_worktree_excludes(home)
+
+
+EXCLUDE_BEGIN = "# BEGIN orchestrator worktree.exclude (config.yaml; rewritten at daemon start)"
+EXCLUDE_END = "# END orchestrator worktree.exclude"
+
+
+def sync_worktree_excludes(home: Home) -> None:
+    """Write ``worktree.exclude`` into ``work/.git/info/exclude``, shared by every worktree.
+
+    git reads ``$GIT_COMMON_DIR/info/exclude`` in all linked worktrees
+    (gitrepository-layout(5)), so files an agent leaves that match (e.g. aider's
+    ``.aider*`` history and caches) are never committed. Lines outside the marked
+    block are kept. Does nothing before ``work`` is cloned.
+    """
+    info = home.work / ".git" / "info"
+    if not info.parent.is_dir():
+        return
+    path = info / "exclude"
+    try:
+        old = path.read_text().splitlines()
+    except FileNotFoundError:
+        old = []
+    kept, inside = [], False
+    for line in old:
+        if line == EXCLUDE_BEGIN:
+            inside = True
+        elif line == EXCLUDE_END:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    patterns = home.config.worktree.exclude
+    block = [EXCLUDE_BEGIN, *patterns, EXCLUDE_END] if patterns else []
+    text = "\n".join(kept + block) + "\n"
+    if text != "\n".join(old) + "\n":
+        info.mkdir(exist_ok=True)
+        atomic_write(path, text)
 
 
 def quote_command(argv: list[str]) -> str:

@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER_RE = re.compile(
     r"\{(prompt|prompt_file|ticket_file|ticket_id|worktree|branch|"
-    r"attempt|feedback_file)\}"
+    r"attempt|feedback_file|run_dir|usage_file)\}"
 )
+#: Linux refuses one argv item longer than this (MAX_ARG_STRLEN, 32 pages of 4 KiB,
+#: including the NUL; execve(2) fails with E2BIG).
+MAX_ARG_BYTES = 32 * 4096 - 1
 LOG_TAIL_CHARS = 4000
 #: At most one Progress input per agent this often (s), however chatty its output.
 PROGRESS_EVERY_S = 1.0
@@ -44,6 +47,19 @@ PROGRESS_EVERY_S = 1.0
 def fill_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:
     """Replace the documented ``{name}`` placeholders in each argv item; leave other braces."""
     return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], item) for item in argv]
+
+
+def argv_too_long(argv: list[str]) -> str:
+    """Why the kernel would refuse ``argv`` (an item over :data:`MAX_ARG_BYTES`), or ""."""
+    for i, item in enumerate(argv):
+        size = len(os.fsencode(item))
+        if size > MAX_ARG_BYTES:
+            return (
+                f"argv item {i} is {size} bytes, over Linux's limit of {MAX_ARG_BYTES + 1} "
+                "for one argument (E2BIG); pass a long prompt as {prompt_file} instead "
+                "of {prompt} (docs/config.md)"
+            )
+    return ""
 
 
 @dataclass
@@ -143,6 +159,8 @@ class Workers:
             "branch": eff.branch,
             "attempt": str(eff.attempt),
             "feedback_file": str(feedback_file or ""),
+            "run_dir": str(attempt_dir),
+            "usage_file": str(attempt_dir / "usage.jsonl"),
         }
         argv = fill_placeholders(self.home.config.agent.command, values)
         env = {
@@ -161,10 +179,16 @@ class Workers:
                 "ORCH_ATTEMPT": str(eff.attempt),
                 "ORCH_AGENT": eff.agent,
                 "ORCH_FEEDBACK_FILE": str(feedback_file or ""),
+                "ORCH_RUN_DIR": values["run_dir"],
+                "ORCH_USAGE_FILE": values["usage_file"],
                 "ORCH_CONFIG": str(self.home.config_file),
             }
         )
         with open(log_file, "ab") as out:
+            if too_long := argv_too_long(argv):
+                out.write(f"{too_long}\n".encode())
+                await self._finish(run, wt, None, too_long)
+                return
             out.write(f"$ {' '.join(argv)}\n".encode())
             try:
                 run.process = await anyio.open_process(

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from orchestrator.shared.errors import ConfigError
+from orchestrator.shared.usage import Price
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -26,7 +27,7 @@ MAX_SOCKET_PATH_BYTES = 107
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: Annotated[list[str], msgspec.Meta(min_length=1)]
     """argv list; items may contain {prompt}, {prompt_file}, {ticket_file}, {ticket_id},
-    {worktree}, {branch}, {attempt}, {feedback_file}."""
+    {worktree}, {branch}, {attempt}, {feedback_file}, {run_dir}, {usage_file}."""
     stop_grace_s: Positive = 10.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -35,6 +36,21 @@ class CIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: str = ""
     """The repo's test command, run by ci.sh with ``bash -c`` in a throw-away checkout."""
     timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
+
+
+class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How agent token usage is priced (docs/usage.md)."""
+
+    model: str = ""
+    """The model assumed when the agent's output names none (e.g. Codex's events)."""
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    """Model name (or prefix) -> USD per million tokens; over the built-in table."""
+
+
+class WorktreeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    exclude: list[str] = msgspec.field(default_factory=list)
+    """gitignore patterns of files agents leave that are never committed (e.g. ``.aider*``);
+    written to the shared clone's ``info/exclude`` at every daemon start."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -54,6 +70,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     aging_interval_s: Positive = 300.0
     rescan_interval_s: Positive = 2.0
     socket: str | None = None
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    worktree: WorktreeConfig = msgspec.field(default_factory=WorktreeConfig)
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,16 @@ class Home:
     def runs(self) -> Path:
         """runs/<ticket>/<attempt>/: prompt, feedback and agent log per attempt."""
         return self.root / "runs"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """metrics/: ``tickets.csv`` (a row per ended ticket) and ``orchestrator.prom``."""
+        return self.root / "metrics"
+
+    @property
+    def tasks_file(self) -> Path:
+        """TASKS.md: the Markdown board of tickets by state, kept current by the daemon."""
+        return self.root / "TASKS.md"
 
     @property
     def state_db(self) -> Path:

@@ -13,6 +13,8 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
     heartbeat NOTE...       run `orchestrator heartbeat --note NOTE`
     sigstop                 SIGSTOP itself (a hung agent)
     child SECONDS           start a grandchild that sleeps (pid in child.pid beside the prompt)
+    usage JSON...           print the generic usage line ``ORCH_USAGE JSON``
+    usage-file TEXT...      append a line to $ORCH_USAGE_FILE (the {usage_file})
     exit CODE               exit now with CODE
 """
 
@@ -80,6 +82,11 @@ def main() -> int:
         elif cmd == "child":
             child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({rest})"])
             Path(os.environ["ORCH_PROMPT_FILE"]).with_name("child.pid").write_text(str(child.pid))
+        elif cmd == "usage":
+            print(f"ORCH_USAGE {rest}", flush=True)
+        elif cmd == "usage-file":
+            with open(os.environ["ORCH_USAGE_FILE"], "a") as f:
+                f.write(rest + "\n")
         elif cmd == "exit":
             return int(rest)
     return 0

@@ -47,6 +47,8 @@ PLACEHOLDERS = {
     "branch",
     "attempt",
     "feedback_file",
+    "run_dir",
+    "usage_file",
 }
 GIT = [
     "git",
@@ -540,7 +542,15 @@ def test_config_example_decodes_with_the_daemon_schema(tmp_path: Path):
     assert home.config.workers == 3
 
 
-AGENT_FILES = ["claude-code.yaml", "codex.yaml", "amp.yaml", "aider.yaml", "script.yaml"]
+AGENT_FILES = [
+    "claude-code.yaml",
+    "codex.yaml",
+    "amp.yaml",
+    "aider.yaml",
+    "gemini.yaml",
+    "opencode.yaml",
+    "script.yaml",
+]
 
 
 @pytest.mark.parametrize("name", AGENT_FILES)
@@ -548,14 +558,48 @@ def test_agent_snippets(name: str):
     text = (EXAMPLES / "agents" / name).read_text()
     assert text.startswith("#"), "each snippet explains its flags in comments"
     data = yaml.safe_load(text)
-    assert set(data) == {"agent"}
+    assert "agent" in data and set(data) <= {"agent", "usage", "worktree"}
     command = data["agent"]["command"]
     assert isinstance(command, list) and command and all(isinstance(c, str) for c in command)
     assert command_placeholders(command) <= PLACEHOLDERS
     assert command_placeholders(command) & {"prompt", "prompt_file"} or name == "script.yaml"
-    msgspec.convert(data["agent"], type=config_mod.AgentConfig)
+    msgspec.convert(data, type=config_mod.Config)  # the whole section decodes strictly
 
 
 def test_agent_snippets_readme_lists_them():
     readme = (EXAMPLES / "agents" / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in AGENT_FILES)
+
+
+def agent_command(name: str) -> list[str]:
+    return yaml.safe_load((EXAMPLES / "agents" / name).read_text())["agent"]["command"]
+
+
+def test_aider_config_avoids_the_known_failures():
+    """aider's defaults would edit .gitignore (outside the locks), commit dirty files and
+    leave its history files at the worktree root (docs: aider options reference)."""
+    command = agent_command("aider.yaml")
+    for flag in ("--no-gitignore", "--no-dirty-commits", "--no-auto-commits", "--yes-always"):
+        assert flag in command, flag
+    history = command[command.index("--chat-history-file") + 1]
+    inputs = command[command.index("--input-history-file") + 1]
+    assert history.startswith("{run_dir}/") and inputs.startswith("{run_dir}/")
+    assert command[command.index("--analytics-log") + 1] == "{usage_file}"
+    data = yaml.safe_load((EXAMPLES / "agents" / "aider.yaml").read_text())
+    assert ".aider*" in data["worktree"]["exclude"]
+
+
+def test_codex_config_uses_the_sandbox_flag_not_full_auto():
+    command = agent_command("codex.yaml")
+    assert "--full-auto" not in command
+    assert command[command.index("--sandbox") + 1] == "workspace-write"
+    assert "--json" in command
+
+
+@pytest.mark.parametrize("name", [n for n in AGENT_FILES if n != "script.yaml"])
+def test_readme_documents_every_flag_of_each_config(name: str):
+    readme = (EXAMPLES / "agents" / "README.md").read_text()
+    flags = [item for item in agent_command(name) if item.startswith("-")]
+    assert flags
+    for flag in flags:
+        assert f"`{flag}" in readme or f"{flag}`" in readme, (name, flag)
