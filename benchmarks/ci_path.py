@@ -113,7 +113,7 @@ def run(quick: bool) -> list[Figure]:
             notify_ms = []
             for sha in flow_shas[:20]:
                 t0 = time.monotonic()
-                _, reply = request(project.socket_path, P.CINotify(sha=sha))
+                request(project.socket_path, P.CINotify(sha=sha))
                 notify_ms.append((time.monotonic() - t0) * 1000)
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from orchestrator.daemon.home import init_home
 from orchestrator.demo import start_daemon, stop_daemon
 from orchestrator.shared import protocol as P
@@ -374,7 +376,7 @@ class Connection:
         """Send a command without waiting; return its ``req``."""
         assert self._sock is not None
         req = f"b{next(self._ids)}"
-        command.req = req
+        command = msgspec.structs.replace(command, req=req)
         with self._send_lock:
             self._sock.sendall(P.encode(command))
         return req
@@ -383,7 +385,7 @@ class Connection:
         """Send a command, wait for its reply; return it and the round trip in seconds."""
         assert self._sock is not None
         req = f"b{next(self._ids)}"
-        command.req = req
+        command = msgspec.structs.replace(command, req=req)
         done = threading.Event()
         box: list[Any] = []
         self._pending[req] = (done, box)
@@ -422,7 +424,7 @@ class Connection:
                             self.snapshot = message
                             self._ready.set()
                             continue
-                    if not self.decode and b'"type":"reply"' not in line:
+                    if not self.decode and b'"type":"reply"' not in line:  # not a StatusReply
                         continue
                     message = P.decode_server(line)
                     if isinstance(message, P.Reply):

@@ -6,7 +6,7 @@ daemon only feeds it inputs). Every ticket locks 10 paths drawn from 10,000
 files under 500 directories (one ticket in 20 locks a whole directory and 9
 files). 100 workers each run one, so 1,000 lock paths are held; 10,000 more
 are queued, about two in three waiting for a held path. One sample: a running
-ticket is stopped (``Command("stop")``, then its ``AgentExited``), which frees
+ticket is stopped (``Command(Stop)``, then its ``AgentExited``), which frees
 its worker and its locks; the core then picks the most urgent eligible ticket.
 ``schedule.choose_*`` times that pick (``Core._schedule``), ``schedule.free_to_assign_*``
 the whole ``handle(AgentExited)`` (the pick plus the events it emits). After
@@ -27,6 +27,7 @@ from typing import Any
 
 from benchmarks.harness import Figure, median, percentile
 from orchestrator.daemon.core import AgentExited, Command, Core, TicketRead
+from orchestrator.shared import protocol as P
 from orchestrator.shared.config import AgentConfig, Config
 from orchestrator.shared.lockspec import normalize_lock
 from orchestrator.shared.models import Ticket, TicketState
@@ -106,7 +107,7 @@ class _Bench:
         assert worker.ticket is not None
         rec = self.core.tickets[worker.ticket]
         self.now += 0.01
-        self.core.handle(Command("stop", rec.id, self.now))
+        self.core.handle(Command(P.Stop(ticket=rec.id), self.now))
         self.now += 0.01
         exited = AgentExited(
             agent=worker.name, ticket=rec.id, attempt=rec.attempt, exit_code=-15, now=self.now
@@ -201,7 +202,7 @@ def _hot_lock(samples: int, queued: int) -> tuple[list[float], list[float]]:
         assert worker.ticket is not None
         rec = bench.core.tickets[worker.ticket]
         bench.now += 0.01
-        bench.core.handle(Command("stop", rec.id, bench.now))
+        bench.core.handle(Command(P.Stop(ticket=rec.id), bench.now))
         bench.now += 0.01
         bench.core._schedule = bench._timed  # type: ignore[method-assign]
         bench.core.handle(

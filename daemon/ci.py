@@ -11,13 +11,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import anyio
 import msgspec
 
 from orchestrator.daemon.backlog import Watcher
 from orchestrator.daemon.core import CIResult, Input
+from orchestrator.shared.models import CIVerdict
 
 
 class CIStatus(msgspec.Struct):
@@ -25,7 +25,7 @@ class CIStatus(msgspec.Struct):
 
     sha: str
     ref: str
-    status: Literal["pass", "fail", "error"]
+    status: CIVerdict
     exit_code: int
     started_at: str
     finished_at: str

@@ -11,14 +11,16 @@ aging, starvation) and docs/liveness.md (heartbeats, staleness).
 
 from __future__ import annotations
 
+import enum
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePath as Path
 
 import msgspec
 
 from orchestrator.daemon.locks import LockConflict, LockTable
+from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Config
 from orchestrator.shared.lockspec import paths_outside
 from orchestrator.shared.models import (
@@ -26,6 +28,8 @@ from orchestrator.shared.models import (
     FINAL_STATES,
     AgentState,
     AgentView,
+    CIState,
+    CIVerdict,
     CIView,
     LeaseView,
     Ticket,
@@ -33,6 +37,7 @@ from orchestrator.shared.models import (
     TicketView,
 )
 from orchestrator.shared.protocol import Event
+from orchestrator.shared.protocol import EventKind as K
 
 #: A dependency that is still unknown this long after its dependent arrived
 #: rejects the dependent (it may simply not have been read yet before that).
@@ -45,6 +50,30 @@ FEEDBACK_TAIL_CHARS = 4000
 S = TicketState
 #: A ticket in these states may be re-submitted under the same id.
 REPLACEABLE = frozenset({S.CANCELLED, S.REJECTED})
+
+
+class StopReason(enum.StrEnum):
+    """Why a running agent is being stopped (persisted in ``TicketRecord.stop_requested``)."""
+
+    NONE = ""
+    """Not being stopped (falsy)."""
+    STOP = "stop"
+    """A person's ``stop`` command: the ticket ends ``stopped``."""
+    STALE = "stale"
+    """No progress past ``stale_after_s + stale_grace_s``: requeued."""
+    EXPIRED = "expired"
+    """Its lease expired: requeued."""
+    SHUTDOWN = "shutdown"
+    """The daemon stops: requeued without counting the attempt."""
+
+
+class MergeOutcome(enum.StrEnum):
+    """What :class:`Merge` did (see :class:`MergeResult`)."""
+
+    MERGED = "merged"
+    RECHECK = "recheck"
+    CONFLICT = "conflict"
+    ERROR = "error"
 
 
 class TicketRecord(msgspec.Struct, kw_only=True):
@@ -69,9 +98,8 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     ci_started: float = 0.0
     rebuild: bool = False
     """The next attempt starts its branch afresh from main (after a merge conflict)."""
-    stop_requested: str = ""
-    """Why the running agent is being stopped: ``stop``, ``stale`` or ``shutdown``."""
-    approved: bool = False
+    stop_requested: StopReason = StopReason.NONE
+    """Why the running agent is being stopped (empty: it is not)."""
     merged_sha: str | None = None
     log_file: str = ""
     feedback_file: str = ""
@@ -173,7 +201,7 @@ class Pushed:
 @dataclass(frozen=True)
 class CIResult:
     sha: str
-    status: str
+    status: CIVerdict
     now: float
     exit_code: int | None = None
     duration_s: float | None = None
@@ -186,7 +214,7 @@ class MergeResult:
     pushed for CI), ``conflict`` or ``error`` (``text`` says why)."""
 
     ticket: str
-    outcome: str
+    outcome: MergeOutcome
     now: float
     sha: str = ""
     text: str = ""
@@ -208,14 +236,11 @@ class Tick:
 
 @dataclass(frozen=True)
 class Command:
-    """A person's command: approve, stop, continue, reject, priority, heartbeat."""
+    """A command about one ticket, as received on the socket (approve, stop, continue,
+    reject, priority, heartbeat)."""
 
-    name: str
-    ticket: str
+    command: P.TicketCommands
     now: float
-    feedback: str = ""
-    priority: int | None = None
-    note: str = ""
 
 
 Input = (
@@ -250,7 +275,7 @@ class StartAgent:
 class StopAgent:
     agent: str
     ticket: str
-    reason: str
+    reason: StopReason
 
 
 @dataclass(frozen=True)
@@ -340,12 +365,12 @@ class Core:
                 self.by_file[rec.file] = rec.id
             self._index_dependencies(rec)
         for rec in sorted(self.tickets.values(), key=lambda r: r.seq):
-            if rec.state == S.RUNNING and rec.stop_requested == "stop":
-                rec.stop_requested = ""
+            if rec.state == S.RUNNING and rec.stop_requested == StopReason.STOP:
+                rec.stop_requested = StopReason.NONE
                 rec.reason = "stopped (the daemon restarted while stopping); work on its branch"
                 self._set_state(rec, S.STOPPED, now)
             elif rec.state == S.RUNNING:
-                rec.stop_requested = ""
+                rec.stop_requested = StopReason.NONE
                 rec.attempt = max(0, rec.attempt - 1)
                 rec.reason = "daemon restarted while the agent ran; its work is on the branch"
                 self._set_state(rec, S.QUEUED, now)
@@ -556,7 +581,7 @@ class Core:
             rec.ticket, rec.file = ticket, ev.path
             self.by_file[ev.path] = ticket.id
             self._index_dependencies(rec)
-            self._set_state(rec, S.QUEUED, ev.now, kind="ticket.queued")
+            self._set_state(rec, S.QUEUED, ev.now, kind=K.TICKET_QUEUED)
             self._push_heap(rec)
             self._refresh_blocked(ev.now, rec.id)
             return
@@ -566,11 +591,11 @@ class Core:
             rec.max_attempts = ticket.max_attempts or self.config.max_attempts
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
-            self._emit("ticket.updated", f"{rec.id}: ticket file changed", rec, now=ev.now)
+            self._emit(K.TICKET_UPDATED, f"{rec.id}: ticket file changed", rec, now=ev.now)
             self._refresh_blocked(ev.now, rec.id)
         else:
             self._emit(
-                "warning",
+                K.WARNING,
                 f"{rec.id}: file changed while {rec.state}; the change applies to later attempts",
                 rec,
                 now=ev.now,
@@ -602,7 +627,7 @@ class Core:
 
     def _reject_file(self, path: str, error: str, now: float) -> None:
         self._effect(MoveFile(path=path, dest="rejected", error=error))
-        self._emit("ticket.rejected", error, now=now)
+        self._emit(K.TICKET_REJECTED, error, now=now)
 
     def _cycle_through(self, ticket: Ticket) -> list[str]:
         """The dependency path from ``ticket`` back to itself, or [] if none."""
@@ -695,7 +720,7 @@ class Core:
             if reason:
                 if reason != rec.reason:
                     rec.reason = reason
-                    self._emit("ticket.waiting", f"{rec.id}: {reason}", rec, now=now)
+                    self._emit(K.TICKET_WAITING, f"{rec.id}: {reason}", rec, now=now)
                 self._parked.setdefault(blocker, set()).add(rec.id)
                 continue
             self._assign(rec, idle.pop(0), now)
@@ -744,7 +769,7 @@ class Core:
         worker.note = ""
         worker.pid = None
         resume, rec.resume = rec.resume, ""
-        if resume == S.AWAITING_APPROVAL and rec.ci is not None and rec.ci.status == "pass":
+        if resume == S.AWAITING_APPROVAL and rec.ci is not None and rec.ci.status == CIState.PASS:
             rec.reason = "resumed; CI passed; awaiting approval"
             self._set_state(rec, S.AWAITING_APPROVAL, now)
         elif resume == S.CI_RUNNING and rec.branch:
@@ -753,7 +778,7 @@ class Core:
         else:
             self._start_attempt(rec, worker, now)
         self._emit(
-            "lease.acquired",
+            K.LEASE_ACQUIRED,
             f"{rec.id}: holds {', '.join(rec.ticket.locks) or 'no locks'}",
             rec,
             now=now,
@@ -762,11 +787,10 @@ class Core:
 
     def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
         rec.attempt += 1
-        rec.stop_requested = ""
+        rec.stop_requested = StopReason.NONE
         rec.reason = ""
         rec.ci = None
         rec.ci_sha = None
-        rec.approved = False
         self._set_state(rec, S.RUNNING, now)
         assert rec.branch is not None
         self._effect(
@@ -787,11 +811,11 @@ class Core:
         worker = self.workers.get(ev.agent)
         if rec is None or worker is None or rec.attempt != ev.attempt:
             return
-        worker.pid = ev.pid
+        worker.pid = rec.agent_pid = ev.pid
         worker.last_activity = ev.now
         rec.log_file, rec.feedback_file = ev.log_file, ev.feedback_file
         self._emit(
-            "agent.started",
+            K.AGENT_STARTED,
             f"{ev.agent}: started {ev.ticket} attempt {ev.attempt} (pid {ev.pid})",
             rec,
             worker,
@@ -803,22 +827,26 @@ class Core:
         worker = self.workers.get(ev.agent)
         if rec is None or worker is None or rec.attempt != ev.attempt or rec.state != S.RUNNING:
             return
-        worker.pid = None
+        worker.pid = rec.agent_pid = None
         why = rec.stop_requested
-        rec.stop_requested = ""
-        if why == "stop":
+        rec.stop_requested = StopReason.NONE
+        if why == StopReason.STOP:
             rec.reason = "stopped by request; work committed on " + (rec.branch or "")
             self._release(rec, S.STOPPED, ev.now)
             return
-        if why in ("stale", "shutdown", "expired"):
+        if why:
             rec.reason = {
-                "stale": "agent stale; requeued, work committed on its branch",
-                "expired": "lease expired; requeued, work committed on its branch",
-                "shutdown": "daemon stopped while the agent ran; requeued",
+                StopReason.STALE: "agent stale; requeued, work committed on its branch",
+                StopReason.EXPIRED: "lease expired; requeued, work committed on its branch",
+                StopReason.SHUTDOWN: "daemon stopped while the agent ran; requeued",
             }[why]
-            if why == "shutdown":
+            if why == StopReason.SHUTDOWN:
                 rec.attempt -= 1
-            self._requeue(rec, ev.now, feedback=ev.log_tail if why != "shutdown" else rec.feedback)
+            self._requeue(
+                rec,
+                ev.now,
+                feedback=ev.log_tail if why != StopReason.SHUTDOWN else rec.feedback,
+            )
             return
         if ev.exit_code is None:
             self._fail_attempt(rec, f"agent could not start: {ev.reason}", "", ev.now)
@@ -845,7 +873,7 @@ class Core:
                 return
             if outside:
                 self._emit(
-                    "warning",
+                    K.WARNING,
                     f"{rec.id}: changed paths outside its locks: {', '.join(outside[:20])}",
                     rec,
                     now=ev.now,
@@ -853,7 +881,7 @@ class Core:
             assert rec.branch is not None
             self._effect(Push(ev.agent, rec.id, rec.attempt, rec.branch))
             self._emit(
-                "agent.exited",
+                K.AGENT_EXITED,
                 f"{ev.agent}: {rec.id} attempt {rec.attempt} done; pushing",
                 rec,
                 worker,
@@ -872,8 +900,8 @@ class Core:
         rec.ci_sha = rec.pushed_sha = ev.sha
         rec.ci = CIView(sha=ev.sha)
         rec.ci_started = ev.now
-        stop, rec.stop_requested = rec.stop_requested, ""
-        if rec.state == S.RUNNING and stop == "stop":  # asked to stop while it was pushing
+        stop, rec.stop_requested = rec.stop_requested, StopReason.NONE
+        if rec.state == S.RUNNING and stop == StopReason.STOP:  # asked to stop while it was pushing
             rec.resume = S.CI_RUNNING
             rec.reason = f"stopped by request; pushed {ev.sha[:10]}, work on {rec.branch}"
             rec.ci_sha = None
@@ -897,26 +925,26 @@ class Core:
             return
         rec.ci = CIView(
             sha=ev.sha,
-            status=ev.status,
+            status=CIState(ev.status),
             duration_s=ev.duration_s,
             log_tail=ev.log_tail[-FEEDBACK_TAIL_CHARS:],
         )
         rec.ci_sha = None
         self._emit(
-            "ci.result",
+            K.CI_RESULT,
             f"{rec.id}: CI {ev.status} on {ev.sha[:10]}",
             rec,
             now=ev.now,
             text=ev.log_tail[-2000:],
         )
-        if ev.status == "pass":
+        if ev.status == CIVerdict.PASS:
             if rec.state == S.MERGING:
                 assert rec.branch is not None
                 self._effect(self._merge_effect(rec))
             elif self.config.approval == "auto":
                 self._approve(rec, ev.now, auto=True)
             else:
-                rec.reason = "CI passed; press c (or `orchestrator approve`) to merge"
+                rec.reason = "CI passed"
                 self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
         else:
             what = "after rebase onto main " if rec.state == S.MERGING else ""
@@ -929,7 +957,7 @@ class Core:
 
     def _merge_effect(self, rec: TicketRecord) -> Merge:
         assert rec.branch is not None
-        passed = rec.ci.sha if rec.ci is not None and rec.ci.status == "pass" else ""
+        passed = rec.ci.sha if rec.ci is not None and rec.ci.status == CIState.PASS else ""
         attempts = f"{rec.attempt} attempt{'s' if rec.attempt != 1 else ''}"
         message = (
             f"{rec.id}: {rec.ticket.title}\n\n{rec.ticket.description.strip()}\n\n"
@@ -939,7 +967,6 @@ class Core:
         return Merge(rec.id, rec.branch, passed, message)
 
     def _approve(self, rec: TicketRecord, now: float, auto: bool = False) -> None:
-        rec.approved = True
         rec.reason = "auto-approved" if auto else "approved"
         self._set_state(rec, S.MERGING, now)
         assert rec.branch is not None
@@ -949,19 +976,19 @@ class Core:
         rec = self.tickets.get(ev.ticket)
         if rec is None or rec.state != S.MERGING:
             return
-        if ev.outcome == "merged":
+        if ev.outcome == MergeOutcome.MERGED:
             rec.merged_sha = ev.sha
             rec.reason = f"main fast-forwarded to {ev.sha[:10]}"
             self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
             self._release(rec, S.MERGED, ev.now)
             self._refresh_blocked(ev.now, rec.id)
-        elif ev.outcome == "recheck":
+        elif ev.outcome == MergeOutcome.RECHECK:
             rec.ci_sha = ev.sha
             rec.ci = CIView(sha=ev.sha)
             rec.ci_started = ev.now
             rec.reason = f"main moved; CI runs again on rebased {ev.sha[:10]}"
-            self._emit("merge.recheck", f"{rec.id}: {rec.reason}", rec, now=ev.now)
-        elif ev.outcome == "conflict":
+            self._emit(K.MERGE_RECHECK, f"{rec.id}: {rec.reason}", rec, now=ev.now)
+        elif ev.outcome == MergeOutcome.CONFLICT:
             rec.rebuild = True
             self._fail_attempt(
                 rec,
@@ -981,7 +1008,7 @@ class Core:
         rec.feedback = f"Attempt {rec.attempt} failed: {reason}\n{feedback[-FEEDBACK_TAIL_CHARS:]}"
         worker = self._worker_of(rec)
         self._emit(
-            "attempt.failed", f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec, now=now
+            K.ATTEMPT_FAILED, f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec, now=now
         )
         if rec.attempt >= rec.max_attempts or worker is None:
             rec.reason = f"{reason} (attempt {rec.attempt} of {rec.max_attempts})"
@@ -1021,14 +1048,14 @@ class Core:
         self._set_state(rec, state, now)
         if released:
             self._emit(
-                "lease.released",
+                K.LEASE_RELEASED,
                 f"{rec.id}: released {len(released)} lock(s)",
                 rec,
                 now=now,
                 leases=True,
             )
         if worker is not None:
-            self._emit("agent.state", f"{worker.name}: idle", agent=worker, now=now)
+            self._emit(K.AGENT_STATE, f"{worker.name}: idle", agent=worker, now=now)
 
     # --- liveness ---------------------------------------------------------
 
@@ -1044,10 +1071,10 @@ class Core:
         if worker.stale_since is not None and rec.state == S.RUNNING:
             worker.stale_since = None
             self._emit(
-                "agent.state", f"{agent}: progress again, no longer stale", agent=worker, now=now
+                K.AGENT_STATE, f"{agent}: progress again, no longer stale", agent=worker, now=now
             )
         elif note:
-            self._emit("agent.heartbeat", f"{agent}: {note}", agent=worker, now=now)
+            self._emit(K.AGENT_HEARTBEAT, f"{agent}: {note}", agent=worker, now=now)
 
     def _on_tick(self, now: float) -> None:
         cfg = self.config
@@ -1067,7 +1094,7 @@ class Core:
                     self._on_ci(
                         CIResult(
                             sha=rec.ci_sha,
-                            status="error",
+                            status=CIVerdict.ERROR,
                             now=now,
                             log_tail="CI did not report a result in time",
                         )
@@ -1079,17 +1106,17 @@ class Core:
             if worker.stale_since is None and idle_s >= cfg.stale_after_s:
                 worker.stale_since = now
                 self._emit(
-                    "agent.stale",
+                    K.AGENT_STALE,
                     f"{worker.name}: no progress for {idle_s:.0f} s on {rec.id}",
                     rec,
                     worker,
                     now=now,
                 )
             elif worker.stale_since is not None and now - worker.stale_since >= cfg.stale_grace_s:
-                rec.stop_requested = "stale"
-                self._effect(StopAgent(worker.name, rec.id, "stale"))
+                rec.stop_requested = StopReason.STALE
+                self._effect(StopAgent(worker.name, rec.id, StopReason.STALE))
                 self._emit(
-                    "agent.stopping",
+                    K.AGENT_STOPPING,
                     f"{worker.name}: stale past grace; stopping, work will be committed",
                     rec,
                     worker,
@@ -1099,9 +1126,9 @@ class Core:
             rec = self.tickets[owner]
             holder = self._worker_of(rec)
             if rec.state == S.RUNNING and holder is not None and not rec.stop_requested:
-                rec.stop_requested = "expired"
-                self._effect(StopAgent(holder.name, rec.id, "expired"))
-                self._emit("lease.expired", f"{rec.id}: lease expired", rec, now=now)
+                rec.stop_requested = StopReason.EXPIRED
+                self._effect(StopAgent(holder.name, rec.id, StopReason.EXPIRED))
+                self._emit(K.LEASE_EXPIRED, f"{rec.id}: lease expired", rec, now=now)
         self._reserve_starved(now)
         for ticket_id in sorted(self._unknown_deps):
             rec = self.tickets[ticket_id]
@@ -1135,7 +1162,7 @@ class Core:
                 continue  # overlaps an older ticket's reservation; it waits its turn
             rec.reserved = True
             self._emit(
-                "lease.reserved",
+                K.LEASE_RESERVED,
                 f"{rec.id}: waited {now - rec.queued_at:.0f} s; its locks are reserved",
                 rec,
                 now=now,
@@ -1145,73 +1172,77 @@ class Core:
     # --- commands ---------------------------------------------------------
 
     def _on_command(self, cmd: Command) -> None:
-        rec = self.tickets.get(cmd.ticket)
+        rec = self.tickets.get(cmd.command.ticket)
         if rec is None:
-            self._reply(False, f"unknown ticket {cmd.ticket!r}")
+            self._reply(False, f"unknown ticket {cmd.command.ticket!r}")
             return
-        now = cmd.now
+        _COMMANDS[type(cmd.command)](self, rec, cmd.command, cmd.now)
+
+    def _cmd_approve(self, rec: TicketRecord, _cmd: P.TicketCommand, now: float) -> None:
         st = rec.state
-        match cmd.name:
-            case "approve":
-                if st == S.AWAITING_APPROVAL:
-                    self._approve(rec, now)
-                    self._reply(True, f"{rec.id}: approved; merging")
-                elif st in (S.MERGING, S.MERGED):
-                    self._reply(True, f"{rec.id}: already approved ({st})")
-                else:
-                    self._reply(False, f"{rec.id} is {st}; only awaiting_approval can be approved")
-            case "stop":
-                self._stop(rec, now)
-            case "continue":
-                if st == S.AWAITING_APPROVAL:
-                    self._approve(rec, now)
-                    self._reply(True, f"{rec.id}: approved; merging")
-                elif st in (S.STOPPED, S.FAILED, S.BLOCKED):
-                    rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
-                    rec.reason = f"continued after {st}"
-                    self._set_state(rec, S.QUEUED, now)
-                    self._push_heap(rec)
-                    self._refresh_blocked(now, rec.id)
-                    if rec.state == S.BLOCKED:
-                        self._reply(False, f"{rec.id}: still blocked: {rec.reason}")
-                    else:
-                        self._reply(
-                            True, f"{rec.id}: queued again on {rec.branch or 'a new branch'}"
-                        )
-                elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.MERGING, S.MERGED):
-                    self._reply(True, f"{rec.id}: already {st}")
-                else:
-                    self._reply(False, f"{rec.id} is {st}; nothing to continue")
-            case "reject":
-                if st != S.AWAITING_APPROVAL:
-                    self._reply(False, f"{rec.id} is {st}; only awaiting_approval can be rejected")
-                    return
-                rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
-                self._fail_attempt(
-                    rec,
-                    "rejected by reviewer",
-                    f"The reviewer rejected the change:\n{cmd.feedback}",
-                    now,
-                )
-                self._reply(True, f"{rec.id}: sent back with feedback (attempt {rec.attempt})")
-            case "priority":
-                if cmd.priority is None or not 0 <= cmd.priority <= 4:
-                    self._reply(False, "priority must be 0..4")
-                    return
-                rec.ticket.priority = cmd.priority
-                if st == S.QUEUED:
-                    self._push_heap(rec)
-                self._emit("ticket.updated", f"{rec.id}: priority P{cmd.priority}", rec, now=now)
-                self._reply(True, f"{rec.id}: priority P{cmd.priority}")
-            case "heartbeat":
-                worker = self._worker_of(rec)
-                if worker is None or st != S.RUNNING:
-                    self._reply(False, f"{rec.id} is {st}; no running agent to heartbeat")
-                    return
-                self._on_progress(worker.name, now, cmd.note or "heartbeat")
-                self._reply(True, f"{rec.id}: lease renewed")
-            case _:
-                self._reply(False, f"unknown command {cmd.name!r}")
+        if st == S.AWAITING_APPROVAL:
+            self._approve(rec, now)
+            self._reply(True, f"{rec.id}: approved; merging")
+        elif st in (S.MERGING, S.MERGED):
+            self._reply(True, f"{rec.id}: already approved ({st})")
+        else:
+            self._reply(False, f"{rec.id} is {st}; only awaiting_approval can be approved")
+
+    def _cmd_stop(self, rec: TicketRecord, _cmd: P.TicketCommand, now: float) -> None:
+        self._stop(rec, now)
+
+    def _cmd_continue(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
+        st = rec.state
+        if st == S.AWAITING_APPROVAL:
+            self._cmd_approve(rec, cmd, now)
+        elif st in (S.STOPPED, S.FAILED, S.BLOCKED):
+            rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+            rec.reason = f"continued after {st}"
+            self._set_state(rec, S.QUEUED, now)
+            self._push_heap(rec)
+            self._refresh_blocked(now, rec.id)
+            if rec.state == S.BLOCKED:
+                self._reply(False, f"{rec.id}: still blocked: {rec.reason}")
+            else:
+                self._reply(True, f"{rec.id}: queued again on {rec.branch or 'a new branch'}")
+        elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.MERGING, S.MERGED):
+            self._reply(True, f"{rec.id}: already {st}")
+        else:
+            self._reply(False, f"{rec.id} is {st}; nothing to continue")
+
+    def _cmd_reject(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
+        assert isinstance(cmd, P.Reject)
+        if rec.state != S.AWAITING_APPROVAL:
+            self._reply(False, f"{rec.id} is {rec.state}; only awaiting_approval can be rejected")
+            return
+        rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+        self._fail_attempt(
+            rec,
+            "rejected by reviewer",
+            f"The reviewer rejected the change:\n{cmd.feedback}",
+            now,
+        )
+        self._reply(True, f"{rec.id}: sent back with feedback (attempt {rec.attempt})")
+
+    def _cmd_priority(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
+        assert isinstance(cmd, P.SetPriority)
+        if not 0 <= cmd.priority <= 4:
+            self._reply(False, "priority must be 0..4")
+            return
+        rec.ticket = msgspec.structs.replace(rec.ticket, priority=cmd.priority)
+        if rec.state == S.QUEUED:
+            self._push_heap(rec)
+        self._emit(K.TICKET_UPDATED, f"{rec.id}: priority P{cmd.priority}", rec, now=now)
+        self._reply(True, f"{rec.id}: priority P{cmd.priority}")
+
+    def _cmd_heartbeat(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
+        assert isinstance(cmd, P.Heartbeat)
+        worker = self._worker_of(rec)
+        if worker is None or rec.state != S.RUNNING:
+            self._reply(False, f"{rec.id} is {rec.state}; no running agent to heartbeat")
+            return
+        self._on_progress(worker.name, now, cmd.note or "heartbeat")
+        self._reply(True, f"{rec.id}: lease renewed")
 
     def _stop(self, rec: TicketRecord, now: float) -> None:
         st = rec.state
@@ -1220,10 +1251,10 @@ class Core:
             if rec.stop_requested:
                 self._reply(True, f"{rec.id}: already stopping")
                 return
-            rec.stop_requested = "stop"
+            rec.stop_requested = StopReason.STOP
             assert worker is not None
-            self._effect(StopAgent(worker.name, rec.id, "stop"))
-            self._emit("agent.stopping", f"{worker.name}: stopping {rec.id}", rec, worker, now=now)
+            self._effect(StopAgent(worker.name, rec.id, StopReason.STOP))
+            self._emit(K.AGENT_STOPPING, f"{worker.name}: stopping {rec.id}", rec, worker, now=now)
             self._reply(True, f"{rec.id}: stopping; its work will be committed on {rec.branch}")
         elif st in (S.QUEUED, S.BLOCKED, S.CI_RUNNING, S.AWAITING_APPROVAL):
             rec.reason = f"stopped by request while {st}"
@@ -1245,8 +1276,8 @@ class Core:
         for rec in self.tickets.values():
             worker = self._worker_of(rec)
             if rec.state == S.RUNNING and worker is not None and not rec.stop_requested:
-                rec.stop_requested = "shutdown"
-                self._effect(StopAgent(worker.name, rec.id, "shutdown"))
+                rec.stop_requested = StopReason.SHUTDOWN
+                self._effect(StopAgent(worker.name, rec.id, StopReason.SHUTDOWN))
         return self._take()
 
     # --- plumbing ---------------------------------------------------------
@@ -1256,13 +1287,13 @@ class Core:
         rec: TicketRecord,
         state: TicketState,
         now: float,
-        kind: str = "ticket.state",
+        kind: K = K.TICKET_STATE,
         message: str = "",
     ) -> None:
         rec.state = state
         rec.state_since = now
         self._unpark(rec.id)
-        if state == S.QUEUED and kind == "ticket.state":
+        if state == S.QUEUED and kind == K.TICKET_STATE:
             rec.reserved = False
         text = message or f"{rec.id}: {state}" + (f" ({rec.reason})" if rec.reason else "")
         worker = self._worker_of(rec)
@@ -1270,7 +1301,7 @@ class Core:
 
     def _emit(
         self,
-        kind: str,
+        kind: K,
         message: str,
         rec: TicketRecord | None = None,
         agent: Worker | None = None,
@@ -1310,3 +1341,15 @@ class Core:
     def _take(self) -> Outcome:
         out, self._out = self._out, Outcome()
         return out
+
+
+#: The handler of each ticket command (``Core._on_command``).
+CommandHandler = Callable[[Core, TicketRecord, P.TicketCommand, float], None]
+_COMMANDS: dict[type[P.TicketCommand], CommandHandler] = {
+    P.Approve: Core._cmd_approve,
+    P.Stop: Core._cmd_stop,
+    P.Continue: Core._cmd_continue,
+    P.Reject: Core._cmd_reject,
+    P.SetPriority: Core._cmd_priority,
+    P.Heartbeat: Core._cmd_heartbeat,
+}

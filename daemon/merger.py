@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from orchestrator.daemon.core import Merge, MergeResult
+from orchestrator.daemon.core import Merge, MergeOutcome, MergeResult
 from orchestrator.daemon.git import git, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
@@ -60,7 +60,7 @@ class Merger:
             try:
                 return await self._merge(effect)
             except GitError as exc:
-                return MergeResult(effect.ticket, "error", time.time(), text=str(exc))
+                return MergeResult(effect.ticket, MergeOutcome.ERROR, time.time(), text=str(exc))
 
     async def _merge(self, effect: Merge) -> MergeResult:
         work, wt, branch = self.home.work, self.worktree, effect.branch
@@ -72,7 +72,7 @@ class Merger:
             pattern = "^Ticket: " + ticket.replace(".", "\\.") + "$"  # ids: [A-Za-z0-9._-]
             done = await git(work, "log", "--format=%H", "-1", f"--grep={pattern}", main)
             if done:  # merged before (e.g. the daemon died right after the push)
-                return MergeResult(ticket, "merged", time.time(), sha=done)
+                return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=done)
             tip = await git(work, "rev-parse", f"refs/heads/{branch}")
             await git(wt, "checkout", "--quiet", "--detach", tip)
             rebase = await run_git(wt, "rebase", "--quiet", main)
@@ -81,13 +81,16 @@ class Merger:
                 await run_git(wt, "rebase", "--abort")
                 await git(wt, "checkout", "--quiet", "--detach", main)
                 text = "conflicting files: " + (", ".join(conflicted.split()) or "(unknown)")
-                return MergeResult(ticket, "conflict", time.time(), text=text)
+                return MergeResult(ticket, MergeOutcome.CONFLICT, time.time(), text=text)
             rebased = await git(wt, "rev-parse", "HEAD")
             await git(wt, "checkout", "--quiet", "--detach", main)
             tree = await git(work, "rev-parse", f"{rebased}^{{tree}}")
             if tree == await git(work, "rev-parse", f"{main}^{{tree}}"):
                 return MergeResult(
-                    ticket, "error", time.time(), text="the branch changes nothing on top of main"
+                    ticket,
+                    MergeOutcome.ERROR,
+                    time.time(),
+                    text="the branch changes nothing on top of main",
                 )
             verified = ""
             if effect.verified_sha:
@@ -105,7 +108,7 @@ class Merger:
                         "origin",
                         f"refs/heads/{branch}:refs/heads/{branch}",
                     )
-                return MergeResult(ticket, "recheck", time.time(), sha=rebased)
+                return MergeResult(ticket, MergeOutcome.RECHECK, time.time(), sha=rebased)
             squashed = await git(
                 work, "commit-tree", tree, "-p", main, stdin=effect.message.encode()
             )
@@ -116,10 +119,10 @@ class Merger:
             if push.returncode == 0:
                 async with self.repo_lock:
                     await run_git(work, "fetch", "--quiet", "origin", "main")
-                return MergeResult(ticket, "merged", time.time(), sha=squashed)
+                return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=squashed)
         return MergeResult(
             ticket,
-            "error",
+            MergeOutcome.ERROR,
             time.time(),
             text=f"main kept moving; gave up after {PUSH_RETRIES} tries",
         )

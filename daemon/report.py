@@ -21,11 +21,11 @@ from orchestrator.daemon.core import TicketRecord
 from orchestrator.daemon.store import Store
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import OrchestratorError
-from orchestrator.shared.models import FINAL_STATES, TicketState
-from orchestrator.shared.protocol import Event
+from orchestrator.shared.models import FINAL_STATES, CIState, TicketState
+from orchestrator.shared.protocol import Event, EventKind
 
 #: Event kinds the report reads (agent output, the bulk of the log, is skipped).
-REPORT_KINDS = ("ci.result", "attempt.failed", "ticket.rejected")
+REPORT_KINDS = (EventKind.CI_RESULT, EventKind.ATTEMPT_FAILED, EventKind.TICKET_REJECTED)
 #: ``ci.result`` messages, as daemon.core writes them: ``<ticket>: CI <status> on <sha>``.
 CI_MESSAGE_RE = re.compile(r"CI (?P<status>pass|fail|error) on (?P<sha>[0-9a-f]+)")
 #: States whose ``state_since`` ends the ticket's run (nothing happens without a person).
@@ -119,12 +119,12 @@ def _events_of_kinds(store: Store, kinds: Iterable[str]) -> Iterator[Event]:
 
 def _take_event(data: RunData, event: Event) -> None:
     view = event.ticket_view
-    if event.kind == "ci.result":
-        if view is not None and view.ci is not None and view.ci.status != "running":
+    if event.kind == EventKind.CI_RESULT:
+        if view is not None and view.ci is not None and view.ci.status != CIState.RUNNING:
             data.ci_runs.append(CIRun(event.ts, event.ticket, view.ci.status, view.ci.sha))
         elif match := CI_MESSAGE_RE.search(event.message):
             data.ci_runs.append(CIRun(event.ts, event.ticket, match["status"], match["sha"]))
-    elif event.kind == "attempt.failed":
+    elif event.kind == EventKind.ATTEMPT_FAILED:
         attempt = f"attempt {view.attempt}" if view is not None else "attempt"
         reason = (
             view.reason
@@ -132,7 +132,7 @@ def _take_event(data: RunData, event: Event) -> None:
             else (event.message.partition(" failed: ")[2] or event.message)
         )
         data.failures.append(Failure(event.ts, event.ticket or "?", f"{attempt} failed", reason))
-    elif event.kind == "ticket.rejected":
+    elif event.kind == EventKind.TICKET_REJECTED:
         name, _, reason = event.message.partition(": ")
         data.failures.append(Failure(event.ts, name, "file rejected", reason or event.message))
 

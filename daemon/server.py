@@ -79,7 +79,6 @@ class Server:
         self.snapshot = snapshot
         self.dispatch = dispatch
         self.peers: set[_Peer] = set()
-        self.events_sent = 0
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -188,8 +187,7 @@ class Server:
         except Exception as exc:  # a bug must not take the connection or daemon down
             log.exception("command %s failed", type(command).__name__)
             reply = Reply(ok=False, message=f"internal error: {exc}")
-        reply.req = command.req
-        return reply
+        return msgspec.structs.replace(reply, req=command.req)
 
 
 def _req_of(line: bytes) -> str | None:

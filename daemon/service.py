@@ -149,7 +149,7 @@ class Daemon:
             self.notice(
                 f"daemon started (pid {os.getpid()}, {len(self.names)} workers, "
                 f"socket {self.home.socket_path})",
-                kind="daemon.started",
+                kind=P.EventKind.DAEMON_STARTED,
             )
             log.info("ready: %d workers, socket %s", len(self.names), self.home.socket_path)
             sd_notify("READY=1\nSTATUS=running")
@@ -197,9 +197,9 @@ class Daemon:
         await done.wait()
         return self._replies.pop(id(done))
 
-    def notice(self, message: str, kind: str = "warning") -> None:
+    def notice(self, message: str, kind: P.EventKind = P.EventKind.WARNING) -> None:
         """Persist and publish an event that is not a state change (a warning...)."""
-        (log.warning if kind == "warning" else log.info)("%s", message)
+        (log.warning if kind == P.EventKind.WARNING else log.info)("%s", message)
         self._notices.append(P.Event(id=0, ts=time.time(), kind=kind, message=message))
         self._inbox_send.send_nowait((C.Tick(time.time()), None))
 
@@ -228,7 +228,7 @@ class Daemon:
                     P.Event(
                         id=0,
                         ts=time.time(),
-                        kind="warning",
+                        kind=P.EventKind.WARNING,
                         message=(
                             f"internal error applying {type(item).__name__} ({exc});"
                             " see the daemon log"
@@ -248,12 +248,6 @@ class Daemon:
 
     def _commit_and_publish(self, outcome: C.Outcome) -> None:
         assert self.store is not None
-        for worker in self.core.workers.values():
-            if worker.ticket and worker.ticket in self.core.tickets:
-                rec = self.core.tickets[worker.ticket]
-                if rec.agent_pid != worker.pid:
-                    rec.agent_pid = worker.pid
-                    outcome.dirty.add(rec.id)
         events = self._notices + outcome.events
         self._notices = []
         records = [self.core.tickets[i] for i in outcome.dirty if i in self.core.tickets]
@@ -298,7 +292,7 @@ class Daemon:
     async def _merge(self, effect: C.Merge) -> None:
         result = await self.merger.merge(effect)
         self.submit([result])
-        if result.outcome == "recheck":
+        if result.outcome == C.MergeOutcome.RECHECK:
             self.ci.apply(result.sha)
 
     def _move(self, effect: C.MoveFile) -> None:
@@ -360,7 +354,7 @@ class Daemon:
                 await anyio.sleep(0.05)
         self.workers.kill_all()  # never leave an agent orphaned, even past the grace
         await anyio.sleep(0.1)  # let the loop apply the last exits
-        self.notice("daemon stopped", kind="daemon.stopping")
+        self.notice("daemon stopped", kind=P.EventKind.DAEMON_STOPPING)
         await anyio.sleep(0.05)
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
@@ -387,30 +381,19 @@ class Daemon:
         return P.encode(self.snapshot())
 
     async def _dispatch(self, command: P.ClientCommand) -> P.Reply:
-        now = time.time()
         match command:
             case P.Status():
-                return P.Reply(ok=True, message="status", data=self.snapshot())
+                return P.StatusReply(ok=True, message="status", snapshot=self.snapshot())
             case P.CINotify(sha=sha):
                 found = self.ci.apply(sha)
                 return P.Reply(ok=found, message="applied" if found else f"no status for {sha}")
             case P.Enqueue():
                 return self._enqueue(command)
-            case P.Approve() | P.Stop() | P.Continue():
-                name = {P.Approve: "approve", P.Stop: "stop", P.Continue: "continue"}[type(command)]
-                cmd = C.Command(name, command.ticket, now)
-            case P.Reject():
-                cmd = C.Command("reject", command.ticket, now, feedback=command.feedback)
-            case P.SetPriority():
-                cmd = C.Command("priority", command.ticket, now, priority=command.priority)
-            case P.Heartbeat():
-                cmd = C.Command("heartbeat", command.ticket, now, note=command.note)
-            case _:
-                return P.Reply(ok=False, message=f"unsupported command {type(command).__name__}")
-        if self._stopping:
-            return P.Reply(ok=False, message="the daemon is shutting down")
-        outcome = await self.ask(cmd)
-        return P.Reply(ok=outcome.ok, message=outcome.message)
+            case _:  # a ticket command: the core applies it
+                if self._stopping:
+                    return P.Reply(ok=False, message="the daemon is shutting down")
+                outcome = await self.ask(C.Command(command, time.time()))
+                return P.Reply(ok=outcome.ok, message=outcome.message)
 
     def _enqueue(self, command: P.Enqueue) -> P.Reply:
         name = Path(command.name).name

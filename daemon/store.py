@@ -29,7 +29,6 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, ticket TEXT, data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _record_decoder = msgspec.json.Decoder(TicketRecord)
@@ -93,6 +92,3 @@ class Store:
         )
         for (data,) in cursor:
             yield _event_decoder.decode(data)
-
-    def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -28,7 +28,7 @@ from orchestrator.daemon.core import AgentExited, AgentStarted, Input, Progress,
 from orchestrator.daemon.git import git, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
-from orchestrator.shared.protocol import Event
+from orchestrator.shared.protocol import Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Workers:
                     Event(
                         id=0,
                         ts=now,
-                        kind="agent.output",
+                        kind=EventKind.AGENT_OUTPUT,
                         ticket=eff.ticket,
                         agent=eff.agent,
                         text=chunk.decode(errors="replace"),

@@ -19,6 +19,7 @@ import msgspec
 from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home, default_config_path, load_config
 from orchestrator.shared.errors import OrchestratorError, TicketError
+from orchestrator.shared.models import TicketState
 
 
 def _config(args: argparse.Namespace) -> Home:
@@ -28,8 +29,13 @@ def _config(args: argparse.Namespace) -> Home:
 def _request(args: argparse.Namespace, command: P.Command) -> P.Reply:
     from orchestrator.shared.client import request
 
-    _, reply = request(_config(args).socket_path, command)
-    return reply
+    return request(_config(args).socket_path, command)
+
+
+def _snapshot(args: argparse.Namespace) -> P.Snapshot:
+    from orchestrator.shared.client import request
+
+    return request(_config(args).socket_path, P.Status()).snapshot
 
 
 def _answer(reply: P.Reply) -> int:
@@ -82,8 +88,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = _request(args, P.Status())
-    snapshot = msgspec.convert(reply.data, P.Snapshot)
+    snapshot = _snapshot(args)
     if args.json:
         sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
         return 0
@@ -98,9 +103,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'TICKET':<24} {'STATE':<18} {'PRIO':<5} {'EFF':>6} {'AGENT':<9} {'AGE':>6}  REASON")
     for t in snapshot.tickets:
         age = _age(now - t.queued_at)
+        reason = t.reason
+        if t.state == TicketState.AWAITING_APPROVAL:
+            reason += f" (merge: orchestrator approve {t.id})"
         print(
             f"{t.id:<24} {t.state:<18} P{t.priority:<4} {t.effective_priority:>6.2f} "
-            f"{t.agent or '-':<9} {age:>6}  {t.reason}"
+            f"{t.agent or '-':<9} {age:>6}  {reason}"
         )
     return 0
 
@@ -114,8 +122,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    reply = _request(args, P.Status())
-    snapshot = msgspec.convert(reply.data, P.Snapshot)
+    snapshot = _snapshot(args)
     if args.json:
         sys.stdout.write(msgspec.json.encode(snapshot.leases).decode() + "\n")
         return 0
@@ -200,7 +207,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def _print_event(event: P.Event, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
-    elif event.kind == "agent.output":
+    elif event.kind == P.EventKind.AGENT_OUTPUT:
         for line in (event.text or "").splitlines():
             print(f"{time.strftime('%H:%M:%S', time.localtime(event.ts))} {event.agent}> {line}")
     else:

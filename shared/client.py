@@ -10,6 +10,7 @@ import itertools
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import overload
 
 import msgspec
 
@@ -22,6 +23,8 @@ from orchestrator.shared.protocol import (
     Reply,
     ServerMessage,
     Snapshot,
+    Status,
+    StatusReply,
     decode_server,
     encode,
 )
@@ -55,11 +58,16 @@ def _decode(line: bytes) -> ServerMessage:
         raise ProtocolError(f"the daemon sent an unreadable line: {exc}") from None
 
 
-def request(path: Path, command: Command, timeout_s: float = 30.0) -> tuple[Snapshot, Reply]:
+@overload
+def request(path: Path, command: Status, timeout_s: float = 30.0) -> StatusReply: ...
+@overload
+def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply: ...
+def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply:
     """Send one command and wait for its reply (blocking; for the CLI).
 
     Returns:
-        The snapshot the daemon sent on connect, and the reply.
+        The reply, of the command's ``reply_type`` (a :class:`StatusReply` for
+        :class:`Status`).
 
     Raises:
         DaemonNotRunning: nothing listens on ``path``.
@@ -73,9 +81,7 @@ def request(path: Path, command: Command, timeout_s: float = 30.0) -> tuple[Snap
         sock.close()
         raise _not_running(path, exc) from None
     with sock, sock.makefile("rb") as reader:
-        command.req = "1"
-        sock.sendall(encode(command))
-        snapshot: Snapshot | None = None
+        sock.sendall(encode(msgspec.structs.replace(command, req="1")))
         first = True
         while True:
             try:
@@ -88,12 +94,13 @@ def request(path: Path, command: Command, timeout_s: float = 30.0) -> tuple[Snap
             if first:
                 _check_hello(message)
                 first = False
-            elif isinstance(message, Snapshot):
-                snapshot = message
             elif isinstance(message, Reply) and message.req == "1":
-                if snapshot is None:
-                    raise ProtocolError("the daemon replied before sending its snapshot")
-                return snapshot, message
+                if not isinstance(message, command.reply_type):
+                    raise ProtocolError(
+                        f"the daemon answered {command.__struct_config__.tag} with a "
+                        f"{type(message).__name__}, not a {command.reply_type.__name__}"
+                    )
+                return message
 
 
 class Client:
@@ -183,9 +190,9 @@ class Client:
     async def send(self, command: Command, timeout_s: float = 30.0) -> Reply:
         """Send a command; its reply arrives through :meth:`messages`, which must be running."""
         assert self._writer is not None, "not connected"
-        command.req = f"c{next(self._ids)}"
+        req = f"c{next(self._ids)}"
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[command.req] = future
-        self._writer.write(encode(command))
+        self._pending[req] = future
+        self._writer.write(encode(msgspec.structs.replace(command, req=req)))
         await self._writer.drain()
         return await asyncio.wait_for(future, timeout_s)

@@ -25,7 +25,7 @@ Priority = Annotated[int, msgspec.Meta(ge=0, le=4)]
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=50)]
 
 
-class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """A unit of work for one agent, as written by a person in the backlog.
 
     Attributes:
@@ -37,6 +37,8 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             none declared means the whole repository (``.``).
         depends_on: ids of tickets that must be merged first.
         max_attempts: overrides the project's ``max_attempts`` for this ticket.
+
+    Frozen: a ticket is a value; derive changed copies with ``msgspec.structs.replace``.
     """
 
     title: str
@@ -90,14 +92,11 @@ def parse_ticket(data: bytes, path: Path) -> Ticket:
     except msgspec.DecodeError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "not valid YAML"
         raise TicketError(f"{name}: invalid YAML: {reason}") from None
-    if ticket.id is None:
-        ticket.id = path.stem
-        where = "file name"
-    else:
-        where = "id"
-    why = check_ticket_id(ticket.id)
+    where = "id" if ticket.id is not None else "file name"
+    ticket_id = ticket.id if ticket.id is not None else path.stem
+    why = check_ticket_id(ticket_id)
     if why:
-        raise TicketError(f"{name}: {where} {ticket.id!r} {why}")
+        raise TicketError(f"{name}: {where} {ticket_id!r} {why}")
     if not ticket.title.strip():
         raise TicketError(f"{name}: title: must not be empty")
     locks = []
@@ -106,14 +105,13 @@ def parse_ticket(data: bytes, path: Path) -> Ticket:
             locks.append(normalize_lock(spec))
         except ValueError as exc:
             raise TicketError(f"{name}: locks: {exc}") from None
-    # No locks declared: the ticket may change anything, so it locks the whole repo.
-    ticket.locks = locks or ["."]
     for dep in ticket.depends_on:
         if check_ticket_id(dep):
             raise TicketError(f"{name}: depends_on: {dep!r} is not a valid ticket id")
-    if ticket.id in ticket.depends_on:
+    if ticket_id in ticket.depends_on:
         raise TicketError(f"{name}: depends_on: a ticket cannot depend on itself")
-    return ticket
+    # No locks declared: the ticket may change anything, so it locks the whole repo.
+    return msgspec.structs.replace(ticket, id=ticket_id, locks=locks or ["."])
 
 
 def _field_of(message: str) -> str:
@@ -197,17 +195,33 @@ class AgentState(enum.StrEnum):
     MERGING = "merging"
 
 
-class CIView(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CIVerdict(enum.StrEnum):
+    """The result CI reports for a commit (``status`` of a ci-status file, docs/ci.md)."""
+
+    PASS = "pass"  # noqa: S105 (a CI verdict, not a password)
+    FAIL = "fail"
+    ERROR = "error"
+
+
+class CIState(enum.StrEnum):
+    """A ticket's CI state as shown to clients: running, or the verdict."""
+
+    RUNNING = "running"
+    PASS = "pass"  # noqa: S105 (a CI verdict, not a password)
+    FAIL = "fail"
+    ERROR = "error"
+
+
+class CIView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """The latest CI result of a ticket, from repo.git/ci-status/<sha>.json."""
 
     sha: str
-    status: str = "running"
-    """``running``, ``pass``, ``fail`` or ``error``."""
+    status: CIState = CIState.RUNNING
     duration_s: float | None = None
     log_tail: str = ""
 
 
-class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True):
+class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """One ticket as the daemon reports it (snapshot, events, ``status --json``)."""
 
     id: str
@@ -237,7 +251,7 @@ class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True):
     feedback_file: str = ""
 
 
-class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True):
+class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """One worker ``agent-K`` as the daemon reports it."""
 
     name: str
@@ -254,7 +268,7 @@ class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The last ``orchestrator heartbeat --note`` text or output line."""
 
 
-class LeaseView(msgspec.Struct, kw_only=True):
+class LeaseView(msgspec.Struct, kw_only=True, frozen=True):
     """One held path lock."""
 
     path: str

@@ -8,23 +8,70 @@ happen. A client may send any :data:`Command` at any time; each gets exactly one
 
 Bump :data:`PROTOCOL_VERSION` on any incompatible change; clients refuse to talk
 to a daemon with another version.
+
+Messages are values: frozen structs, never changed after they are built (use
+``msgspec.structs.replace`` to derive one). Names that are contracts between
+modules are enums (:class:`EventKind`, :class:`CommandName`); they are ``StrEnum``
+so the wire format is the plain string.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import ClassVar
 
 import msgspec
 
 from orchestrator.shared.models import AgentView, LeaseView, TicketView
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Longest line the daemon accepts from a client (bytes); longer lines get an error reply.
 MAX_COMMAND_BYTES = 1 << 20
 
 
-class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
-    """Base of every protocol message; ``type`` is the tag."""
+class EventKind(enum.StrEnum):
+    """The ``kind`` of an :class:`Event`, a dotted name; docs/protocol.md says when each is sent."""
+
+    DAEMON_STARTED = "daemon.started"
+    DAEMON_STOPPING = "daemon.stopping"
+    TICKET_QUEUED = "ticket.queued"
+    TICKET_STATE = "ticket.state"
+    TICKET_WAITING = "ticket.waiting"
+    TICKET_UPDATED = "ticket.updated"
+    TICKET_REJECTED = "ticket.rejected"
+    WARNING = "warning"
+    LEASE_ACQUIRED = "lease.acquired"
+    LEASE_RELEASED = "lease.released"
+    LEASE_EXPIRED = "lease.expired"
+    LEASE_RESERVED = "lease.reserved"
+    AGENT_STARTED = "agent.started"
+    AGENT_OUTPUT = "agent.output"
+    AGENT_HEARTBEAT = "agent.heartbeat"
+    AGENT_STALE = "agent.stale"
+    AGENT_STOPPING = "agent.stopping"
+    AGENT_STATE = "agent.state"
+    AGENT_EXITED = "agent.exited"
+    ATTEMPT_FAILED = "attempt.failed"
+    CI_RESULT = "ci.result"
+    MERGE_RECHECK = "merge.recheck"
+
+
+class CommandName(enum.StrEnum):
+    """The ``type`` of each client command (the tag of its struct)."""
+
+    STATUS = "status"
+    APPROVE = "approve"
+    STOP = "stop"
+    CONTINUE = "continue"
+    REJECT = "reject"
+    PRIORITY = "priority"
+    ENQUEUE = "enqueue"
+    HEARTBEAT = "heartbeat"
+    CI_NOTIFY = "ci_notify"
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True, frozen=True):
+    """Base of every protocol message; ``type`` is the tag. Frozen: messages are values."""
 
 
 # --- daemon -> client -------------------------------------------------------
@@ -59,7 +106,7 @@ class Event(Message, tag="event", kw_only=True):
     id: int
     ts: float
     """Unix time, seconds."""
-    kind: str
+    kind: EventKind
     message: str = ""
     ticket: str | None = None
     agent: str | None = None
@@ -71,69 +118,83 @@ class Event(Message, tag="event", kw_only=True):
 
 
 class Reply(Message, tag="reply", kw_only=True):
+    """The answer to one command: ``ok`` and one line for a person."""
+
     ok: bool
     message: str = ""
     req: str | None = None
-    data: Any = None
 
 
-ServerMessage = Hello | Snapshot | Event | Reply
+class StatusReply(Reply, tag="status_reply", kw_only=True):
+    """The answer to :class:`Status`: a fresh snapshot."""
+
+    snapshot: Snapshot
+
+
+ServerMessage = Hello | Snapshot | Event | Reply | StatusReply
 
 # --- client -> daemon -------------------------------------------------------
 
 
 class Command(Message, kw_only=True):
+    """Base of the client's commands; ``reply_type`` is the type of the answer."""
+
+    reply_type: ClassVar[type[Reply]] = Reply
     req: str | None = None
     """Optional request id, echoed in the reply."""
 
 
-class Approve(Command, tag="approve", kw_only=True):
+class TicketCommand(Command, kw_only=True):
+    """A command about one ticket, applied by the daemon's core."""
+
     ticket: str
 
 
-class Stop(Command, tag="stop", kw_only=True):
-    ticket: str
+class Approve(TicketCommand, tag=CommandName.APPROVE.value, kw_only=True):
+    pass
 
 
-class Continue(Command, tag="continue", kw_only=True):
-    ticket: str
+class Stop(TicketCommand, tag=CommandName.STOP.value, kw_only=True):
+    pass
 
 
-class Reject(Command, tag="reject", kw_only=True):
-    ticket: str
+class Continue(TicketCommand, tag=CommandName.CONTINUE.value, kw_only=True):
+    pass
+
+
+class Reject(TicketCommand, tag=CommandName.REJECT.value, kw_only=True):
     feedback: str
 
 
-class SetPriority(Command, tag="priority", kw_only=True):
-    ticket: str
+class SetPriority(TicketCommand, tag=CommandName.PRIORITY.value, kw_only=True):
     priority: int
 
 
-class Enqueue(Command, tag="enqueue", kw_only=True):
+class Heartbeat(TicketCommand, tag=CommandName.HEARTBEAT.value, kw_only=True):
+    note: str = ""
+
+
+class Enqueue(Command, tag=CommandName.ENQUEUE.value, kw_only=True):
     """Place a ticket in the backlog; ``yaml`` is the file content, ``name`` its file name."""
 
     name: str
     yaml: str
 
 
-class Status(Command, tag="status", kw_only=True):
-    pass
+class Status(Command, tag=CommandName.STATUS.value, kw_only=True):
+    """Ask for a fresh snapshot; answered with a :class:`StatusReply`."""
+
+    reply_type: ClassVar[type[Reply]] = StatusReply
 
 
-class Heartbeat(Command, tag="heartbeat", kw_only=True):
-    ticket: str
-    note: str = ""
-
-
-class CINotify(Command, tag="ci_notify", kw_only=True):
+class CINotify(Command, tag=CommandName.CI_NOTIFY.value, kw_only=True):
     """Sent by hooks/post-receive once repo.git/ci-status/<sha>.json is written."""
 
     sha: str
 
 
-ClientCommand = (
-    Approve | Stop | Continue | Reject | SetPriority | Enqueue | Status | Heartbeat | CINotify
-)
+TicketCommands = Approve | Stop | Continue | Reject | SetPriority | Heartbeat
+ClientCommand = TicketCommands | Enqueue | Status | CINotify
 
 _encoder = msgspec.json.Encoder()
 _server_decoder = msgspec.json.Decoder(ServerMessage)

@@ -22,7 +22,7 @@ from orchestrator.shared.models import (
     TicketState,
     TicketView,
 )
-from orchestrator.shared.protocol import Event, Hello, Snapshot
+from orchestrator.shared.protocol import Event, EventKind, Hello, Snapshot
 
 #: Lines of agent output kept per ticket (and per agent) for the detail pane.
 OUTPUT_LINES = 500
@@ -123,7 +123,7 @@ class Board:
         if event.leases is not None:  # that ticket's leases after the change
             self.leases = [lease for lease in self.leases if lease.ticket != event.ticket]
             self.leases += event.leases
-        if event.kind == "agent.output":
+        if event.kind == EventKind.AGENT_OUTPUT:
             self._add_output(event)
             return
         self.pending_log.append(LogEntry(event.ts, event.kind, _event_message(event)))

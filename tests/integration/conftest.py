@@ -100,10 +100,10 @@ class Project:
         return write_ticket(self.home.backlog, tid, **fields)
 
     def send(self, command: P.Command) -> P.Reply:
-        return request(self.home.socket_path, command)[1]
+        return request(self.home.socket_path, command)
 
     def snapshot(self) -> P.Snapshot:
-        return request(self.home.socket_path, P.Status())[0]
+        return request(self.home.socket_path, P.Status()).snapshot
 
     def states(self) -> dict[str, str]:
         return {t.id: str(t.state) for t in self.snapshot().tickets}

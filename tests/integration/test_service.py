@@ -158,7 +158,7 @@ def test_sd_notify_ready_watchdog_stopping(
         # READY=1 promises clients can connect: the socket must already be there.
         assert home.socket_path.exists()
         assert ready.get("STATUS") == "running"
-        snapshot, _ = request(home.socket_path, P.Status())
+        snapshot = request(home.socket_path, P.Status()).snapshot
         assert len(snapshot.agents) == home.config.workers
 
         # WATCHDOG_USEC=0.4 s: a ping every 0.2 s; two arrive well within 5 s.
@@ -196,7 +196,7 @@ def test_signal_stops_agents_gracefully(
         running: list[AgentView] = []
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            snapshot, _ = request(home.socket_path, P.Status())
+            snapshot = request(home.socket_path, P.Status()).snapshot
             running = [a for a in snapshot.agents if a.state == AgentState.RUNNING and a.pid]
             assigned = {t.id for t in snapshot.tickets if t.state == TicketState.RUNNING}
             # signal once every assigned agent process runs, not while one is being spawned

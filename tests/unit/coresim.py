@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.daemon import core as C
+from orchestrator.shared import protocol as P
 from orchestrator.shared.config import AgentConfig, Config
 from orchestrator.shared.models import ACTIVE_STATES, Ticket, TicketState
+
+_TICKET_COMMANDS = (P.Approve, P.Stop, P.Continue, P.Reject, P.SetPriority, P.Heartbeat)
 
 
 def make_config(**overrides: object) -> Config:
@@ -64,7 +67,9 @@ class Sim:
         return self.feed(C.Tick(self.now))
 
     def command(self, name: str, tid: str, **kw: object) -> C.Outcome:
-        return self.feed(C.Command(name, tid, self.now, **kw))  # type: ignore[arg-type]
+        """Feed the ticket command whose wire ``type`` is ``name`` (``approve``, ``reject``...)."""
+        kind = next(t for t in _TICKET_COMMANDS if t.__struct_config__.tag == name)
+        return self.feed(C.Command(kind(ticket=tid, **kw), self.now))  # type: ignore[arg-type]
 
     def take(self, kind: type) -> list:
         found = [e for e in self.effects if isinstance(e, kind)]

@@ -68,7 +68,7 @@ def play(sim: Sim, step: tuple) -> None:
             sim.shas += 1
             sim.feed(C.MergeResult(merges[0].ticket, step[1], sim.now, sha=f"{sim.shas:040x}"))
     elif kind == "cmd":
-        sim.command(step[1], step[2], feedback="fb")
+        sim.command(step[1], step[2], **({"feedback": "fb"} if step[1] == "reject" else {}))
     elif kind == "progress":
         sim.feed(C.Progress(f"agent-{step[1]}", sim.now, note="x"))
     elif kind == "gone":

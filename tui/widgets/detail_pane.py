@@ -176,6 +176,8 @@ def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float) -> Tex
     if ticket.reason:
         head.append("\nwhy: ", style="bold")
         head.append(ticket.reason, style="italic")
+    if ticket.state == TicketState.AWAITING_APPROVAL:
+        head.append("\npress c to merge, r to send it back with feedback", style="bold")
     if ticket.locks:
         head.append(f"\nlocks: {', '.join(ticket.locks)}", style="dim")
     if ticket.depends_on:
