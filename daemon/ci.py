@@ -1,4 +1,4 @@
-"""CI status intake: repo.git/ci-status/<sha>.json files (schema: docs/ci.md).
+"""CI status intake: repo.git/ci-status/<sha>.json files (shared/cistatus.py, docs/ci.md).
 
 hooks/post-receive writes each file atomically, then sends ``ci_notify`` on the
 socket. The daemon also watches the directory and rescans it, and reads every
@@ -17,32 +17,7 @@ import msgspec
 
 from orchestrator.daemon.backlog import Watcher
 from orchestrator.daemon.core import CIResult, Input
-from orchestrator.shared.models import CIVerdict
-
-
-class CIStatus(msgspec.Struct):
-    """One status file, as ci.sh writes it."""
-
-    sha: str
-    ref: str
-    status: CIVerdict
-    exit_code: int
-    started_at: str
-    finished_at: str
-    duration_s: float
-    log_tail: str
-
-
-_decoder = msgspec.json.Decoder(CIStatus)
-
-
-def read_status(path: Path) -> CIStatus:
-    """Decode one status file.
-
-    Raises:
-        OSError: unreadable; msgspec.DecodeError: not valid JSON or wrong schema.
-    """
-    return _decoder.decode(path.read_bytes())
+from orchestrator.shared.cistatus import read_status
 
 
 class CIStatusDir:

@@ -294,6 +294,33 @@ def cmd_service(args: argparse.Namespace) -> int:
     return uninstall()
 
 
+def cmd_ci(args: argparse.Namespace) -> int:
+    from orchestrator import ci
+
+    if args.action == "run":
+        return ci.run(os.environ)
+    if args.action == "hook":
+        return ci.hook(sys.stdin, Path(os.environ.get("GIT_DIR", ".")).resolve())
+    if args.action == "job":
+        return ci.job(Path(args.git_dir), args.sha, args.ref)
+    socket_path = Path(args.socket) if args.socket else _config(args).socket_path
+    print(ci.notify(socket_path, args.sha))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.document == "ticket":
+        from orchestrator.shared.models import ticket_schema
+
+        schema = ticket_schema()
+    else:
+        from orchestrator.shared.cistatus import status_schema
+
+        schema = status_schema()
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(schema), indent=2).decode() + "\n")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------
 
 
@@ -384,6 +411,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-approve", action="store_true", help="merge whatever passes CI")
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ci", help="CI of pushed branches (used by ci.sh and the post-receive hook)")
+    ci_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ci_sub.add_parser("run", help="run $CI_COMMAND here and write the status JSON (ci.sh)")
+    ci_sub.add_parser("hook", help="post-receive: start CI for pushed agent branches")
+    job = ci_sub.add_parser("job", help="(internal) the detached CI job of one commit")
+    job.add_argument("git_dir")
+    job.add_argument("sha")
+    job.add_argument("ref")
+    notify = with_config(ci_sub.add_parser("notify", help="tell the daemon a status is ready"))
+    notify.add_argument("sha")
+    notify.add_argument("--socket", help="the daemon's socket (default: from --config)")
+    p.set_defaults(func=cmd_ci)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a ticket or CI status file")
+    p.add_argument("document", choices=["ticket", "ci-status"])
+    p.set_defaults(func=cmd_schema)
 
     p = with_config(sub.add_parser("service", help="manage the systemd --user unit"))
     p.add_argument("action", choices=["install", "uninstall"])

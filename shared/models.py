@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -22,6 +22,13 @@ from orchestrator.shared.lockspec import normalize_lock
 TICKET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=4)]
+
+
+def _doc(text: str) -> msgspec.Meta:
+    """A field's description, shown by editors through the JSON Schema."""
+    return msgspec.Meta(description=text)
+
+
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=50)]
 
 
@@ -41,13 +48,37 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     Frozen: a ticket is a value; derive changed copies with ``msgspec.structs.replace``.
     """
 
-    title: str
-    id: str | None = None
-    priority: Priority = 2
-    description: str = ""
-    locks: list[str] = msgspec.field(default_factory=list)
-    depends_on: list[str] = msgspec.field(default_factory=list)
-    max_attempts: Attempts | None = None
+    title: Annotated[str, _doc("one-line summary shown everywhere")]
+    id: Annotated[str | None, _doc("branch-safe identifier; defaults to the file name stem")] = None
+    priority: Annotated[Priority, _doc("0 (P0, most urgent) .. 4 (P4)")] = 2
+    description: Annotated[str, _doc("the agent's instructions (its prompt)")] = ""
+    locks: Annotated[
+        list[str],
+        _doc(
+            "repo-relative files, directories or globs the ticket may change; "
+            "none declared means the whole repository"
+        ),
+    ] = msgspec.field(default_factory=list)
+    depends_on: Annotated[list[str], _doc("ids of tickets that must be merged first")] = (
+        msgspec.field(default_factory=list)
+    )
+    max_attempts: Annotated[
+        Attempts | None, _doc("overrides the project's max_attempts for this ticket")
+    ] = None
+
+
+def ticket_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a ticket file, generated from :class:`Ticket`.
+
+    For editors: yaml-language-server reads it from a first-line comment
+    ``# yaml-language-server: $schema=<path or URL>`` (docs/tickets.md).
+    """
+    schema = msgspec.json.schema(Ticket)
+    ticket = schema["$defs"]["Ticket"]
+    ticket["description"] = "A ticket file of the orchestrator's backlog (docs/tickets.md)."
+    # The id rule (check_ticket_id) as a pattern, so editors flag a bad id while typing.
+    ticket["properties"]["id"]["anyOf"][0]["pattern"] = TICKET_ID_RE.pattern
+    return schema
 
 
 def check_ticket_id(ticket_id: str) -> str | None:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.shared import protocol as P
+from orchestrator.shared.models import AgentState, AgentView
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOOK_SRC = REPO_ROOT / "hooks" / "post-receive"
 CI_SRC = REPO_ROOT / "ci.sh"
@@ -271,10 +274,23 @@ class FakeDaemon:
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(5)
-        conn.sendall(b'{"type": "hello", "version": 1}\n')
+        conn.sendall(P.encode(P.Hello(version=P.PROTOCOL_VERSION, home="/h", pid=1)))
         # A large snapshot: the client has to read it across several recv() calls.
-        snapshot = {"type": "snapshot", "agents": [{"id": i, "pad": "x" * 200} for i in range(500)]}
-        conn.sendall(json.dumps(snapshot).encode() + b"\n")
+        agents = [
+            AgentView(name=f"agent-{i}", state=AgentState.IDLE, worktree="/w", note="x" * 200)
+            for i in range(500)
+        ]
+        conn.sendall(
+            P.encode(
+                P.Snapshot(
+                    version=P.PROTOCOL_VERSION,
+                    last_event_id=0,
+                    tickets=[],
+                    agents=agents,
+                    leases=[],
+                )
+            )
+        )
         buf = b""
         while b"\n" not in buf:
             chunk = conn.recv(4096)
@@ -283,8 +299,9 @@ class FakeDaemon:
             buf += chunk
         line, _, rest = buf.partition(b"\n")
         assert rest == b"", f"more than one line sent: {rest!r}"
-        self.received.put(json.loads(line))
-        conn.sendall(b'{"type": "reply", "ok": true}\n')
+        command = json.loads(line)
+        self.received.put(command)
+        conn.sendall(P.encode(P.Reply(ok=True, message="applied", req=command.get("req"))))
 
     def close(self) -> None:
         self._stop.set()
@@ -423,7 +440,7 @@ def test_daemon_is_notified(home: Home, daemon: FakeDaemon) -> None:
     doc = home.wait_status(sha)
     assert doc["status"] == "pass", doc
     msg = daemon.received.get(timeout=POLL_TIMEOUT_S)
-    assert msg == {"type": "ci_notify", "sha": sha}
+    assert {k: v for k, v in msg.items() if k != "req"} == {"type": "ci_notify", "sha": sha}
     assert daemon.errors == []
     assert "notified daemon" in home.read_log(sha)
 
@@ -471,3 +488,66 @@ def test_ci_runs_in_clean_checkout_of_the_sha(home: Home) -> None:
     assert doc["status"] == "pass", doc
     assert "CLEAN-OK" in doc["log_tail"]
     assert_cleaned_up(home)
+
+
+def _ci_sh(home: Home, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the shipped ci.sh by hand, in the work clone, with ORCH_PYTHON set."""
+    full = {**home.env, "ORCH_PYTHON": sys.executable, **env}
+    return subprocess.run(
+        [str(home.root / "ci.sh")],
+        cwd=home.work,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_ci_sh_by_hand_prints_the_status_as_its_last_line(home: Home, tmp_path: Path) -> None:
+    head = home.git("rev-parse", "HEAD").strip()
+    proc = _ci_sh(home, tmp_path, CI_COMMAND="echo RUNNING-TESTS; exit 3")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "RUNNING-TESTS"
+    doc = json.loads(lines[-1])
+    assert_schema(doc, head, "")
+    assert (doc["status"], doc["exit_code"]) == ("fail", 3)
+    assert doc["log_tail"] == "RUNNING-TESTS\n"
+
+
+def test_ci_sh_refuses_a_bad_timeout_with_an_error_status(home: Home, tmp_path: Path) -> None:
+    out = tmp_path / "status" / "s.json"
+    proc = _ci_sh(home, tmp_path, CI_COMMAND="true", CI_TIMEOUT_S="soon", CI_STATUS_FILE=str(out))
+    assert proc.returncode == 1
+    doc = json.loads(out.read_text())
+    assert (doc["status"], doc["exit_code"]) == ("error", 2)
+    assert "invalid CI_TIMEOUT_S: 'soon' (expected a positive integer)" in doc["log_tail"]
+    assert [p.name for p in out.parent.iterdir()] == ["s.json"]  # no temp file left
+
+
+def test_ci_sh_exits_2_when_the_status_cannot_be_written(home: Home, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = _ci_sh(home, tmp_path, CI_COMMAND="true", CI_STATUS_FILE=str(blocker / "s.json"))
+    assert proc.returncode == 2
+    assert "cannot write the status file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_shipped_scripts_hold_no_python(home: Home) -> None:
+    # One implementation (orchestrator/ci.py): the scripts only call it.
+    for script in (HOOK_SRC, CI_SRC):
+        text = script.read_text()
+        assert "<<" not in text and " -c " not in text.replace("bash -c", ""), script
+        assert "-m orchestrator ci" in text or "orchestrator ci run" in text, script
+
+
+def test_ci_notify_by_hand(home: Home, daemon: FakeDaemon, short_dir: Path) -> None:
+    cmd = [sys.executable, "-m", "orchestrator", "ci", "notify", "--socket", daemon.path]
+    proc = subprocess.run([*cmd, "f" * 40], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "ok: applied\n"), proc.stderr
+    assert daemon.received.get(timeout=5)["sha"] == "f" * 40
+    gone = [*cmd[:-1], str(short_dir / "gone.sock"), "f" * 40]
+    proc = subprocess.run(gone, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("orchestrator: no daemon answers on")

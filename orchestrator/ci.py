@@ -1,0 +1,321 @@
+"""CI for pushed agent branches: the one implementation behind ci.sh and hooks/post-receive.
+
+Both shipped scripts are thin shell that run ``<python> -m orchestrator ci ...``
+with the interpreter recorded in repo.git's git config (``orchestrator.python``):
+
+- ``ci hook`` (hooks/post-receive): reads git's ``<old> <new> <ref>`` lines and,
+  for every pushed ``refs/heads/agent-*``, starts ``ci job`` detached (own
+  session, output to ``ci-status/<sha>.log``), so ``git push`` returns at once.
+- ``ci job GIT_DIR SHA REF``: throw-away checkout of the sha, runs ci.sh in it,
+  writes an ``error`` status itself when ci.sh could not, then ``ci_notify``\\ s
+  the daemon over the shared client (:func:`orchestrator.shared.client.request`).
+- ``ci run`` (ci.sh): runs ``$CI_COMMAND`` under coreutils ``timeout`` and writes
+  the status document (:mod:`orchestrator.shared.cistatus`) atomically.
+- ``ci notify SHA``: the notification alone.
+
+The contract (files, environment, exit codes, timeouts) is docs/ci.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+
+from orchestrator.shared.cistatus import make_status, write_status
+from orchestrator.shared.errors import OrchestratorError
+from orchestrator.shared.models import CIVerdict
+
+#: Exit codes of ``ci run`` (and so of ci.sh).
+EXIT_PASS, EXIT_NOT_PASS, EXIT_NOT_WRITTEN = 0, 1, 2
+#: ``timeout`` sends SIGKILL this long after SIGTERM.
+KILL_AFTER_S = 10
+#: How long the job waits for the daemon's reply to ``ci_notify``.
+NOTIFY_TIMEOUT_S = 2.0
+#: Bytes of output kept in memory for ``log_tail`` (always covers 8000 characters).
+_KEEP_BYTES = 64 << 10
+_SHA_RE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+# --- ci run (ci.sh) -----------------------------------------------------------
+
+
+class _Log:
+    """The run's output: echoed to ``out`` as it comes, its end kept for ``log_tail``."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.out.buffer.write(chunk)
+        self.out.flush()
+        self.data += chunk
+        del self.data[:-_KEEP_BYTES]
+
+    def note(self, text: str) -> None:
+        self.write(f"[ci] {text}\n".encode())
+
+
+def _verdict(exit_code: int, log: _Log, timeout_s: int) -> CIVerdict:
+    if exit_code == 0:
+        return CIVerdict.PASS
+    if exit_code in (124, 137):
+        log.note(f"timed out after {timeout_s} s (exit {exit_code})")
+        return CIVerdict.ERROR
+    if exit_code == 127:
+        log.note("command not found (exit 127)")
+        return CIVerdict.ERROR
+    return CIVerdict.FAIL
+
+
+def _git_head() -> str:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
+    """Run the test command once in the current directory and record the result.
+
+    Args:
+        env: ``CI_COMMAND`` (run with ``bash -c``; empty: status ``error``),
+            ``CI_TIMEOUT_S`` (whole seconds, default 600; SIGTERM on expiry,
+            SIGKILL 10 s later), ``CI_SHA`` (default ``git rev-parse HEAD``),
+            ``CI_REF``, ``CI_STATUS_FILE`` (written atomically; unset: the JSON
+            is printed as the last line of output).
+        out: where the command's combined stdout+stderr is echoed.
+
+    Returns:
+        0 when the status is ``pass``, 1 otherwise, 2 when the status file could
+        not be written.
+    """
+    log = _Log(out)
+    started = time.time()
+    command = env.get("CI_COMMAND", "")
+    timeout_raw = env.get("CI_TIMEOUT_S", "600")
+    timeout_s = 0
+    if not command:
+        log.note("no CI command configured (git config orchestrator.ciCommand)")
+        exit_code, verdict = 2, CIVerdict.ERROR
+    elif not timeout_raw.isascii() or not timeout_raw.isdigit() or int(timeout_raw) <= 0:
+        log.note(f"invalid CI_TIMEOUT_S: '{timeout_raw}' (expected a positive integer)")
+        exit_code, verdict = 2, CIVerdict.ERROR
+    else:
+        timeout_s = int(timeout_raw)
+        argv = ["timeout", f"--kill-after={KILL_AFTER_S}", str(timeout_s), "bash", "-c", command]
+        with subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(1 << 16):
+                log.write(chunk)
+        exit_code = proc.returncode
+        verdict = _verdict(exit_code, log, timeout_s)
+    status = make_status(
+        sha=env.get("CI_SHA") or _git_head(),
+        ref=env.get("CI_REF", ""),
+        status=verdict,
+        exit_code=exit_code,
+        started_s=started,
+        finished_s=time.time(),
+        log=bytes(log.data),
+    )
+    target = env.get("CI_STATUS_FILE", "")
+    if not target:
+        out.write(msgspec.json.encode(status).decode() + "\n")
+    else:
+        try:
+            write_status(Path(target), status)
+        except OSError as exc:
+            print(f"ci: cannot write the status file {target}: {exc}", file=sys.stderr)
+            return EXIT_NOT_WRITTEN
+    return EXIT_PASS if verdict == CIVerdict.PASS else EXIT_NOT_PASS
+
+
+# --- ci notify ----------------------------------------------------------------
+
+
+def notify(socket_path: Path, sha: str, timeout_s: float = NOTIFY_TIMEOUT_S) -> str:
+    """Send ``ci_notify`` for ``sha`` and return the daemon's reply line.
+
+    Raises:
+        OrchestratorError: no daemon answers, or it did not reply in time.
+    """
+    from orchestrator.shared import protocol as P
+    from orchestrator.shared.client import request
+
+    reply = request(socket_path, P.CINotify(sha=sha), timeout_s=timeout_s)
+    return f"{'ok' if reply.ok else 'refused'}: {reply.message}"
+
+
+# --- ci hook / ci job (hooks/post-receive) ------------------------------------
+
+
+def _log(text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"[{stamp}] {text}", flush=True)
+
+
+def hook(lines: Iterable[str], git_dir: Path) -> int:
+    """post-receive: start one detached CI job per pushed agent branch; returns 0.
+
+    ``lines`` are git's ``<old> <new> <ref>`` lines. Refs other than
+    ``refs/heads/agent-*``, deletions and malformed lines are skipped. Ref names
+    are only ever passed as arguments, never as code.
+    """
+    status_dir = git_dir / "ci-status"
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 3:
+            continue
+        _old, new, ref = parts
+        if not ref.startswith("refs/heads/agent-") or not _SHA_RE.match(new):
+            continue
+        if set(new) == {"0"}:
+            continue  # a branch deletion
+        status_dir.mkdir(parents=True, exist_ok=True)
+        with open(status_dir / f"{new}.log", "wb") as job_log:
+            subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "ci", "job", str(git_dir), new, ref],
+                stdin=subprocess.DEVNULL,
+                stdout=job_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # detached: survives the end of `git push`
+                env=_without_git_env(os.environ),
+            )
+        print(f"orchestrator: CI started for {ref.removeprefix('refs/heads/')} ({new[:12]})")
+    return 0
+
+
+def _without_git_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Hooks run with GIT_DIR, GIT_QUARANTINE_PATH...; they would break git in the checkout."""
+    return {k: v for k, v in env.items() if not k.startswith("GIT_")}
+
+
+def _git_config(git_dir: Path, key: str) -> str | None:
+    proc = subprocess.run(
+        ["git", f"--git-dir={git_dir}", "config", "--get", key],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def job(git_dir: Path, sha: str, ref: str) -> int:
+    """The detached CI job for one pushed commit; logs to stdout (``ci-status/<sha>.log``).
+
+    Reads ``orchestrator.ciScript``, ``ciCommand``, ``ciTimeoutS`` and ``socket``
+    from repo.git's git config. Always leaves ``ci-status/<sha>.json`` behind
+    (ci.sh's, or an ``error`` status of its own) and returns 0.
+    """
+    clean = _without_git_env(os.environ)
+    os.environ.clear()
+    os.environ.update(clean)
+    ci_script = Path(_git_config(git_dir, "orchestrator.ciScript") or git_dir.parent / "ci.sh")
+    ci_command = _git_config(git_dir, "orchestrator.ciCommand") or ""
+    ci_timeout = _git_config(git_dir, "orchestrator.ciTimeoutS") or "600"
+    socket_path = _git_config(git_dir, "orchestrator.socket") or ""
+    status_file = git_dir / "ci-status" / f"{sha}.json"
+    status_file.unlink(missing_ok=True)  # a status file that exists is final
+    started = time.time()
+    _log(f"CI for {sha} ({ref}) started")
+
+    def fail(exit_code: int, message: str) -> None:
+        _log(message)
+        write_status(
+            status_file,
+            make_status(
+                sha=sha,
+                ref=ref,
+                status=CIVerdict.ERROR,
+                exit_code=exit_code,
+                started_s=started,
+                finished_s=time.time(),
+                log=message.encode(),
+            ),
+        )
+        _log(f"wrote status 'error' to {status_file}")
+
+    if not ci_command:
+        fail(2, "no CI command configured (git config orchestrator.ciCommand)")
+    elif not ci_script.is_file():
+        fail(2, f"CI script not found: {ci_script} (git config orchestrator.ciScript)")
+    else:
+        _run_script(git_dir, sha, ref, ci_script, ci_command, ci_timeout, status_file, fail)
+    _notify_daemon(socket_path, sha)
+    _log(f"CI for {sha} done")
+    return 0
+
+
+def _run_script(
+    git_dir: Path,
+    sha: str,
+    ref: str,
+    ci_script: Path,
+    ci_command: str,
+    ci_timeout: str,
+    status_file: Path,
+    fail: Callable[[int, str], None],
+) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="orch-ci."))
+    try:
+        checkout = tmp / "src"
+        for argv in (
+            ["git", "clone", "--quiet", "--shared", "--no-checkout", str(git_dir), str(checkout)],
+            ["git", "-C", str(checkout), "checkout", "--quiet", "--detach", sha],
+        ):
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                output = (proc.stdout + proc.stderr).strip()
+                fail(128, f"checkout of {sha} failed:\n{output}")
+                return
+        runner = [str(ci_script)] if os.access(ci_script, os.X_OK) else ["bash", str(ci_script)]
+        env = dict(os.environ)
+        env.update(
+            CI_COMMAND=ci_command,
+            CI_TIMEOUT_S=ci_timeout,
+            CI_SHA=sha,
+            CI_REF=ref,
+            CI_STATUS_FILE=str(status_file),
+            ORCH_PYTHON=sys.executable,
+        )
+        sys.stdout.flush()
+        rc = subprocess.run(runner, cwd=checkout, env=env, stdin=subprocess.DEVNULL).returncode
+        _log(f"ci.sh exited with {rc}")
+        if not status_file.exists():
+            fail(
+                rc,
+                f"ci.sh ({ci_script}) exited with {rc} without writing a status file; "
+                f"see {status_file.with_suffix('.log')}",
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _notify_daemon(socket_path: str, sha: str) -> None:
+    later = "the status file stays and is picked up when the daemon starts"
+    if not socket_path or not Path(socket_path).is_socket():
+        where = socket_path or "(orchestrator.socket unset)"
+        _log(f"daemon socket {where} not available; {later}")
+        return
+    try:
+        answer = notify(Path(socket_path), sha)
+    except OrchestratorError as exc:
+        _log(f"daemon not notified ({exc}); {later}")
+    else:
+        _log(f"notified daemon at {socket_path}: {answer}")

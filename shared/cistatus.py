@@ -1,0 +1,120 @@
+"""The CI status document: ``repo.git/ci-status/<sha>.json`` (docs/ci.md).
+
+One struct, :class:`CIStatus`, is the single definition of the document: the CI
+runner (``orchestrator ci run``, called by ci.sh and hooks/post-receive) encodes
+it, the daemon (``daemon/ci.py``) decodes it, and ``orchestrator schema
+ci-status`` prints its JSON Schema (generated with ``msgspec.json.schema``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from orchestrator.shared.fsutil import atomic_write
+from orchestrator.shared.models import CIVerdict
+
+#: ``log_tail`` keeps at most this many lines...
+LOG_TAIL_LINES = 100
+#: ...and at most this many characters (the end of the log).
+LOG_TAIL_CHARS = 8000
+
+
+class CIStatus(msgspec.Struct, kw_only=True, frozen=True):
+    """The result of one CI run for one commit."""
+
+    sha: Annotated[str, msgspec.Meta(description="the commit tested")]
+    ref: Annotated[
+        str, msgspec.Meta(description="the ref pushed, e.g. refs/heads/agent-1/t1 ('' if unknown)")
+    ]
+    status: Annotated[CIVerdict, msgspec.Meta(description="pass, fail or error")]
+    exit_code: Annotated[int, msgspec.Meta(description="exit code of the test command")]
+    started_at: Annotated[
+        str,
+        msgspec.Meta(description="ISO 8601 UTC with milliseconds, e.g. 2026-11-21T16:20:00.123Z"),
+    ]
+    finished_at: Annotated[str, msgspec.Meta(description="same format as started_at")]
+    duration_s: Annotated[float, msgspec.Meta(ge=0, description="wall-clock seconds of the run")]
+    log_tail: Annotated[
+        str,
+        msgspec.Meta(
+            description="the end of the combined output: last 100 lines, at most 8000 characters"
+        ),
+    ]
+
+
+_decoder = msgspec.json.Decoder(CIStatus)
+_encoder = msgspec.json.Encoder()
+
+
+def iso_utc(ts_s: float) -> str:
+    """Unix time (s) as ISO 8601 UTC with milliseconds and a ``Z``: ``2026-11-21T16:20:00.123Z``."""
+    moment = datetime.datetime.fromtimestamp(ts_s, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def log_tail(data: bytes) -> str:
+    """The end of a log as ``log_tail`` keeps it: last 100 lines, at most 8000 characters."""
+    text = data[-(LOG_TAIL_CHARS * 8) :].decode("utf-8", errors="replace")
+    text = "".join(text.splitlines(keepends=True)[-LOG_TAIL_LINES:])
+    return text[-LOG_TAIL_CHARS:]
+
+
+def make_status(
+    *,
+    sha: str,
+    ref: str,
+    status: CIVerdict,
+    exit_code: int,
+    started_s: float,
+    finished_s: float,
+    log: bytes,
+) -> CIStatus:
+    """Build the document; times are Unix seconds, ``log`` the run's output (any length)."""
+    return CIStatus(
+        sha=sha,
+        ref=ref,
+        status=status,
+        exit_code=exit_code,
+        started_at=iso_utc(started_s),
+        finished_at=iso_utc(finished_s),
+        duration_s=round(max(0.0, finished_s - started_s), 3),
+        log_tail=log_tail(log),
+    )
+
+
+def encode_status(status: CIStatus) -> bytes:
+    """The document as written to disk: indented JSON and a final newline."""
+    return msgspec.json.format(_encoder.encode(status), indent=2) + b"\n"
+
+
+def write_status(path: Path, status: CIStatus) -> None:
+    """Write the document atomically (temp file, fsync, rename, fsync the directory).
+
+    Raises:
+        OSError: the directory cannot be created or written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, encode_status(status))
+
+
+def decode_status(data: bytes) -> CIStatus:
+    """Decode one document. Raises msgspec.DecodeError (not JSON, or not the schema)."""
+    return _decoder.decode(data)
+
+
+def read_status(path: Path) -> CIStatus:
+    """Read and decode one status file.
+
+    Raises:
+        OSError: unreadable; msgspec.DecodeError: not valid JSON or wrong schema.
+    """
+    return decode_status(path.read_bytes())
+
+
+def status_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of the document, generated from :class:`CIStatus`."""
+    return msgspec.json.schema(CIStatus)
