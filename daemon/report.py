@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from orchestrator.daemon.core import TicketRecord
+from orchestrator.daemon.metrics import Metrics, all_ticket_metrics, totals
 from orchestrator.daemon.store import Store
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import OrchestratorError
@@ -67,6 +68,7 @@ class RunData:
     event_count: int = 0
     ci_runs: list[CIRun] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    metrics: Metrics | None = None
 
 
 def write_report(home: Home) -> str:
@@ -98,6 +100,10 @@ def read_run(home: Home) -> RunData:
         data.first_ts, data.last_ts, data.event_count = first, last, count
         for event in _events_of_kinds(store, REPORT_KINDS):
             _take_event(data, event)
+        tickets = all_ticket_metrics(home, store)
+        data.metrics = Metrics(
+            attempts=[a for t in tickets for a in t.attempts], totals=totals(tickets)
+        )
     finally:
         store.close()
     for rec in data.records:
@@ -162,7 +168,48 @@ def render(data: RunData, home: Home) -> str:
     out += _ci(data)
     out += ["", "## Failures", ""]
     out += _failures(data)
+    if data.metrics is not None:
+        out += ["", "## Metrics", ""]
+        out += _metrics(data.metrics)
     return "\n".join(out) + "\n"
+
+
+def _metrics(metrics: Metrics) -> list[str]:
+    """Totals, then a row per attempt (docs/metrics.md)."""
+    t = metrics.totals
+    u = t.usage
+    lines = [
+        "| Total | Value |",
+        "|---|---:|",
+        f"| Attempts | {t.attempts} |",
+        f"| Queue wait | {_duration(t.queue_wait_s)} |",
+        f"| Agent time | {_duration(t.agent_s)} |",
+        f"| CI runs (pass) | {t.ci_runs} ({t.ci_pass}) |",
+        f"| CI time | {_duration(t.ci_s)} |",
+        f"| Approval wait | {_duration(t.approval_wait_s)} |",
+        f"| Merge wait | {_duration(t.merge_wait_s)} |",
+        f"| Tokens in / out | {u.input_tokens} / {u.output_tokens} |",
+        f"| Tokens cache read / write | {u.cache_read_tokens} / {u.cache_write_tokens} |",
+        f"| Cost | ${u.cost_usd:.4f} |",
+    ]
+    if u.unpriced_models:
+        lines.append(f"| No price for | {_cell(', '.join(u.unpriced_models))} |")
+    if not metrics.attempts:
+        return lines
+    lines += [
+        "",
+        "| Ticket | Attempt | Agent | Outcome | Queue | Agent time | CI runs | CI time "
+        "| Approval | Merge | Tokens | Cost |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a in metrics.attempts:
+        lines.append(
+            f"| `{a.ticket}` | {a.attempt} | {a.agent or '—'} | {a.outcome} "
+            f"| {_duration(a.queue_wait_s)} | {_duration(a.agent_s)} | {a.ci_runs} "
+            f"| {_duration(a.ci_s)} | {_duration(a.approval_wait_s)} "
+            f"| {_duration(a.merge_wait_s)} | {a.usage.tokens} | ${a.usage.cost_usd:.4f} |"
+        )
+    return lines
 
 
 def _summary(data: RunData) -> list[str]:

@@ -9,12 +9,17 @@ its memory without bound.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import pwd
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import msgspec
 from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -35,6 +40,24 @@ log = logging.getLogger(__name__)
 MAX_BUFFERED_BYTES = 8 << 20
 
 Dispatch = Callable[[ClientCommand], Awaitable[Reply]]
+
+#: The OS user at the other end of the connection whose command is being dispatched
+#: (from SO_PEERCRED, unix(7)); set per connection, read by the dispatcher.
+PEER_USER: contextvars.ContextVar[str] = contextvars.ContextVar("peer_user", default="")
+
+
+def peer_user(stream: SocketStream) -> str:
+    """The user name (or ``uid N``) of the process on the other end of a Unix socket."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)  # noqa: S610 (not Django)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+    except (OSError, anyio.TypedAttributeLookupError):
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 class _Peer:
@@ -121,6 +144,7 @@ class Server:
                 peer.push(data)
 
     async def _handle(self, stream: SocketStream) -> None:
+        PEER_USER.set(peer_user(stream))
         peer = _Peer(stream)
         peer.push(self.hello() + self.snapshot())
         self.peers.add(peer)

@@ -29,8 +29,9 @@ from orchestrator.daemon.backlog import Backlog
 from orchestrator.daemon.ci import CIStatusDir
 from orchestrator.daemon.git import git
 from orchestrator.daemon.home import sync_repo_config
+from orchestrator.daemon.homefiles import HomeFiles
 from orchestrator.daemon.merger import Merger
-from orchestrator.daemon.server import Server
+from orchestrator.daemon.server import PEER_USER, Server
 from orchestrator.daemon.store import Store
 from orchestrator.daemon.workers import Workers, _kill_group, is_our_agent
 from orchestrator.shared import protocol as P
@@ -40,6 +41,9 @@ from orchestrator.shared.fsutil import atomic_write, move_aside
 from orchestrator.shared.models import TicketState, parse_ticket
 
 log = logging.getLogger("orchestrator")
+
+#: Commands that are a person's decision, recorded as ``decision`` events (audit trail).
+DECISIONS = (P.Approve, P.Reject, P.Continue, P.SetPriority, P.Stop)
 
 #: Inputs applied per store transaction at most (bounds latency under bursts).
 MAX_BATCH = 2000
@@ -91,6 +95,8 @@ class Daemon:
         self.ci = CIStatusDir(home.ci_status_dir, self.submit, self.notice, cfg.rescan_interval_s)
         self.server = Server(home.socket_path, self._hello, self._snapshot_line, self._dispatch)
         self.store: Store | None = None
+        self.files: HomeFiles | None = None
+        """TASKS.md, metrics/tickets.csv, Prometheus metrics (created at start)."""
         self._tg: TaskGroup | None = None
         self._stopping = False
         self._lock_fd: int | None = None
@@ -136,9 +142,14 @@ class Daemon:
         records = self.store.load()
         await self._reconcile(records)
         outcome = self.core.restore(records, time.time())
+        now = time.time()
+        self.files = HomeFiles(
+            self.home, [self.core.ticket_view(r, now) for r in self.core.ordered()], self.notice
+        )
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._commit_and_publish(outcome)
+            await tg.start(self.files.run)
             await tg.start(self.server.serve)
             await tg.start(self.backlog.run)
             await tg.start(self.ci.run)
@@ -253,6 +264,8 @@ class Daemon:
         records = [self.core.tickets[i] for i in outcome.dirty if i in self.core.tickets]
         events = self.store.commit(records, events)
         self.server.publish(events)
+        if self.files is not None:
+            self.files.on_events(events)
 
     def _publish_raw(self, events: list[P.Event]) -> None:
         self.server.publish(events)
@@ -392,8 +405,37 @@ class Daemon:
             case _:  # a ticket command: the core applies it
                 if self._stopping:
                     return P.Reply(ok=False, message="the daemon is shutting down")
-                outcome = await self.ask(C.Command(command, time.time()))
+                now = time.time()
+                outcome = await self.ask(C.Command(command, now))
+                if isinstance(command, DECISIONS):
+                    self._record_decision(command, outcome, now)
                 return P.Reply(ok=outcome.ok, message=outcome.message)
+
+    def _record_decision(self, command: P.TicketCommands, outcome: C.Outcome, now: float) -> None:
+        """Audit trail: a ``decision`` event naming the person, the client and the result."""
+        user = PEER_USER.get() or "unknown user"
+        client = (command.client or "unknown client")[:40]
+        match command:
+            case P.Reject():
+                what = f"reject: {command.feedback}"
+            case P.SetPriority():
+                what = f"priority P{command.priority}"
+            case _:
+                what = str(type(command).__struct_config__.tag)
+        result = "done" if outcome.ok else "refused"
+        self._notices.append(
+            P.Event(
+                id=0,
+                ts=now,
+                kind=P.EventKind.DECISION,
+                message=f"{command.ticket}: {what[:500]} by {user} via {client}: {result}: "
+                f"{outcome.message}",
+                ticket=command.ticket,
+                user=user,
+                client=client,
+            )
+        )
+        self._inbox_send.send_nowait((C.Tick(time.time()), None))
 
     def _enqueue(self, command: P.Enqueue) -> P.Reply:
         name = Path(command.name).name

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, ticket TEXT, data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE INDEX IF NOT EXISTS events_ticket ON events (ticket, id);
 """
 
 _record_decoder = msgspec.json.Decoder(TicketRecord)

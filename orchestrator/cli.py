@@ -29,6 +29,8 @@ def _config(args: argparse.Namespace) -> Home:
 def _request(args: argparse.Namespace, command: P.Command) -> P.Reply:
     from orchestrator.shared.client import request
 
+    if command.client is None:
+        command = msgspec.structs.replace(command, client="cli")
     return request(_config(args).socket_path, command)
 
 
@@ -260,6 +262,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from orchestrator.daemon.metrics import attempts_csv, read_metrics, render_text
+
+    metrics = read_metrics(_config(args))
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(metrics).decode() + "\n")
+    elif args.csv:
+        sys.stdout.write(attempts_csv(metrics))
+    else:
+        sys.stdout.write(render_text(metrics))
+    return 0
+
+
 def cmd_heartbeat(args: argparse.Namespace) -> int:
     ticket = os.environ.get("ORCH_TICKET_ID")
     if not ticket:
@@ -398,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("report", help="Markdown summary of the run"))
     p.add_argument("--out")
     p.set_defaults(func=cmd_report)
+
+    p = with_config(sub.add_parser("metrics", help="per-attempt metrics, tokens and cost"))
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="attempts and totals as JSON")
+    fmt.add_argument("--csv", action="store_true", help="a row per attempt, then a TOTAL row")
+    p.set_defaults(func=cmd_metrics)
 
     p = with_config(sub.add_parser("heartbeat", help="(inside an agent) report progress"))
     p.add_argument("--note", default="")

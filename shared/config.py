@@ -47,6 +47,15 @@ class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Model name (or prefix) -> USD per million tokens; over the built-in table."""
 
 
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where metrics go (docs/metrics.md)."""
+
+    textfile: bool = True
+    """Write ``metrics/orchestrator.prom`` (Prometheus text format, for node_exporter)."""
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    """Serve the same metrics on http://127.0.0.1:PORT/metrics (opt-in)."""
+
+
 class WorktreeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     exclude: list[str] = msgspec.field(default_factory=list)
     """gitignore patterns of files agents leave that are never committed (e.g. ``.aider*``);
@@ -71,6 +80,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rescan_interval_s: Positive = 2.0
     socket: str | None = None
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     worktree: WorktreeConfig = msgspec.field(default_factory=WorktreeConfig)
 
 

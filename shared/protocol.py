@@ -54,6 +54,8 @@ class EventKind(enum.StrEnum):
     ATTEMPT_FAILED = "attempt.failed"
     CI_RESULT = "ci.result"
     MERGE_RECHECK = "merge.recheck"
+    DECISION = "decision"
+    """A person's command, applied or refused (the audit trail)."""
 
 
 class CommandName(enum.StrEnum):
@@ -115,6 +117,10 @@ class Event(Message, tag="event", kw_only=True):
     leases: list[LeaseView] | None = None
     text: str | None = None
     """Agent output (``agent.output``) or a CI log tail (``ci.result``)."""
+    user: str | None = None
+    """``decision`` events: the OS user who sent the command (the socket peer's uid)."""
+    client: str | None = None
+    """``decision`` events: the client that sent it, as it said (``cli``, ``tui``...)."""
 
 
 class Reply(Message, tag="reply", kw_only=True):
@@ -142,6 +148,9 @@ class Command(Message, kw_only=True):
     reply_type: ClassVar[type[Reply]] = Reply
     req: str | None = None
     """Optional request id, echoed in the reply."""
+    client: str | None = None
+    """Who is sending: ``cli``, ``tui``, or a script's own name; recorded with every
+    decision (approve, reject, continue, priority, stop) in the event log."""
 
 
 class TicketCommand(Command, kw_only=True):

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
+import msgspec
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -317,6 +318,7 @@ class OrchestratorApp(App[int]):
     # --- commands ---------------------------------------------------------------
 
     def _send(self, command: Approve | Continue | Stop | Reject | SetPriority) -> None:
+        command = msgspec.structs.replace(command, client="tui")  # recorded (audit trail)
         client = self._client
         if client is None:
             self.notify("not connected to the daemon; nothing was sent", severity="error")

@@ -14,6 +14,7 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
     sigstop                 SIGSTOP itself (a hung agent)
     child SECONDS           start a grandchild that sleeps (pid in child.pid beside the prompt)
     usage JSON...           print the generic usage line ``ORCH_USAGE JSON``
+    cat PATH                print a file (e.g. a recorded agent transcript)
     usage-file TEXT...      append a line to $ORCH_USAGE_FILE (the {usage_file})
     exit CODE               exit now with CODE
 """
@@ -84,6 +85,9 @@ def main() -> int:
             Path(os.environ["ORCH_PROMPT_FILE"]).with_name("child.pid").write_text(str(child.pid))
         elif cmd == "usage":
             print(f"ORCH_USAGE {rest}", flush=True)
+        elif cmd == "cat":
+            sys.stdout.write(Path(rest).read_text())
+            sys.stdout.flush()
         elif cmd == "usage-file":
             with open(os.environ["ORCH_USAGE_FILE"], "a") as f:
                 f.write(rest + "\n")
