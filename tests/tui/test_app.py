@@ -105,7 +105,7 @@ async def test_c_approves_awaiting_ticket_and_shows_reply(make_app, fake_daemon)
         await pilot.press("down")  # agents table: agent-2, working on T-2 (awaiting approval)
         await pilot.press("c")
         await until(pilot, lambda: fake_daemon.commands)
-        assert fake_daemon.commands == [Approve(ticket="T-2", req="c1")]
+        assert fake_daemon.commands == [Approve(ticket="T-2", req="c1", client="tui")]
         await until(pilot, lambda: ("approve T-2", "done", "information") in notifications(app))
 
 
@@ -150,7 +150,7 @@ async def test_r_rejects_with_feedback(make_app, fake_daemon) -> None:
         await until(pilot, lambda: fake_daemon.commands)
         command = fake_daemon.commands[0]
         assert isinstance(command, Reject)
-        assert (command.ticket, command.feedback) == ("T-2", "fix")
+        assert (command.ticket, command.feedback, command.client) == ("T-2", "fix", "tui")
         assert not isinstance(app.screen, RejectScreen)
 
         await pilot.press("r", "escape")  # cancelled: nothing sent
@@ -166,8 +166,8 @@ async def test_plus_and_minus_set_priority(make_app, fake_daemon) -> None:
         await until(pilot, lambda: len(fake_daemon.commands) == 1)
         await pilot.press("minus")
         await until(pilot, lambda: len(fake_daemon.commands) == 2)
-        assert fake_daemon.commands[0] == SetPriority(ticket="T-3", priority=0, req="c1")
-        assert fake_daemon.commands[1] == SetPriority(ticket="T-3", priority=2, req="c2")
+        assert fake_daemon.commands[0] == SetPriority(ticket="T-3", priority=0, req="c1", client="tui")
+        assert fake_daemon.commands[1] == SetPriority(ticket="T-3", priority=2, req="c2", client="tui")
 
         await select_ticket(pilot, "T-2")  # P0 already: a hint, nothing sent
         await pilot.press("plus")
@@ -300,7 +300,7 @@ async def test_burst_of_events_is_absorbed(make_app, fake_daemon) -> None:
 
         await pilot.press("c")  # agent-1 → T-1, now awaiting approval
         await until(pilot, lambda: fake_daemon.commands)
-        assert fake_daemon.commands[0] == Approve(ticket="T-1", req="c1")
+        assert fake_daemon.commands[0] == Approve(ticket="T-1", req="c1", client="tui")
 
 
 async def test_compact_layout_at_80x24(make_app, fake_daemon) -> None:
