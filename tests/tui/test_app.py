@@ -166,8 +166,12 @@ async def test_plus_and_minus_set_priority(make_app, fake_daemon) -> None:
         await until(pilot, lambda: len(fake_daemon.commands) == 1)
         await pilot.press("minus")
         await until(pilot, lambda: len(fake_daemon.commands) == 2)
-        assert fake_daemon.commands[0] == SetPriority(ticket="T-3", priority=0, req="c1", client="tui")
-        assert fake_daemon.commands[1] == SetPriority(ticket="T-3", priority=2, req="c2", client="tui")
+        assert fake_daemon.commands[0] == SetPriority(
+            ticket="T-3", priority=0, req="c1", client="tui"
+        )
+        assert fake_daemon.commands[1] == SetPriority(
+            ticket="T-3", priority=2, req="c2", client="tui"
+        )
 
         await select_ticket(pilot, "T-2")  # P0 already: a hint, nothing sent
         await pilot.press("plus")
