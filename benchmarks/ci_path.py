@@ -16,7 +16,7 @@ socket client receives the ticket's ``ci.result`` event. No ``ci_notify`` is
 sent: this is the daemon's own watcher path (the hook's notify, which starts a
 Python interpreter first, is the backup). The ticket is then stopped, which
 frees its worker for the next one. ``ci.notify_roundtrip`` is what the hook's
-notify costs: connect, hello + snapshot, ``ci_notify``, reply.
+notify costs: connect, hello, ``ci_notify``, reply (one-shot: no snapshot).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def run(quick: bool) -> list[Figure]:
             None,
             samples=len(notify_ms),
             note="what the hook's notify costs after its interpreter starts: connect, "
-            "hello + snapshot, ci_notify, reply",
+            "hello, ci_notify, reply (no snapshot)",
         ),
     ]
 

@@ -128,7 +128,7 @@ class _Bench:
 
     async def wait_peers(self, count: int) -> None:
         with anyio.fail_after(20):
-            while len(self.server.peers) < count:
+            while sum(p.subscribed for p in self.server.peers) < count:
                 await anyio.sleep(0.01)
 
 
@@ -169,7 +169,8 @@ async def _alternate(
             before = rss_mb(os.getpid())
             if kind == "stalled":
                 stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                stalled.connect(str(bench.path))  # and never reads
+                stalled.connect(str(bench.path))  # subscribes, and never reads
+                stalled.sendall(P.encode(P.ClientHello(version=P.PROTOCOL_VERSION)))
                 await bench.wait_peers(CLIENTS + 1)
             t0 = time.monotonic()
             peak = before
@@ -197,7 +198,10 @@ async def _main(quick: bool, base: Path, big_snapshot: Callable[[], bytes]) -> d
     async with anyio.create_task_group() as tg:
         await tg.start(bench.server.serve)
         readers = [
-            subprocess.Popen([sys.executable, str(READER), str(bench.path)], stdout=subprocess.PIPE)
+            subprocess.Popen(
+                [sys.executable, str(READER), str(bench.path), str(P.PROTOCOL_VERSION)],
+                stdout=subprocess.PIPE,
+            )
             for _ in range(CLIENTS)
         ]
         await bench.wait_peers(CLIENTS)

@@ -326,9 +326,10 @@ class Project:
 class Connection:
     """A blocking socket client whose reader thread timestamps every line.
 
-    ``on_message(t, message)`` runs in the reader thread for every event and
-    snapshot (the first two lines, hello and snapshot, are kept in ``hello``
-    and ``snapshot``). :meth:`request` sends a command and waits for its reply.
+    It subscribes with a ``hello``. ``on_message(t, message)`` runs in the
+    reader thread for every event and resync snapshot (the daemon's hello and
+    the first snapshot are kept in ``hello`` and ``snapshot``). :meth:`request`
+    sends a command and waits for its reply.
     """
 
     path: Path
@@ -355,6 +356,7 @@ class Connection:
     def open(self, timeout_s: float = 30.0) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(str(self.path))
+        self._sock.sendall(P.encode(P.ClientHello(version=P.PROTOCOL_VERSION, req="hello")))
         self._thread = threading.Thread(target=self._read, daemon=True, name="bench-reader")
         self._thread.start()
         if not self._ready.wait(timeout_s):
@@ -414,13 +416,18 @@ class Connection:
                 *lines, buf = buf.split(b"\n")
                 self.lines += len(lines)
                 for line in lines:
-                    if first < 2:
+                    if first < 3:  # hello, the reply to ours, the snapshot
                         first += 1
                         message = P.decode_server(line)
                         if isinstance(message, P.Hello):
                             self.hello = message
                             continue
+                        if isinstance(message, P.Reply) and message.req == "hello":
+                            if not message.ok:
+                                raise BenchmarkError(f"hello refused: {message.message}")
+                            continue
                         if isinstance(message, P.Snapshot):
+                            first = 3
                             self.snapshot = message
                             self._ready.set()
                             continue

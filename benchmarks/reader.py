@@ -1,6 +1,7 @@
 """A socket client in its own process that counts the lines it receives.
 
-``python benchmarks/reader.py SOCKET`` connects, reads as fast as it can until
+``python benchmarks/reader.py SOCKET VERSION`` connects, subscribes (a ``hello``
+of protocol VERSION), reads as fast as it can until
 the server closes the connection, and prints one JSON object: ``series``, a list
 of ``[monotonic_time, lines_so_far]`` taken at most every 20 ms, so the parent
 can count what arrived in any time window (CLOCK_MONOTONIC is shared by every
@@ -21,6 +22,7 @@ SAMPLE_EVERY_S = 0.02
 def main(argv: list[str]) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(argv[0])
+    sock.sendall(b'{"type":"hello","version":%d}\n' % int(argv[1]))  # subscribe
     lines = 0
     series: list[list[float]] = [[time.monotonic(), 0]]
     next_sample = 0.0

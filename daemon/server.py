@@ -1,6 +1,8 @@
-"""The Unix socket server: hello + snapshot on connect, live events, commands.
+"""The Unix socket server: hello, commands, and for subscribers a snapshot and live events.
 
-Protocol: shared/protocol.py, docs/protocol.md. Each client has a bounded
+Protocol: shared/protocol.py, docs/protocol.md. A client that sends a
+subscribing ``hello`` gets a snapshot and then every event; any other client is
+one-shot: it gets only the replies to its commands. Each subscriber has a bounded
 outgoing buffer; a client that falls behind by more than
 :data:`MAX_BUFFERED_BYTES` loses its backlog of events and is sent a fresh
 snapshot instead, so a slow or stopped reader never slows the daemon or grows
@@ -26,9 +28,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from orchestrator.shared.protocol import (
     MAX_COMMAND_BYTES,
+    PROTOCOL_VERSION,
     ClientCommand,
+    ClientHello,
     Event,
-    Message,
     Reply,
     decode_command,
     encode,
@@ -67,13 +70,19 @@ class _Peer:
         """Unsent data in order; the flag marks replies, which are never dropped."""
         self.size = 0
         self.ready = anyio.Event()
+        self.flushed = anyio.Event()
+        """Set while everything pushed has been sent (replaced on the next push)."""
         self.resyncs = 0
         self.needs_snapshot = False
+        self.subscribed = False
+        """Sent a subscribing hello: gets the snapshot and every event."""
 
     def push(self, data: bytes, reply: bool = False) -> None:
         self.chunks.append((data, reply))
         self.size += len(data)
         self.ready.set()
+        if self.flushed.is_set():
+            self.flushed = anyio.Event()
 
     def drop_events(self) -> None:
         self.chunks = [c for c in self.chunks if c[1]]
@@ -86,8 +95,10 @@ class Server:
     Args:
         path: the socket file (its directory is created 0700, the socket is 0600).
         hello: returns the encoded hello line for a new client.
-        snapshot: returns the encoded snapshot line (sent after hello, and to resync).
-        dispatch: answers one command (awaited; runs in the client's task).
+        snapshot: returns the encoded snapshot line (sent to a client that
+            subscribes, and to resync one that fell behind).
+        dispatch: answers one command other than ``hello`` (awaited; runs in the
+            client's task).
     """
 
     def __init__(
@@ -122,7 +133,7 @@ class Server:
                     self.path.unlink(missing_ok=True)
 
     def publish(self, events: list[Event]) -> None:
-        """Send events to every client (non-blocking; buffers per client).
+        """Send events to every subscribed client (non-blocking; buffers per client).
 
         A client more than :data:`MAX_BUFFERED_BYTES` behind loses its pending
         events and gets no more until its writer has caught up; then it is sent a
@@ -132,7 +143,7 @@ class Server:
             return
         data = b"".join(encode(e) for e in events)
         for peer in list(self.peers):
-            if peer.needs_snapshot:
+            if not peer.subscribed or peer.needs_snapshot:
                 continue
             if peer.size + len(data) > MAX_BUFFERED_BYTES:
                 peer.drop_events()
@@ -146,7 +157,7 @@ class Server:
     async def _handle(self, stream: SocketStream) -> None:
         PEER_USER.set(peer_user(stream))
         peer = _Peer(stream)
-        peer.push(self.hello() + self.snapshot())
+        peer.push(self.hello())
         self.peers.add(peer)
         try:
             async with stream, anyio.create_task_group() as tg:
@@ -154,8 +165,7 @@ class Server:
                 await self._reader(peer)
                 # The client closed its side; what we owe it (replies) still goes out.
                 with anyio.move_on_after(1):
-                    while peer.chunks:
-                        await anyio.sleep(0.01)
+                    await peer.flushed.wait()
                 tg.cancel_scope.cancel()
         except* (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the client went away
@@ -166,6 +176,8 @@ class Server:
 
     async def _writer(self, peer: _Peer) -> None:
         while True:
+            if not peer.chunks and not peer.needs_snapshot:
+                peer.flushed.set()
             await peer.ready.wait()
             peer.ready = anyio.Event()
             if peer.needs_snapshot:  # the previous send completed: the client reads again
@@ -199,13 +211,39 @@ class Server:
                 return
             if not line.strip():
                 continue
-            peer.push(encode(await self._answer(line)), reply=True)
+            try:
+                command = decode_command(line)
+            except msgspec.DecodeError as exc:
+                reply = Reply(ok=False, message=f"invalid command: {exc}", req=_req_of(line))
+                peer.push(encode(reply), reply=True)
+                continue
+            if isinstance(command, ClientHello):
+                if not self._greet(peer, command):
+                    return  # another protocol version: the connection ends
+                continue
+            peer.push(encode(await self._answer(command)), reply=True)
 
-    async def _answer(self, line: bytes) -> Message:
-        try:
-            command = decode_command(line)
-        except msgspec.DecodeError as exc:
-            return Reply(ok=False, message=f"invalid command: {exc}", req=_req_of(line))
+    def _greet(self, peer: _Peer, hello: ClientHello) -> bool:
+        """Answer a client's hello; subscribe it when asked. False: refused."""
+        if hello.version != PROTOCOL_VERSION:
+            message = (
+                f"this daemon speaks protocol version {PROTOCOL_VERSION}, the client "
+                f"{hello.version}: use the same orchestrator version for both"
+            )
+            peer.push(encode(Reply(ok=False, message=message, req=hello.req)), reply=True)
+            return False
+        if not hello.subscribe or peer.subscribed:
+            message = "already subscribed" if peer.subscribed else "hello"
+            peer.push(encode(Reply(ok=True, message=message, req=hello.req)), reply=True)
+            return True
+        # No await from here on: no event can be published between the snapshot
+        # and the subscription, so the client misses none and gets none twice.
+        reply = encode(Reply(ok=True, message="subscribed", req=hello.req))
+        peer.push(reply + self.snapshot(), reply=True)
+        peer.subscribed = True
+        return True
+
+    async def _answer(self, command: ClientCommand) -> Reply:
         try:
             reply = await self.dispatch(command)
         except Exception as exc:  # a bug must not take the connection or daemon down

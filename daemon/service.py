@@ -402,6 +402,8 @@ class Daemon:
                 return P.Reply(ok=found, message="applied" if found else f"no status for {sha}")
             case P.Enqueue():
                 return self._enqueue(command)
+            case P.ClientHello():  # answered by the server itself; never dispatched
+                return P.Reply(ok=False, message="hello is answered by the server")
             case _:  # a ticket command: the core applies it
                 if self._stopping:
                     return P.Reply(ok=False, message="the daemon is shutting down")

@@ -1,6 +1,9 @@
 """Clients of the daemon socket: a blocking one for CLI commands, an async one for streams.
 
-Both speak the NDJSON protocol of :mod:`shared.protocol` (docs/protocol.md).
+Both speak the NDJSON protocol of :mod:`orchestrator.shared.protocol`
+(docs/protocol.md). :func:`request` is one-shot: it reads the daemon's hello,
+sends one command and gets only its reply (no snapshot, no events).
+:class:`Client` subscribes with a ``hello`` and gets a snapshot and every event.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import msgspec
 from orchestrator.shared.errors import DaemonNotRunning, ProtocolError
 from orchestrator.shared.protocol import (
     PROTOCOL_VERSION,
+    ClientHello,
     Command,
     Event,
     Hello,
@@ -65,6 +69,9 @@ def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply: ...
 def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply:
     """Send one command and wait for its reply (blocking; for the CLI).
 
+    One-shot: the daemon sends its hello and then only the reply (no snapshot,
+    no events), however large its state.
+
     Returns:
         The reply, of the command's ``reply_type`` (a :class:`StatusReply` for
         :class:`Status`).
@@ -81,20 +88,21 @@ def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply:
         sock.close()
         raise _not_running(path, exc) from None
     with sock, sock.makefile("rb") as reader:
-        sock.sendall(encode(msgspec.structs.replace(command, req="1")))
-        first = True
-        while True:
+
+        def read() -> ServerMessage:
             try:
                 line = reader.readline(MAX_LINE_BYTES)
             except TimeoutError:
                 raise ProtocolError(f"the daemon did not answer within {timeout_s:.0f} s") from None
             if not line:
                 raise ProtocolError("the daemon closed the connection without answering")
-            message = _decode(line)
-            if first:
-                _check_hello(message)
-                first = False
-            elif isinstance(message, Reply) and message.req == "1":
+            return _decode(line)
+
+        _check_hello(read())  # before sending: never act on a daemon of another version
+        sock.sendall(encode(msgspec.structs.replace(command, req="1")))
+        while True:
+            message = read()
+            if isinstance(message, Reply) and message.req == "1":
                 if not isinstance(message, command.reply_type):
                     raise ProtocolError(
                         f"the daemon answered {command.__struct_config__.tag} with a "
@@ -129,10 +137,10 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        """Connect and read hello + snapshot.
+        """Connect, read the daemon's hello, subscribe with ours and read the snapshot.
 
         Raises:
-            DaemonNotRunning, ProtocolError.
+            DaemonNotRunning, ProtocolError (another version; the daemon refused).
         """
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(
@@ -142,9 +150,12 @@ class Client:
             raise _not_running(self.path, exc) from None
         try:
             self.hello = _check_hello(await self._read())
-            message = await self._read()
-            if not isinstance(message, Snapshot):
-                raise ProtocolError("expected a snapshot after hello")
+            assert self._writer is not None
+            self._writer.write(encode(ClientHello(version=PROTOCOL_VERSION, req="hello")))
+            await self._writer.drain()
+            while not isinstance(message := await self._read(), Snapshot):
+                if isinstance(message, Reply) and not message.ok:
+                    raise ProtocolError(f"the daemon refused our hello: {message.message}")
         except BaseException:
             await self.close()
             raise

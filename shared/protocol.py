@@ -2,9 +2,12 @@
 
 Documented for people in docs/protocol.md. Every message is one JSON object on
 one line (NDJSON, https://github.com/ndjson/ndjson-spec). On connect the daemon
-sends :class:`Hello` then :class:`Snapshot`, then :class:`Event` lines as they
-happen. A client may send any :data:`Command` at any time; each gets exactly one
-:class:`Reply` carrying the command's ``req`` (if given).
+sends :class:`Hello`. A client that wants the live state sends
+:class:`ClientHello` (``subscribe``): it is answered with a :class:`Reply`, then
+a :class:`Snapshot`, then :class:`Event` lines as they happen. A one-shot client
+(a CLI command, the hook's ``ci_notify``) sends its command only and gets only
+its reply. Each command gets exactly one :class:`Reply` (a :class:`StatusReply`
+for :class:`Status`) carrying the command's ``req`` (if given).
 
 Bump :data:`PROTOCOL_VERSION` on any incompatible change; clients refuse to talk
 to a daemon with another version.
@@ -61,6 +64,7 @@ class EventKind(enum.StrEnum):
 class CommandName(enum.StrEnum):
     """The ``type`` of each client command (the tag of its struct)."""
 
+    HELLO = "hello"
     STATUS = "status"
     APPROVE = "approve"
     STOP = "stop"
@@ -190,6 +194,17 @@ class Enqueue(Command, tag=CommandName.ENQUEUE.value, kw_only=True):
     yaml: str
 
 
+class ClientHello(Command, tag=CommandName.HELLO.value, kw_only=True):
+    """A client's hello: the protocol version it speaks, and whether it subscribes.
+
+    ``subscribe``: after the reply, send a snapshot and then every event. A
+    different ``version`` is refused (``ok: false``) and the connection closed.
+    """
+
+    version: int
+    subscribe: bool = True
+
+
 class Status(Command, tag=CommandName.STATUS.value, kw_only=True):
     """Ask for a fresh snapshot; answered with a :class:`StatusReply`."""
 
@@ -203,7 +218,7 @@ class CINotify(Command, tag=CommandName.CI_NOTIFY.value, kw_only=True):
 
 
 TicketCommands = Approve | Stop | Continue | Reject | SetPriority | Heartbeat
-ClientCommand = TicketCommands | Enqueue | Status | CINotify
+ClientCommand = ClientHello | TicketCommands | Enqueue | Status | CINotify
 
 _encoder = msgspec.json.Encoder()
 _server_decoder = msgspec.json.Decoder(ServerMessage)

@@ -1,6 +1,6 @@
 """What the TUI knows about the daemon: the last snapshot with every event applied.
 
-The daemon sends a :class:`~shared.protocol.Snapshot` on connect (and again when
+The daemon sends a :class:`~shared.protocol.Snapshot` when we subscribe (and again when
 it dropped events for a slow client), then :class:`~shared.protocol.Event` lines
 (docs/protocol.md). Views in an event are complete, so applying an event means
 replacing what we hold; we never interpret ``kind`` beyond ``agent.output``.

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 from orchestrator.shared import protocol as P
-from orchestrator.shared.models import AgentState, AgentView
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOOK_SRC = REPO_ROOT / "hooks" / "post-receive"
@@ -275,22 +274,7 @@ class FakeDaemon:
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         conn.sendall(P.encode(P.Hello(version=P.PROTOCOL_VERSION, home="/h", pid=1)))
-        # A large snapshot: the client has to read it across several recv() calls.
-        agents = [
-            AgentView(name=f"agent-{i}", state=AgentState.IDLE, worktree="/w", note="x" * 200)
-            for i in range(500)
-        ]
-        conn.sendall(
-            P.encode(
-                P.Snapshot(
-                    version=P.PROTOCOL_VERSION,
-                    last_event_id=0,
-                    tickets=[],
-                    agents=agents,
-                    leases=[],
-                )
-            )
-        )
+        # One-shot: after its hello the daemon sends nothing until the command's reply.
         buf = b""
         while b"\n" not in buf:
             chunk = conn.recv(4096)

@@ -29,6 +29,7 @@ from orchestrator.shared.models import AgentState, AgentView, CIView, TicketStat
 from orchestrator.shared.protocol import (
     PROTOCOL_VERSION,
     ClientCommand,
+    ClientHello,
     Event,
     Hello,
     Reply,
@@ -145,15 +146,19 @@ class FakeDaemon:
             writer.write(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
         try:
             writer.write(encode(Hello(version=self.version, home=self.home, pid=self.pid)))
-            writer.write(encode(self.snapshot))
-            for event in self.initial_events:
-                writer.write(encode(event))
             await writer.drain()
             while line := await reader.readline():
                 command = decode_command(line)
+                if isinstance(command, ClientHello):  # subscribes: snapshot, then events
+                    writer.write(encode(Reply(ok=True, message="subscribed", req=command.req)))
+                    writer.write(encode(self.snapshot))
+                    for event in self.initial_events:
+                        writer.write(encode(event))
+                    self._writers.add(writer)
+                    await writer.drain()
+                    continue
                 self.commands.append(command)
                 message = "done" if self.reply_ok else "refused"
                 writer.write(encode(Reply(ok=self.reply_ok, message=message, req=command.req)))
