@@ -1198,6 +1198,8 @@ class Core:
         elif st in (S.STOPPED, S.FAILED, S.BLOCKED):
             rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
             rec.reason = f"continued after {st}"
+            if isinstance(cmd, P.Continue) and cmd.feedback:  # a person's words go first
+                rec.feedback = f"A person says:\n{cmd.feedback}\n\n{rec.feedback}".rstrip()
             self._set_state(rec, S.QUEUED, now)
             self._push_heap(rec)
             self._refresh_blocked(now, rec.id)

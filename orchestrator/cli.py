@@ -287,7 +287,8 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from orchestrator.tui.app import run
 
-    return run(_config(args).socket_path)
+    home = _config(args)
+    return run(home.socket_path, settings=home.config.tui, wait_s=args.wait_s)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -424,7 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="")
     p.set_defaults(func=cmd_heartbeat)
 
-    with_config(sub.add_parser("tui", help="open the terminal UI")).set_defaults(func=cmd_tui)
+    p = with_config(sub.add_parser("tui", help="open the terminal UI"))
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=30.0,
+        help="how long to wait for a daemon that is starting (default: %(default)s s)",
+    )
+    p.set_defaults(func=cmd_tui)
 
     p = sub.add_parser("demo", help="run the self-contained demo")
     p.add_argument("--dir", help="keep the demo project here (default: a temporary dir)")

@@ -62,6 +62,17 @@ class WorktreeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     written to the shared clone's ``info/exclude`` at every daemon start."""
 
 
+class TuiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How ``orchestrator tui`` behaves (docs/config.md, section ``tui``)."""
+
+    confirm_merge: bool = True
+    """Ask before ``c`` approves a ticket (approving merges it into main)."""
+    notify: Literal["auto", "off"] = "auto"
+    """Desktop notification when a ticket needs a person; ``auto``: when there is a display."""
+    bell: bool = True
+    """Ring the terminal bell when a ticket needs a person."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The decoded config.yaml (see docs/config.md for each key)."""
 
@@ -82,6 +93,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     worktree: WorktreeConfig = msgspec.field(default_factory=WorktreeConfig)
+    tui: TuiConfig = msgspec.field(default_factory=TuiConfig)
 
 
 @dataclass(frozen=True)

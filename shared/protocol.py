@@ -172,7 +172,8 @@ class Stop(TicketCommand, tag=CommandName.STOP.value, kw_only=True):
 
 
 class Continue(TicketCommand, tag=CommandName.CONTINUE.value, kw_only=True):
-    pass
+    feedback: str = ""
+    """Optional words for the next attempt of a stopped, failed or blocked ticket."""
 
 
 class Reject(TicketCommand, tag=CommandName.REJECT.value, kw_only=True):

@@ -1,15 +1,20 @@
 """``orchestrator tui``: a Textual dashboard of one daemon, fed by its socket.
 
-The app holds a :class:`~tui.board.Board` (the last snapshot plus events), a
-connection worker that reads the socket and posts :mod:`tui.messages`, and a
-repaint timer that copies the board into the panels at most every
-:data:`REPAINT_INTERVAL_S` — so a burst of events costs one repaint, not one per
-event. Keys send commands (docs/protocol.md) and show the daemon's reply.
+The app holds a :class:`~tui.board.Board` (the last snapshot plus events) and a
+connection worker that reads the socket and posts :mod:`tui.messages`. Each
+batch of events is applied to the board, and then only what changed is
+redrawn: rows by key, cells by column (:class:`~tui.widgets.board_table.BoardTable`).
+There is no repaint timer; a 1 s clock only advances the ages shown.
+
+Actions act on the *subject*: the ticket shown in Detail, named in the line
+above the footer. It is set when the cursor moves, and stays put when the
+agent under the cursor moves on to another ticket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -18,23 +23,40 @@ from pathlib import Path
 from typing import ClassVar
 
 import msgspec
-from textual import work
+from rich.text import Text
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Vertical
-from textual.events import DescendantFocus
-from textual.widgets import DataTable, Footer
+from textual.events import DescendantFocus, Key, Resize
+from textual.widgets import DataTable, Footer, Input, Static
 
 from orchestrator.shared.client import Client
+from orchestrator.shared.config import TuiConfig
 from orchestrator.shared.errors import DaemonNotRunning, OrchestratorError
-from orchestrator.shared.models import AgentView, TicketState, TicketView
-from orchestrator.shared.protocol import Approve, Continue, Reject, SetPriority, Snapshot, Stop
+from orchestrator.shared.models import (
+    FINAL_STATES,
+    AgentView,
+    TicketState,
+    TicketView,
+)
+from orchestrator.shared.protocol import (
+    Approve,
+    Continue,
+    Event,
+    Reject,
+    SetPriority,
+    Snapshot,
+    Stop,
+)
 from orchestrator.tui import git
-from orchestrator.tui.board import Board, agent_key
+from orchestrator.tui.board import Board, Changes, agent_key
 from orchestrator.tui.messages import Connected, DaemonEvents, Disconnected
+from orchestrator.tui.notify import Notifier, agent_needs_person, needs_person
 from orchestrator.tui.widgets.agents_table import AgentsTable
 from orchestrator.tui.widgets.banner import Banner
 from orchestrator.tui.widgets.board_table import BoardTable
+from orchestrator.tui.widgets.confirm_screen import ConfirmScreen
 from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.event_log import EventLog
 from orchestrator.tui.widgets.help_screen import HelpScreen
@@ -43,21 +65,30 @@ from orchestrator.tui.widgets.status_line import StatusLine
 from orchestrator.tui.widgets.text_screen import TextScreen
 from orchestrator.tui.widgets.tickets_table import TicketsTable
 
-REPAINT_INTERVAL_S = 0.05
+AGE_TICK_S = 1.0
 RECONNECT_DELAY_S = 0.5
 COMMAND_TIMEOUT_S = 10.0
-PROBE_TIMEOUT_S = 5.0
+#: How long ``orchestrator tui`` waits for a daemon that is starting.
+STARTUP_WAIT_S = 30.0
 #: The reader yields to the app after this many messages read without waiting.
 READ_BATCH = 100
 
 #: Keys that are not app bindings, for the help screen.
 _NAVIGATION_KEYS = [
-    ("↑ ↓  j k", "move in a table (an agent row selects its ticket)"),
-    ("← →", "scroll a table sideways"),
+    ("↑ ↓  j k", "move in a table; the row under the cursor becomes the subject"),
+    ("home end", "first / last row"),
+    ("← →", "scroll a table sideways (the Ticket column stays)"),
     ("tab  shift+tab", "next / previous panel"),
     ("pgup pgdn", "page through the focused panel"),
-    ("escape", "close a dialog or viewer"),
+    ("escape", "close a dialog or viewer; clear the / filter"),
 ]
+_PRIORITY_HELP = (
+    "P2→1.9: P2 is the ticket's priority (P0 most urgent); 1.9 its effective priority now. "
+    "A queued ticket gains one level per aging_interval_s (default 300 s) of waiting, "
+    "so old tickets are not starved; the queue is taken in effective-priority order."
+)
+#: Keys whose binding is disabled for some states; pressing them then explains why.
+_REFUSABLE = {"c": "proceed", "r": "reject", "s": "stop_ticket"}
 _CONTINUE_STATES = frozenset({TicketState.STOPPED, TicketState.FAILED, TicketState.BLOCKED})
 
 
@@ -68,6 +99,8 @@ class OrchestratorApp(App[int]):
         socket_path: the daemon's Unix socket (``Home.socket_path``).
         title: shown in the terminal title; defaults to ``orchestrator``.
         now: the clock used for ages in the panels (Unix seconds); tests freeze it.
+        settings: the ``tui`` section of config.yaml (confirmation, notifications).
+        notifier: sends desktop notifications; built from ``settings`` when None.
     """
 
     CSS_PATH = "app.tcss"
@@ -80,23 +113,23 @@ class OrchestratorApp(App[int]):
             "c",
             "proceed",
             "Continue",
-            tooltip="approve the selected ticket if it awaits "
-            "approval; continue it if stopped, failed or blocked",
+            tooltip="approve the subject if it awaits approval (asks first: approving merges); "
+            "continue it if stopped, failed or blocked (with optional feedback)",
         ),
         Binding(
             "s",
             "stop_ticket",
             "Stop",
-            tooltip="stop the selected ticket (work is kept on its branch)",
+            tooltip="stop the subject (work is kept on its branch)",
         ),
         Binding(
             "r",
             "reject",
             "Reject",
-            tooltip="reject the selected ticket with feedback for its next attempt",
+            tooltip="send a ticket awaiting approval back with feedback for its next attempt",
         ),
-        Binding("d", "diff", "Diff", tooltip="full diff of its branch against main"),
-        Binding("l", "log", "Log", tooltip="the agent's full output log"),
+        Binding("d", "diff", "Diff", tooltip="full diff of its branch against main (coloured)"),
+        Binding("l", "log", "Log", tooltip="the agent's full output log, followed live"),
         Binding(
             "plus",
             "priority(-1)",
@@ -105,6 +138,20 @@ class OrchestratorApp(App[int]):
             tooltip="more urgent (P2 → P1; P0 is the most urgent)",
         ),
         Binding("minus", "priority(1)", "Prio↓", key_display="-", tooltip="less urgent (P2 → P3)"),
+        Binding("slash", "search", "Find", key_display="/", tooltip="filter tickets by text"),
+        Binding(
+            "e",
+            "events_scope",
+            "Events",
+            tooltip="events: all tickets, or only the subject's",
+        ),
+        Binding(
+            "h",
+            "toggle_heartbeats",
+            "Beats",
+            show=False,
+            tooltip="show or hide heartbeat events (hidden by default)",
+        ),
         Binding(
             "f",
             "toggle_finished",
@@ -121,24 +168,34 @@ class OrchestratorApp(App[int]):
         *,
         title: str | None = None,
         now: Callable[[], float] = time.time,
+        settings: TuiConfig | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         super().__init__()
         self.socket_path = Path(socket_path)
         self.now = now
+        self.settings = settings or TuiConfig()
+        self.notifier = notifier or Notifier(self.settings)
         self.board = Board()
         self.show_finished = False
+        self.filter_text = ""
+        self.subject: str | None = None
+        """Ticket id the actions act on (or ``@agent-K`` for an agent without a ticket)."""
         if title:
             self.title = title
         self._client: Client | None = None
-        self._detail_dirty = True
         # Kept, not queried: app.query_one looks at the top screen, which may be a modal.
         self._banner = Banner(id="banner")
         self._status = StatusLine(id="status")
-        self._agents = AgentsTable(id="agents")
-        self._tickets = TicketsTable(id="tickets")
+        self._agents = AgentsTable(self.board, id="agents")
+        self._tickets = TicketsTable(self.board, id="tickets")
         self._detail = DetailPane(id="detail")
         self._events = EventLog(id="log")
+        self._search = Input(placeholder="filter tickets (enter keeps, escape clears)", id="search")
+        self._target = Static("", id="target", markup=False)
         self._active_table: BoardTable = self._agents
+        self._tickets_wide = False
+        self._bindings_key: tuple[bool, TicketState | None] = (True, None)
 
     def compose(self) -> ComposeResult:
         yield self._banner
@@ -146,19 +203,22 @@ class OrchestratorApp(App[int]):
         with Container(id="body"):
             with Vertical(id="tables"):
                 yield self._agents
+                yield self._search
                 yield self._tickets
             with Container(id="bottom"):
                 yield self._detail
                 yield self._events
+        yield self._target
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._agents.border_title = "Agents"
         self._tickets.border_title = "Tickets"
-        self._events.border_title = "Events"
+        self._search.display = False
         self._agents.focus()
-        self.set_interval(REPAINT_INTERVAL_S, self._repaint)
-        self.set_interval(1.0, self._age_tick)
+        self._show_target()
+        self._events.border_title = self._events.title()
+        self.set_interval(AGE_TICK_S, self._age_tick)
         self._connection()
 
     # --- the connection -----------------------------------------------------
@@ -208,90 +268,223 @@ class OrchestratorApp(App[int]):
             f"connected to daemon pid {message.hello.pid} ({message.hello.home})",
         )
         self._banner.hide()
-        self._detail_dirty = True
+        self._update_views()
 
     def on_daemon_events(self, message: DaemonEvents) -> None:
         message.taken = True
+        board = self.board
+        alerts: list[str] = []
         for item in message.items:
             if isinstance(item, Snapshot):
-                self.board.load(item)
-                self._detail_dirty = True
+                board.load(item)
                 continue
             try:
-                self.board.apply(item)
+                alerts += self._alerts(item)
+                board.apply(item)
             except Exception as exc:  # one odd event must not kill the app
-                self.board.note(self.now(), "tui.error", f"cannot apply event {item.id}: {exc!r}")
+                board.note(self.now(), "tui.error", f"cannot apply event {item.id}: {exc!r}")
+        self._update_views()
+        if alerts:
+            self._alert(alerts)
 
     def on_disconnected(self, message: Disconnected) -> None:
         self._banner.show(message.reason)
         if self.board.connected:
             self.board.connected = False
             self.board.note(self.now(), "tui.disconnected", message.reason)
+            self._update_views()
 
-    # --- repainting -----------------------------------------------------------
+    # --- notifications ----------------------------------------------------------
 
-    def _repaint(self) -> None:
+    def _alerts(self, event: Event) -> list[str]:
+        out = []
+        if event.ticket_view is not None:
+            why = needs_person(self.board.tickets.get(event.ticket_view.id), event.ticket_view)
+            if why:
+                out.append(why)
+        if event.agent_view is not None:
+            why = agent_needs_person(self.board.agents.get(event.agent_view.name), event.agent_view)
+            if why:
+                out.append(why)
+        return out
+
+    def _alert(self, alerts: list[str]) -> None:
+        """A ticket needs a person: bell, toast, desktop notification (per settings)."""
+        if self.settings.bell:
+            self.bell()
+        more = f"\n… and {len(alerts) - 5} more" if len(alerts) > 5 else ""
+        text = "\n".join(alerts[:5]) + more
+        self.notify(text, title="needs you", severity="warning", markup=False)
+        self._desktop_notify(text)
+
+    @work(thread=True, group="notify", exit_on_error=False)
+    def _desktop_notify(self, text: str) -> None:
+        self.notifier.desktop("orchestrator: a ticket needs you", text)
+
+    # --- updating the panels ----------------------------------------------------------
+
+    def _visible(self, ticket: TicketView) -> bool:
+        if not self.show_finished and ticket.state in FINAL_STATES:
+            return False
+        if self.filter_text:
+            return bool(self.board.matching([ticket], self.filter_text))
+        return True
+
+    def _visible_order(self) -> list[str]:
+        tickets = self.board.queue(finished=self.show_finished)
+        if self.filter_text:
+            tickets = self.board.matching(tickets, self.filter_text)
+        return [t.id for t in tickets]
+
+    def _rebuild_tickets(self) -> None:
+        board = self.board
+        rows = [self._tickets.row(board.tickets[key]) for key in self._visible_order()]
+        self._tickets.set_rows(rows)
+        self._title_tickets()
+
+    def _update_views(self) -> None:
+        """Apply what changed on the board to the panels; nothing else is redrawn."""
         if not self._detail.is_attached:  # shutting down
+            return
+        changes = self.board.take_changes()
+        if changes.empty:
             return
         board = self.board
         now = self.now()
-        if board.dirty_agents or board.dirty_tickets:
-            self._agents.show(list(board.agents.values()), board.tickets, now)
+        if changes.reloaded:
+            self._rebuild_tickets()
+            self._agents.set_rows([self._agents.row(a, now) for a in board.agents.values()])
+        else:
+            self._update_tickets(changes)
+            agents = set(changes.agents)
+            for ticket_id in changes.tickets:  # an agent row shows its ticket's state and CI
+                agent = board.agent_of_ticket(ticket_id)
+                if agent is not None:
+                    agents.add(agent.name)
+            for name in agents:
+                if name in board.agents:
+                    self._agents.upsert(*self._agents.row(board.agents[name], now))
+        if changes.reloaded or changes.tickets or changes.agents or changes.leases:
+            self._tickets.refresh_lazy()
             busy = sum(1 for a in board.agents.values() if a.ticket)
             self._agents.border_title = f"Agents · {busy}/{len(board.agents)} busy"
             self._status.show(board)
-        if board.dirty_tickets:
-            self._tickets.show(board.queue(finished=self.show_finished))
+        if changes.log:
+            self._events.add(changes.log)
+        self._tickets.set_widths()  # a longer ticket id widens its column
+        if self.subject is None:
+            self._pick_subject()
+        if (
+            changes.reloaded
+            or self.subject in changes.touched
+            or self._subject_agent_touched(changes)
+        ):
+            self._show_detail()
+            self._show_target()
+
+    def _update_tickets(self, changes: Changes) -> None:
+        table, board = self._tickets, self.board
+        added = False
+        for ticket_id in changes.tickets:
+            ticket = board.tickets[ticket_id]
+            if self._visible(ticket):
+                added |= table.upsert(*table.row(ticket))
+            else:
+                table.remove(ticket_id)
+        if added or changes.order:
+            table.reorder(self._visible_order())
+        if changes.tickets:
             self._title_tickets()
-        board.dirty_agents = board.dirty_tickets = False
-        if board.pending_log:
-            entries = list(board.pending_log)
-            board.pending_log.clear()
-            self._events.add(entries)
-        touched = board.take_touched()
-        ticket, agent = self.selected()
-        keys = {ticket.id if ticket else None, agent_key(agent.name) if agent else None}
-        if self._detail_dirty or not touched.isdisjoint(keys):
-            self._detail_dirty = False
-            output_key = ticket.id if ticket else (agent_key(agent.name) if agent else "")
-            self._detail.show(
-                ticket, agent, board.output.get(output_key, ()), self._git_dir(ticket), now
-            )
+
+    def _subject_agent_touched(self, changes: Changes) -> bool:
+        agent = self.board.agent_of_ticket(self.subject) if self.subject else None
+        return agent is not None and agent_key(agent.name) in changes.touched
 
     def _title_tickets(self) -> None:
         finished = self.board.finished_count()
-        if self.show_finished:
-            self._tickets.border_title = f"Tickets · {finished} finished shown (f hides)"
-        else:
-            self._tickets.border_title = f"Tickets · {finished} finished hidden (f shows)"
+        shown = "shown (f hides)" if self.show_finished else "hidden (f shows)"
+        title = f"Tickets · {finished} finished {shown}"
+        if self.filter_text:
+            title += f" · filter {self.filter_text!r}: {self._tickets.row_count} match"
+        self._tickets.border_title = title
 
     def _age_tick(self) -> None:
-        self.board.dirty_agents = True
-        self._detail_dirty = True
+        """Ages advance: the agents' time cells and the detail head (a handful of cells)."""
+        now = self.now()
+        for agent in self.board.agents.values():
+            self._agents.upsert(*self._agents.row(agent, now))
+        if self.subject is not None:
+            self._show_detail()
 
-    # --- selection ------------------------------------------------------------
+    # --- the subject -------------------------------------------------------------
 
     def on_descendant_focus(self, event: DescendantFocus) -> None:
         if isinstance(event.widget, BoardTable):
             self._active_table = event.widget
-            self._detail_dirty = True
+            self._pick_subject()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table is self._active_table:
-            self._detail_dirty = True
+            self._pick_subject()
 
-    def selected(self) -> tuple[TicketView | None, AgentView | None]:
-        """The ticket and agent of the row under the cursor of the last focused table.
-
-        An agent row selects its ticket too; a ticket row selects the agent on it.
-        """
+    def _pick_subject(self) -> None:
+        """The subject becomes what is under the cursor of the focused table, now."""
         table = self._active_table
         key = table.selected_key
-        if key is None:
+        subject: str | None = None
+        if key is not None and table is self._agents:
+            agent = self.board.agents.get(key)
+            subject = (agent.ticket or agent_key(agent.name)) if agent else None
+        elif key is not None:
+            subject = key
+        if subject != self.subject:
+            self.subject = subject
+            self._show_detail()
+            self._show_target()
+
+    def selected(self) -> tuple[TicketView | None, AgentView | None]:
+        """The subject ticket and the agent working on it now (or the subject agent)."""
+        subject = self.subject
+        if subject is None:
             return None, None
-        if table is self._agents:
-            return self.board.ticket_of_agent(key), self.board.agents.get(key)
-        return self.board.tickets.get(key), self.board.agent_of_ticket(key)
+        if subject.startswith("@"):
+            agent = self.board.agents.get(subject[1:])
+            if agent is not None and agent.ticket:  # the idle agent got a ticket meanwhile
+                return None, agent
+            return None, agent
+        return self.board.tickets.get(subject), self.board.agent_of_ticket(subject)
+
+    def _show_detail(self) -> None:
+        ticket, agent = self.selected()
+        key = ticket.id if ticket else (agent_key(agent.name) if agent else "")
+        why = self.board.why(ticket) if ticket else ""
+        self._detail.show(
+            ticket,
+            agent,
+            self.board.output.get(key, ()),
+            self._git_dir(ticket),
+            self.now(),
+            why=why,
+        )
+        # The footer is recomposed on refresh_bindings: only when what it offers changes.
+        bindings_key = (self.subject is None, ticket.state if ticket else None)
+        if bindings_key != self._bindings_key:
+            self._bindings_key = bindings_key
+            self.refresh_bindings()
+
+    def _show_target(self) -> None:
+        ticket, agent = self.selected()
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" keys act on ", style="dim")
+        if ticket is not None:
+            text.append(ticket.id, style="bold")
+            text.append(f" ({ticket.state})")
+        elif agent is not None:
+            text.append(f"{agent.name} (no ticket)", style="bold")
+        else:
+            text.append("nothing: select a ticket or an agent", style="italic")
+        self._target.update(text, layout=False)  # one fixed line: no relayout
 
     def _selected_ticket(self) -> TicketView | None:
         ticket, agent = self.selected()
@@ -304,6 +497,29 @@ class OrchestratorApp(App[int]):
                 )
         return ticket
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer only what the subject's state allows (others are shown disabled)."""
+        ticket = self.board.tickets.get(self.subject or "")
+        if ticket is None:
+            return True  # pressing it explains what to select
+        state = ticket.state
+        if action == "proceed":
+            return state == TicketState.AWAITING_APPROVAL or state in _CONTINUE_STATES or None
+        if action == "reject":
+            return state == TicketState.AWAITING_APPROVAL or None
+        if action == "stop_ticket":
+            return (
+                state not in FINAL_STATES
+                and state
+                not in (
+                    TicketState.STOPPED,
+                    TicketState.FAILED,
+                    TicketState.MERGING,
+                )
+                or None
+            )
+        return True
+
     def _git_dir(self, ticket: TicketView | None) -> Path | None:
         agent = self.board.agent_of_ticket(ticket.id) if ticket else None
         home = self.board.hello.home if self.board.hello else None
@@ -314,6 +530,12 @@ class OrchestratorApp(App[int]):
                 *(a.worktree for a in self.board.agents.values()),
             ]
         )
+
+    def on_resize(self, event: Resize) -> None:
+        if self._tickets.wide != self._tickets_wide:  # state labels depend on the width
+            self._tickets_wide = self._tickets.wide
+            self._rebuild_tickets()
+        self._tickets.set_widths()
 
     # --- commands ---------------------------------------------------------------
 
@@ -349,17 +571,34 @@ class OrchestratorApp(App[int]):
         )
 
     def action_proceed(self) -> None:
-        """``c``: approve a ticket awaiting approval, continue a stopped/failed/blocked one."""
+        """``c``: approve the subject if it awaits approval (after a yes), continue it if
+        stopped, failed or blocked (with optional feedback for the next attempt)."""
         ticket = self._selected_ticket()
         if ticket is None:
             return
+        ticket_id = ticket.id
         if ticket.state == TicketState.AWAITING_APPROVAL:
-            self._send(Approve(ticket=ticket.id))
+            if not self.settings.confirm_merge:
+                self._send(Approve(ticket=ticket_id))
+                return
+
+            def approve(yes: bool | None) -> None:
+                if yes:
+                    self._send(Approve(ticket=ticket_id))
+
+            question = f"Merge {ticket_id} ({ticket.title}) into main?"
+            self.push_screen(ConfirmScreen(f"Approve {ticket_id}", question), approve)
         elif ticket.state in _CONTINUE_STATES:
-            self._send(Continue(ticket=ticket.id))
+
+            def resume(feedback: str | None) -> None:
+                if feedback is not None:
+                    self._send(Continue(ticket=ticket_id, feedback=feedback))
+
+            screen = RejectScreen(ticket_id, ticket.title, verb="Continue", required=False)
+            self.push_screen(screen, resume)
         else:
             self.notify(
-                f"{ticket.id} is {ticket.state}: c approves a ticket awaiting approval "
+                f"{ticket_id} is {ticket.state}: c approves a ticket awaiting approval "
                 "or continues a stopped, failed or blocked one",
                 severity="warning",
                 markup=False,
@@ -367,19 +606,38 @@ class OrchestratorApp(App[int]):
 
     def action_stop_ticket(self) -> None:
         ticket = self._selected_ticket()
-        if ticket is not None:
-            self._send(Stop(ticket=ticket.id))
+        if ticket is None:
+            return
+        if self.check_action("stop_ticket", ()) is None:
+            self.notify(
+                f"{ticket.id} is {ticket.state}: there is nothing to stop",
+                severity="warning",
+                markup=False,
+            )
+            return
+        self._send(Stop(ticket=ticket.id))
 
     def action_reject(self) -> None:
+        """``r``: only a ticket awaiting approval can be rejected; refuse others at once."""
         ticket = self._selected_ticket()
         if ticket is None:
             return
+        if ticket.state != TicketState.AWAITING_APPROVAL:
+            hint = " (c continues it with feedback)" if ticket.state in _CONTINUE_STATES else ""
+            self.notify(
+                f"{ticket.id} is {ticket.state}: only a ticket awaiting approval can be "
+                f"rejected{hint}",
+                severity="warning",
+                markup=False,
+            )
+            return
+        ticket_id = ticket.id
 
         def send(feedback: str | None) -> None:
             if feedback:
-                self._send(Reject(ticket=ticket.id, feedback=feedback))
+                self._send(Reject(ticket=ticket_id, feedback=feedback))
 
-        self.push_screen(RejectScreen(ticket.id, ticket.title), send)
+        self.push_screen(RejectScreen(ticket_id, ticket.title), send)
 
     def action_priority(self, delta: int) -> None:
         """``+``/``-``: one step more/less urgent (lower number = more urgent, 0..4)."""
@@ -404,7 +662,7 @@ class OrchestratorApp(App[int]):
             self.notify(f"{ticket.id} {why}", severity="warning", markup=False)
             return
         self.push_screen(
-            TextScreen(f"diff main...{branch}", partial(git.full_diff, git_dir, branch))
+            TextScreen(f"diff main...{branch}", partial(git.full_diff, git_dir, branch), diff=True)
         )
 
     def action_log(self) -> None:
@@ -420,16 +678,62 @@ class OrchestratorApp(App[int]):
 
     def action_toggle_finished(self) -> None:
         self.show_finished = not self.show_finished
-        self.board.dirty_tickets = True
+        self._rebuild_tickets()
+
+    def action_search(self) -> None:
+        """``/``: show the filter field; typing filters the tickets panel."""
+        self._search.display = True
+        self._search.focus()
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._rebuild_tickets()
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        if not self.filter_text:
+            self._search.display = False
+        self._tickets.focus()
+
+    def on_key(self, event: Key) -> None:
+        key = event.key
+        action = _REFUSABLE.get(key)
+        if (
+            action is not None
+            and self.check_action(action, ()) is None
+            and self.screen is self.screen_stack[0]
+        ):
+            # Disabled for the subject's state (dimmed in the footer): say why, send nothing.
+            event.stop()
+            getattr(self, f"action_{action}")()
+            return
+        if key == "escape" and self._search.display:
+            self._search.value = ""
+            self._search.display = False
+            self._tickets.focus()
+
+    def action_events_scope(self) -> None:
+        """``e``: events of every ticket, or only of the subject ticket."""
+        ticket, _ = self.selected()
+        scope = None if self._events.ticket is not None or ticket is None else ticket.id
+        self._events.set_filter(self.board.log, ticket=scope)
+        self._events.border_title = self._events.title()
+
+    def action_toggle_heartbeats(self) -> None:
+        self._events.set_filter(self.board.log, heartbeats=not self._events.heartbeats)
+        self._events.border_title = self._events.title()
 
     def action_help(self) -> None:
         keys = [
             (binding.key_display or binding.key, binding.tooltip or binding.description)
             for binding in (b for b in self.BINDINGS if isinstance(b, Binding))
         ]
-        self.push_screen(
-            HelpScreen([*keys, *_NAVIGATION_KEYS], about=f"daemon socket: {self.socket_path}")
-        )
+        about = f"daemon socket: {self.socket_path}\n{_PRIORITY_HELP}"
+        self.push_screen(HelpScreen([*keys, *_NAVIGATION_KEYS], about=about))
+
+
+PROBE_TIMEOUT_S = 5.0
 
 
 def probe(socket_path: Path, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
@@ -453,17 +757,59 @@ def probe(socket_path: Path, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     return None
 
 
-def run(socket_path: Path, *, title: str | None = None) -> int:
+def wait_for_daemon(
+    socket_path: Path, wait_s: float = STARTUP_WAIT_S, interval_s: float = RECONNECT_DELAY_S
+) -> str | None:
+    """Probe until the daemon answers; a daemon that is starting gets ``wait_s`` seconds.
+
+    Only "nothing answers yet" is retried; a daemon of another protocol version
+    or one that does not answer its hello fails at once.
+
+    Returns:
+        None when the daemon answered, else why not (one line).
+    """
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if time.monotonic() >= deadline:
+                return (
+                    f"no daemon answers on {socket_path} ({exc.strerror}; waited {wait_s:.0f} s); "
+                    "start it with `orchestrator daemon --config CONFIG`"
+                )
+            if not said:
+                print(
+                    f"waiting up to {wait_s:.0f} s for the daemon on {socket_path}…",
+                    file=sys.stderr,
+                )
+                said = True
+            time.sleep(interval_s)
+            continue
+        return probe(socket_path)
+
+
+def run(
+    socket_path: Path,
+    *,
+    title: str | None = None,
+    settings: TuiConfig | None = None,
+    wait_s: float = STARTUP_WAIT_S,
+) -> int:
     """Run the TUI until ``q``; the daemon keeps running.
+
+    Waits up to ``wait_s`` for a daemon that is starting (its socket not there yet).
 
     Returns:
         0 after a normal exit; 1 (with one line on stderr) when no daemon answers
-        on ``socket_path`` or it speaks another protocol version.
+        on ``socket_path`` in time or it speaks another protocol version.
     """
-    problem = probe(socket_path)
+    problem = wait_for_daemon(socket_path, wait_s)
     if problem is not None:
-        print(problem, file=sys.stderr)
+        print(f"orchestrator: {problem}", file=sys.stderr)
         return 1
-    app = OrchestratorApp(socket_path, title=title)
+    app = OrchestratorApp(socket_path, title=title, settings=settings)
     app.run()
     return app.return_code or 0

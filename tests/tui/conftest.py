@@ -25,7 +25,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from orchestrator.shared.models import AgentState, AgentView, CIView, TicketState, TicketView
+from orchestrator.shared.models import (
+    AgentState,
+    AgentView,
+    CIView,
+    LeaseView,
+    TicketState,
+    TicketView,
+)
 from orchestrator.shared.protocol import (
     PROTOCOL_VERSION,
     ClientCommand,
@@ -243,7 +250,8 @@ def make_snapshot(worktree: Path, log_dir: Path) -> Snapshot:
             effective_priority=1.0,
             rank=1.0,
             queued_at=NOW - 600,
-            reason="lock src/auth/ held by T-1",
+            locks=["src/auth/db.py"],
+            reason="lock src/auth/ held by T-1 (stale: the TUI computes its own)",
         ),
         TicketView(
             id="T-2",
@@ -304,6 +312,7 @@ def make_snapshot(worktree: Path, log_dir: Path) -> Snapshot:
             effective_priority=1.5,
             rank=2.0,
             queued_at=NOW - 900,
+            locks=["docs/"],
         ),
     ]
     agents = [
@@ -337,7 +346,19 @@ def make_snapshot(worktree: Path, log_dir: Path) -> Snapshot:
         ),
     ]
     return Snapshot(
-        version=PROTOCOL_VERSION, last_event_id=100, tickets=tickets, agents=agents, leases=[]
+        version=PROTOCOL_VERSION,
+        last_event_id=100,
+        tickets=tickets,
+        agents=agents,
+        leases=[
+            LeaseView(
+                path="src/auth/",
+                ticket="T-1",
+                agent="agent-1",
+                acquired_at=NOW - 125,
+                expires_at=NOW + 60,
+            )
+        ],
     )
 
 

@@ -9,17 +9,21 @@ import msgspec
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from orchestrator.shared.models import AgentState, TicketState
+from orchestrator.shared.config import TuiConfig
+from orchestrator.shared.models import AgentState, CIView, TicketState
 from orchestrator.shared.protocol import Approve, Continue, Reject, SetPriority, Stop
 from orchestrator.tui.app import OrchestratorApp
+from orchestrator.tui.notify import Notifier, desktop_available
 from orchestrator.tui.widgets.agents_table import AgentsTable
 from orchestrator.tui.widgets.banner import Banner
+from orchestrator.tui.widgets.confirm_screen import ConfirmScreen
 from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.event_log import EventLog
 from orchestrator.tui.widgets.help_screen import HelpScreen
 from orchestrator.tui.widgets.reject_screen import RejectScreen
 from orchestrator.tui.widgets.text_screen import TextScreen
 from orchestrator.tui.widgets.tickets_table import TicketsTable
+from tests.tui.conftest import NOW
 
 SIZE = (120, 36)
 
@@ -60,8 +64,10 @@ async def test_snapshot_is_rendered_in_queue_order(make_app, fake_daemon) -> Non
         tickets = app.query_one(TicketsTable)
         # Active first, then queued by rank then queued_at, then parked; finished hidden.
         assert tickets.row_keys == ["T-2", "T-1", "T-3", "T-8", "T-4", "T-7", "T-5"]
-        assert str(tickets.row_cells("T-3")[0]) == "1"
-        assert str(tickets.row_cells("T-4")[6]) == "waits for T-3"
+        # Why is computed from the current board: T-1 holds the lock T-3 needs.
+        assert tickets.cell_text("T-3", "reason") == "lock src/auth/ held by T-1 (running)"
+        assert tickets.cell_text("T-4", "reason") == "waits for T-3 (queued)"
+        assert tickets.cell_text("T-8", "reason") == "2nd in line for a free agent (2/3 busy)"
         assert "1 finished hidden" in str(tickets.border_title)
 
         await pilot.press("f")
@@ -83,9 +89,11 @@ async def test_event_replaces_ticket_row(make_app, fake_daemon) -> None:
                 title="Fix [bug] in [/] parser",
             )
         )
-        await until(pilot, lambda: str(tickets.row_cells("T-3")[2]) == "running")
-        assert str(tickets.row_cells("T-3")[7]) == "Fix [bug] in [/] parser"
-        assert str(tickets.row_cells("T-3")[6]) == "[/b] not [red]markup"
+        await until(pilot, lambda: tickets.cell_text("T-3", "state") == "running")
+        assert tickets.cell_text("T-3", "title") == "Fix [bug] in [/] parser"
+        assert tickets.cell_text("T-3", "reason") == "[/b] not [red]markup"
+        # T-4 waited for T-3: its Why follows T-3's state without an event of its own.
+        assert tickets.cell_text("T-4", "reason") == "waits for T-3 (running)"
         await pilot.pause(0.1)  # rendered without a MarkupError
         assert tickets.row_keys.index("T-3") < tickets.row_keys.index("T-8")
         log = app.query_one(EventLog)
@@ -104,6 +112,11 @@ async def test_c_approves_awaiting_ticket_and_shows_reply(make_app, fake_daemon)
         app = await connected(pilot)
         await pilot.press("down")  # agents table: agent-2, working on T-2 (awaiting approval)
         await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")  # not merged
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert fake_daemon.commands == []
+        await pilot.press("c", "y")
         await until(pilot, lambda: fake_daemon.commands)
         assert fake_daemon.commands == [Approve(ticket="T-2", req="c1", client="tui")]
         await until(pilot, lambda: ("approve T-2", "done", "information") in notifications(app))
@@ -115,9 +128,12 @@ async def test_c_continues_stopped_ticket_and_error_reply(make_app, fake_daemon)
         app = await connected(pilot)
         await select_ticket(pilot, "T-5")
         await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, RejectScreen))
+        await pilot.press("enter")  # feedback is optional when continuing
         await until(pilot, lambda: fake_daemon.commands)
         assert isinstance(fake_daemon.commands[0], Continue)
         assert fake_daemon.commands[0].ticket == "T-5"
+        assert fake_daemon.commands[0].feedback == ""
         await until(pilot, lambda: ("continue T-5", "refused", "error") in notifications(app))
 
         # A queued ticket can be neither approved nor continued: a hint, nothing sent.
@@ -125,6 +141,14 @@ async def test_c_continues_stopped_ticket_and_error_reply(make_app, fake_daemon)
         await pilot.press("c")
         await until(pilot, lambda: any("T-3 is queued" in n[1] for n in notifications(app)))
         assert len(fake_daemon.commands) == 1
+
+        # A failed ticket continues with feedback for its next attempt.
+        await select_ticket(pilot, "T-7")
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, RejectScreen))
+        await pilot.press(*"use pathlib", "enter")
+        await until(pilot, lambda: len(fake_daemon.commands) == 2)
+        assert fake_daemon.commands[1].feedback == "use pathlib"
 
 
 async def test_s_stops_ticket_of_selected_agent(make_app, fake_daemon) -> None:
@@ -156,6 +180,12 @@ async def test_r_rejects_with_feedback(make_app, fake_daemon) -> None:
         await pilot.press("r", "escape")  # cancelled: nothing sent
         await pilot.pause()
         assert len(fake_daemon.commands) == 1
+
+        # A failed ticket cannot be rejected: refused before any dialog.
+        await select_ticket(pilot, "T-7")
+        await pilot.press("r")
+        await until(pilot, lambda: any("T-7 is failed" in n[1] for n in notifications(app)))
+        assert not isinstance(app.screen, RejectScreen)
 
 
 async def test_plus_and_minus_set_priority(make_app, fake_daemon) -> None:
@@ -297,12 +327,12 @@ async def test_burst_of_events_is_absorbed(make_app, fake_daemon) -> None:
         fake_daemon.push(*events)
         tickets = app.query_one(TicketsTable)
         await until(
-            pilot, lambda: str(tickets.row_cells("T-1")[2]) == "awaiting_approval", timeout_s=15
+            pilot, lambda: tickets.cell_text("T-1", "state") == "awaiting_approval", timeout_s=15
         )
         assert app.board.last_event_id == events[-1].id
         assert len(app.query_one(EventLog).lines) <= 1000
 
-        await pilot.press("c")  # agent-1 → T-1, now awaiting approval
+        await pilot.press("c", "y")  # agent-1 → T-1, now awaiting approval
         await until(pilot, lambda: fake_daemon.commands)
         assert fake_daemon.commands[0] == Approve(ticket="T-1", req="c1", client="tui")
 
@@ -320,3 +350,178 @@ async def test_compact_layout_at_80x24(make_app, fake_daemon) -> None:
         assert app.query_one(AgentsTable).region.height == 5  # border, header, 3 agents
         await pilot.press("tab")
         assert app.focused is app.query_one(TicketsTable)
+
+
+async def test_subject_stays_when_the_agent_moves_on(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("down")  # agent-2 on T-2
+        await until(pilot, lambda: app.subject == "T-2")
+        target = app.query_one("#target")
+        assert "keys act on T-2 (awaiting_approval)" in str(target.render())
+        # agent-2 finishes T-2 and takes T-8: the subject is still T-2.
+        agent = next(a for a in fake_daemon.snapshot.agents if a.name == "agent-2")
+        moved = msgspec.structs.replace(agent, state=AgentState.RUNNING, ticket="T-8")
+        fake_daemon.push(
+            fake_daemon.ticket_event("T-2", state=TicketState.MERGED),
+            fake_daemon.ticket_event("T-8", state=TicketState.RUNNING, agent="agent-2"),
+            fake_daemon.event("agent.state", "agent-2: running T-8", agent_view=moved),
+        )
+        detail = app.query_one(DetailPane)
+        await until(pilot, lambda: app.board.agents["agent-2"].ticket == "T-8")
+        await pilot.pause(0.1)
+        assert app.subject == "T-2"
+        assert detail.border_title == "Detail · T-2"
+        assert "keys act on T-2 (merged)" in str(target.render())
+        await pilot.press("c")  # merged: nothing to approve, nothing sent
+        await until(pilot, lambda: any("T-2 is merged" in n[1] for n in notifications(app)))
+        assert fake_daemon.commands == []
+
+
+async def test_failed_ticket_detail_shows_no_other_agents_note(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        # T-7 failed on agent-1 earlier; agent-1 now works on T-1 with note "running tests".
+        fake_daemon.push(fake_daemon.ticket_event("T-7", agent="agent-1"))
+        await until(pilot, lambda: app.board.tickets["T-7"].agent == "agent-1")
+        await select_ticket(pilot, "T-7")
+        detail = app.query_one(DetailPane)
+        await until(pilot, lambda: detail.border_title == "Detail · T-7")
+        assert "running tests" not in detail.body_text
+        assert app.query_one(TicketsTable).cell_text("T-7", "agent") == "-"
+
+
+async def test_slash_filters_tickets(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        await pilot.press("slash", *"login")
+        await until(pilot, lambda: tickets.row_keys == ["T-1"])
+        assert "filter 'login'" in str(tickets.border_title)
+        await pilot.press("enter")  # keeps the filter, back to the table
+        assert app.focused is tickets
+        # A ticket that starts matching appears at once.
+        fake_daemon.push(fake_daemon.ticket_event("T-8", title="login via CSV"))
+        await until(pilot, lambda: tickets.row_keys == ["T-1", "T-8"])
+        await pilot.press("slash", "escape")  # clears the filter
+        await until(pilot, lambda: len(tickets.row_keys) == 7)
+
+
+async def test_events_hide_heartbeats_and_filter_by_ticket(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        log = app.query_one(EventLog)
+        fake_daemon.push(
+            fake_daemon.event("agent.heartbeat", "agent-1: beat", ticket="T-1"),
+            fake_daemon.event("ticket.updated", "T-3: priority P1", ticket="T-3"),
+            fake_daemon.event("ticket.updated", "T-1: priority P2", ticket="T-1"),
+        )
+
+        def text() -> str:
+            return "\n".join(line.text for line in log.lines)
+
+        await until(pilot, lambda: "T-1: priority P2" in text())
+        assert "beat" not in text()
+        await pilot.press("h")
+        await until(pilot, lambda: "agent-1: beat" in text())
+        await pilot.press("e")  # subject: T-1 (agent-1's ticket)
+        await until(pilot, lambda: "T-3: priority" not in text())
+        assert "T-1: priority P2" in text() and log.border_title == "Events · T-1 · +heartbeats"
+        await pilot.press("e")
+        await until(pilot, lambda: "T-3: priority" in text())
+
+
+async def test_help_and_detail_explain_the_effective_priority(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await select_ticket(pilot, "T-8")
+        detail = app.query_one(DetailPane)
+        await until(pilot, lambda: "effective 1.5 after 15m queued" in detail.body_text)
+        assert "why: 2nd in line for a free agent" in detail.body_text
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        about = str(app.screen.query_one(".help-about").render())
+        assert "P2→1.9" in about and "aging_interval_s" in about
+
+
+async def test_detail_puts_failing_tests_first_and_newest_attempt_first(
+    make_app, fake_daemon
+) -> None:
+    log_tail = (
+        "collected 3 items\ntests/test_a.py .F.\n=== short test summary info ===\n"
+        "FAILED tests/test_a.py::test_x - assert 1 == 2\n1 failed, 2 passed\n"
+    )
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        fake_daemon.push(
+            fake_daemon.event("agent.output", ticket="T-1", text="old attempt line"),
+            fake_daemon.ticket_event(
+                "T-1",
+                attempt=2,
+                ci=CIView(sha="abcdef0123", status="fail", duration_s=3.0, log_tail=log_tail),
+            ),
+            fake_daemon.event("agent.output", ticket="T-1", text="new attempt line"),
+        )
+        detail = app.query_one(DetailPane)
+        await until(pilot, lambda: "new attempt line" in detail.body_text)
+        body = detail.body_text
+        assert "1 failing:\n  FAILED tests/test_a.py::test_x - assert 1 == 2" in body
+        assert body.index("FAILED tests/") < body.index("output of attempt 2")
+        assert body.index("output of attempt 2") < body.index("output of attempt 1")
+        assert body.index("new attempt line") < body.index("old attempt line")
+
+
+async def test_a_ticket_needing_a_person_rings_and_notifies(fake_daemon) -> None:
+    sent: list[tuple[str, str]] = []
+
+    class Recorder(Notifier):
+        def desktop(self, summary: str, body: str) -> None:
+            sent.append((summary, body))
+
+    app = OrchestratorApp(
+        fake_daemon.socket_path, now=lambda: NOW, notifier=Recorder(TuiConfig(), environ={})
+    )
+    rings: list[int] = []
+    app.bell = lambda: rings.append(1)  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await connected(pilot)
+        fake_daemon.push(fake_daemon.ticket_event("T-1", state=TicketState.AWAITING_APPROVAL))
+        await until(pilot, lambda: sent)
+        assert rings == [1]
+        assert "T-1 passed CI and awaits approval" in sent[0][1]
+        fake_daemon.push(fake_daemon.ticket_event("T-1", title="retitled"))  # same state
+        await pilot.pause(0.2)
+        assert len(sent) == 1
+
+
+def test_desktop_notifications_need_a_display() -> None:
+    assert desktop_available({}) is None
+    off = Notifier(TuiConfig(notify="off"), environ={"DISPLAY": ":0"})
+    assert off.command is None
+
+
+async def test_10000_tickets_update_by_row(make_app, fake_daemon) -> None:
+    base = fake_daemon.ticket("T-8")
+    many = [
+        msgspec.structs.replace(base, id=f"B-{i:05d}", rank=10 + i, queued_at=NOW - i)
+        for i in range(10_000)
+    ]
+    fake_daemon.snapshot = msgspec.structs.replace(
+        fake_daemon.snapshot, tickets=fake_daemon.snapshot.tickets + many
+    )
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        await until(pilot, lambda: tickets.row_count == 10_007, timeout_s=30)
+        rows_before = dict(tickets.rows)
+        fake_daemon.push(
+            fake_daemon.ticket_event("T-8", priority=0, effective_priority=0.0, rank=0.0)
+        )
+
+        def moved() -> bool:
+            """T-8 first in the queue, shown P0"""
+            return tickets.row_keys[2] == "T-8" and tickets.cell_text("T-8", "priority") == "P0"
+
+        await until(pilot, moved)
+        # The rows were re-sorted and one cell updated; no row was rebuilt.
+        assert dict(tickets.rows) == rows_before

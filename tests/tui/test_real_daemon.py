@@ -71,7 +71,7 @@ async def wait_state(pilot: Pilot, project: Project, tid: str, *states: str) -> 
 def row_state(app: OrchestratorApp, tid: str) -> str | None:
     """The State cell of ``tid`` in the tickets panel, or None when it has no row."""
     table = app.query_one(TicketsTable)
-    return str(table.row_cells(tid)[2]) if tid in table.row_keys else None
+    return table.cell_text(tid, "state") if table.has_row(tid) else None
 
 
 async def select_ticket(pilot: Pilot, tid: str) -> None:
@@ -100,7 +100,7 @@ async def test_c_approves_and_the_ticket_is_merged(make_project) -> None:
         )
 
         await select_ticket(pilot, "T-ok")
-        await pilot.press("c")
+        await pilot.press("c", "y")
         await wait_state(pilot, project, "T-ok", "merged")
         await until(
             pilot,
@@ -178,7 +178,7 @@ async def test_r_sends_feedback_to_a_new_attempt(make_project) -> None:
         )
         await until(
             pilot,
-            lambda: str(app.query_one(TicketsTable).row_cells("T-rej")[4]).startswith("2/"),
+            lambda: app.query_one(TicketsTable).cell_text("T-rej", "attempt").startswith("2/"),
             "the Att column to show 2",
         )
 

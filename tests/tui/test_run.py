@@ -6,20 +6,21 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
-from orchestrator.tui.app import run
+from orchestrator.tui.app import run, wait_for_daemon
 
 
 def test_no_daemon_prints_one_line_and_returns_1(capsys: pytest.CaptureFixture[str]) -> None:
     path = Path(tempfile.mkdtemp(dir="/tmp")) / "nobody.sock"
-    assert run(path) == 1
+    assert run(path, wait_s=0) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1
-    assert err.startswith(f"no daemon answers on {path}")
+    assert err.startswith(f"orchestrator: no daemon answers on {path}")
     assert "orchestrator daemon --config CONFIG" in err
 
 
@@ -27,8 +28,25 @@ def test_stale_socket_file_counts_as_no_daemon(capsys: pytest.CaptureFixture[str
     path = Path(tempfile.mkdtemp(dir="/tmp")) / "stale.sock"
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))  # bound, never listening: connect is refused
-    assert run(path) == 1
-    assert capsys.readouterr().err.startswith(f"no daemon answers on {path}")
+    assert run(path, wait_s=0) == 1
+    assert capsys.readouterr().err.startswith(f"orchestrator: no daemon answers on {path}")
+
+
+def test_waits_for_a_daemon_that_is_starting(fake_daemon, capsys) -> None:
+    fake_daemon.stop()
+    starter = threading.Timer(1.0, fake_daemon.start)
+    starter.start()
+    try:
+        assert wait_for_daemon(fake_daemon.socket_path, wait_s=20, interval_s=0.1) is None
+    finally:
+        starter.join()
+    assert "waiting up to 20 s for the daemon" in capsys.readouterr().err
+
+
+def test_gives_up_after_the_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(tempfile.mkdtemp(dir="/tmp")) / "late.sock"
+    problem = wait_for_daemon(path, wait_s=0.3, interval_s=0.1)
+    assert problem is not None and "waited 0 s" in problem
 
 
 def test_version_mismatch_prints_the_protocol_error(fake_daemon, capsys) -> None:

@@ -134,7 +134,10 @@ def test_approve_and_quit_in_a_real_terminal(tmux: Tmux, make_project) -> None:
     assert max(len(line.rstrip()) for line in screen.splitlines()) > 100, "drawn 120 wide"
 
     tmux.keys("Tab")  # the tickets panel; T-tmux is its only row
+    tmux.wait_screen(lambda s: "keys act on T-tmux" in s, "the footer naming the subject")
     tmux.keys("c")
+    tmux.wait_screen(lambda s: "Merge T-tmux" in s, "the merge confirmation")
+    tmux.keys("y")
     project.wait_state("T-tmux", "merged")
     tmux.keys("f")  # merged tickets are hidden until f
     tmux.wait_screen(
@@ -151,7 +154,7 @@ def test_approve_and_quit_in_a_real_terminal(tmux: Tmux, make_project) -> None:
 def test_without_a_daemon_one_line_and_non_zero_exit(make_project) -> None:
     project = make_project(start=False)
     done = subprocess.run(
-        [str(ORCHESTRATOR), "tui", "--config", str(project.config)],
+        [str(ORCHESTRATOR), "tui", "--config", str(project.config), "--wait-s", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -159,4 +162,4 @@ def test_without_a_daemon_one_line_and_non_zero_exit(make_project) -> None:
     assert done.returncode != 0
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith(f"no daemon answers on {project.home.socket_path}")
+    assert done.stderr.startswith(f"orchestrator: no daemon answers on {project.home.socket_path}")

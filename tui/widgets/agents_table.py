@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 
-from orchestrator.shared.models import AgentView, TicketView
+from orchestrator.shared.models import AgentView
+from orchestrator.tui.board import Board
 from orchestrator.tui.format import agent_state_style, ci_cell, since
-from orchestrator.tui.widgets.board_table import BoardTable, Row
+from orchestrator.tui.widgets.board_table import BoardTable
 
 
 class AgentsTable(BoardTable):
     """Workers with their state (coloured, see :func:`tui.format.agent_state_style`),
-    ticket, branch, attempt, time in state, last activity and their ticket's CI result."""
+    ticket, branch, attempt, time in its shown state, last activity and its ticket's CI."""
 
     COLUMNS = (
         ("Agent", "name"),
@@ -24,25 +27,26 @@ class AgentsTable(BoardTable):
         ("CI", "ci"),
     )
 
-    def show(self, agents: list[AgentView], tickets: dict[str, TicketView], now: float) -> None:
-        self.sync([_row(agent, tickets, now) for agent in agents])
+    def __init__(self, board: Board, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.board = board
 
-
-def _row(agent: AgentView, tickets: dict[str, TicketView], now: float) -> Row:
-    ticket = tickets.get(agent.ticket) if agent.ticket else None
-    attempt = "-"
-    if agent.attempt:
-        attempt = f"{agent.attempt}/{ticket.max_attempts}" if ticket else str(agent.attempt)
-    return (
-        agent.name,
-        (
+    def row(self, agent: AgentView, now: float) -> tuple[str, tuple[Any, ...]]:
+        """The cells of one agent's row; ages are relative to ``now`` (Unix s)."""
+        ticket = self.board.ticket_of_agent(agent.name)
+        attempt = "-"
+        if agent.attempt:
+            attempt = f"{agent.attempt}/{ticket.max_attempts}" if ticket else str(agent.attempt)
+        return (
             agent.name,
-            Text(str(agent.state), style=agent_state_style(agent, ticket)),
-            agent.ticket or "-",
-            agent.branch or "-",
-            attempt,
-            since(agent.state_since, now),
-            since(agent.last_activity, now),
-            ci_cell(ticket.ci if ticket else None),
-        ),
-    )
+            (
+                agent.name,
+                Text(str(agent.state), style=agent_state_style(agent, ticket)),
+                agent.ticket or "-",
+                agent.branch or "-",
+                attempt,
+                since(self.board.agent_since(agent), now),
+                since(agent.last_activity, now),
+                ci_cell(ticket.ci if ticket else None),
+            ),
+        )

@@ -1,85 +1,180 @@
-"""A DataTable that is repainted from a list of keyed rows, touching only what changed."""
+"""A DataTable kept equal to keyed rows by updating only what changed.
+
+Rows are added, removed and updated by key and cells by column
+(:meth:`BoardTable.upsert`), the order is changed with one ``sort``
+(:meth:`BoardTable.reorder`), and only a filter or a new snapshot rebuilds the
+table (:meth:`BoardTable.set_rows`). Cells that depend on *other* rows (a queued
+ticket's place in line, the ticket holding a lock) are :class:`LazyCell`
+renderables: computed when drawn, so only the rows on screen pay for them and
+they are never stale; :meth:`BoardTable.refresh_lazy` redraws them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-Cell = str | Text
-Row = tuple[str, tuple[Cell, ...]]
+Row = tuple[str, tuple[Any, ...]]
 
 
-class BoardTable(DataTable[Cell]):
-    """Row-cursor table with j/k, whose rows are kept equal to the last :meth:`sync`.
+class LazyCell:
+    """A cell whose text is computed at draw time by ``render()`` (one line, ellipsised)."""
 
-    Subclasses set ``COLUMNS`` as ``(label, key)`` pairs.
+    __slots__ = ("render",)
+
+    def __init__(self, render: Callable[[], Text]) -> None:
+        self.render = render
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text = self.render()
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        yield text
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, options.max_width)
+
+
+class BoardTable(DataTable[Any]):
+    """Row-cursor table with j/k and Home/End on rows; the first column never scrolls away.
+
+    Subclasses set ``COLUMNS`` as ``(label, key)`` pairs; the first column holds
+    the row key as plain text (it is what :meth:`reorder` sorts by).
     """
 
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = ()
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
+        # DataTable's Home/End scroll sideways in row mode, taking the ID column away.
+        Binding("home", "scroll_top", "First", show=False),
+        Binding("end", "scroll_bottom", "Last", show=False),
     ]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
-        self._rows: dict[str, tuple[Cell, ...]] = {}
-        self._order: list[str] = []
+        self.fixed_columns = 1
+        self._cells: dict[str, tuple[Any, ...]] = {}
 
     def on_mount(self) -> None:
         for label, key in self.COLUMNS:
-            self.add_column(label, key=key)
+            self.add_column(label, key=key, width=self.column_width(key))
+
+    def column_width(self, key: str) -> int | None:
+        """Fixed width of a column (cells), or None to fit its content."""
+        return None
+
+    def set_widths(self) -> None:
+        """Re-apply :meth:`column_width` (after a resize)."""
+        changed = False
+        for _, key in self.COLUMNS:
+            width = self.column_width(key)
+            column = self.columns.get(key)  # type: ignore[call-overload]
+            if column is None or width is None or column.width == width:
+                continue
+            column.width = width
+            column.auto_width = False
+            changed = True
+        if changed:
+            self.refresh_lazy()
 
     @property
     def selected_key(self) -> str | None:
         """Key of the row under the cursor, or None when the table is empty."""
-        if not self._order:
+        if not self.row_count:
             return None
-        row = min(max(self.cursor_row, 0), len(self._order) - 1)
-        return self._order[row]
+        row = min(max(self.cursor_row, 0), self.row_count - 1)
+        key = self.coordinate_to_cell_key((row, 0)).row_key.value
+        return key
 
     @property
     def row_keys(self) -> list[str]:
-        return list(self._order)
+        """Row keys in display order."""
+        return [str(row.key.value) for row in self.ordered_rows]
 
-    def row_cells(self, key: str) -> tuple[Cell, ...]:
-        """The cells last synced for row ``key``, as Text (KeyError if absent)."""
-        return self._rows[key]
+    def row_cells(self, key: str) -> tuple[Any, ...]:
+        """The cells last set for row ``key`` (KeyError if absent)."""
+        return self._cells[key]
 
-    def sync(self, rows: Sequence[Row]) -> None:
-        """Make the table show ``rows`` in that order.
+    def cell_text(self, key: str, column: str) -> str:
+        """The plain text a cell shows now (lazy cells are computed)."""
+        index = [k for _, k in self.COLUMNS].index(column)
+        cell = self._cells[key][index]
+        if isinstance(cell, LazyCell):
+            return cell.render().plain
+        return cell.plain if isinstance(cell, Text) else str(cell)
 
-        When only cell values changed, those cells are updated in place; when
-        rows were added, removed or reordered, the table is rebuilt and the
-        cursor stays on the same key (or the same position if that row left).
-        """
-        # DataTable reads str cells as markup; ticket titles and reasons are not.
-        rows = [
-            (key, tuple(Text(c) if isinstance(c, str) else c for c in cells)) for key, cells in rows
-        ]
-        order = [key for key, _ in rows]
-        if order == self._order:
-            columns = [key for _, key in self.COLUMNS]
-            for key, cells in rows:
-                old = self._rows[key]
-                if old == cells:
-                    continue
-                for column, before, after in zip(columns, old, cells, strict=True):
-                    if before != after:
-                        self.update_cell(key, column, after, update_width=True)
-                self._rows[key] = cells
-            return
+    def has_row(self, key: str) -> bool:
+        return key in self._cells
+
+    def set_rows(self, rows: Sequence[Row]) -> None:
+        """Replace every row, keeping the cursor on the same key when it is still there."""
         selected, row = self.selected_key, self.cursor_row
         self.clear()
+        self._cells = {}
         for key, cells in rows:
+            cells = _texts(cells)
+            self._cells[key] = cells
             self.add_row(*cells, key=key)
-        self._order = order
-        self._rows = dict(rows)
-        if selected in self._rows:
-            row = order.index(selected)
-        if order:
-            self.move_cursor(row=min(max(row, 0), len(order) - 1), scroll=True)
+        self._restore_cursor(selected, row)
+
+    def upsert(self, key: str, cells: tuple[Any, ...]) -> bool:
+        """Update row ``key``'s changed cells, or append the row; True when appended."""
+        cells = _texts(cells)
+        old = self._cells.get(key)
+        if old is None:
+            self._cells[key] = cells
+            self.add_row(*cells, key=key)
+            return True
+        if old != cells:
+            for (_, column), before, after in zip(self.COLUMNS, old, cells, strict=True):
+                if before != after:
+                    self.update_cell(key, column, after, update_width=self._auto(column))
+            self._cells[key] = cells
+        return False
+
+    def remove(self, key: str) -> None:
+        """Remove row ``key`` if present."""
+        if self._cells.pop(key, None) is not None:
+            selected, row = self.selected_key, self.cursor_row
+            self.remove_row(key)
+            self._restore_cursor(selected, row)
+
+    def reorder(self, keys: Sequence[str]) -> None:
+        """Put the rows in the order of ``keys`` (each row's key must be in it)."""
+        index = {key: i for i, key in enumerate(keys)}
+        if self.row_keys == list(keys):
+            return
+        selected, row = self.selected_key, self.cursor_row
+        first = self.COLUMNS[0][1]
+        self.sort(first, key=lambda cell: index.get(cell.plain, len(index)))
+        self._restore_cursor(selected, row)
+
+    def refresh_lazy(self) -> None:
+        """Redraw the visible rows so :class:`LazyCell` cells are computed again."""
+        # DataTable caches rendered rows until a cell changes; lazy cells change
+        # without DataTable knowing, so drop the render caches.
+        self._clear_caches()
+        self.refresh()
+
+    def _auto(self, column: str) -> bool:
+        col = self.columns.get(column)  # type: ignore[call-overload]
+        return bool(col is not None and col.auto_width)
+
+    def _restore_cursor(self, selected: str | None, row: int) -> None:
+        if not self.row_count:
+            return
+        if selected is not None and selected in self._cells:
+            row = self.get_row_index(selected)
+        self.move_cursor(row=min(max(row, 0), self.row_count - 1), scroll=False)
+
+
+def _texts(cells: tuple[Any, ...]) -> tuple[Any, ...]:
+    # DataTable reads str cells as markup; ticket titles and reasons are not.
+    return tuple(Text(c) if isinstance(c, str) else c for c in cells)

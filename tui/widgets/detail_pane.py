@@ -1,7 +1,9 @@
-"""The detail pane: the selected ticket (or agent) with output tail, CI tail and diff summary."""
+"""The detail pane: the subject ticket (or agent): why it is where it is, the CI verdict
+with the failing tests first, the diff summary, then the agent output, newest attempt first."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +16,7 @@ from textual.worker import Worker, WorkerState
 
 from orchestrator.shared.models import AgentView, TicketState, TicketView
 from orchestrator.tui import git
+from orchestrator.tui.board import ATTEMPT_MARK
 from orchestrator.tui.format import CI_STYLES, agent_state_style, since, ticket_state
 
 #: Output lines shown; the whole log is one key away (``l``).
@@ -23,6 +26,8 @@ CI_TAIL_LINES = 15
 DIFF_REFRESH_S = 10.0
 
 _SECTION = "bold cyan"
+#: Lines of a CI log that name a failing test (pytest's short summary, unittest, go test).
+FAILING_TEST_RE = re.compile(r"^(FAILED |ERROR |FAIL: |ERROR: |--- FAIL: )")
 
 
 class DetailPane(VerticalScroll):
@@ -39,7 +44,7 @@ class DetailPane(VerticalScroll):
         self._diff_started = 0.0
         self._diff_text = ""
         self._subject: str | None = None
-        self._last: tuple[TicketView | None, AgentView | None, list[str], float] | None = None
+        self._last: tuple[TicketView | None, AgentView | None, list[str], float, str] | None = None
         self._body = Text()
 
     def compose(self) -> ComposeResult:
@@ -62,6 +67,8 @@ class DetailPane(VerticalScroll):
         output: Sequence[str],
         git_dir: Path | None,
         now: float,
+        *,
+        why: str = "",
     ) -> None:
         """Show ``ticket`` (and the ``agent`` on it), or ``agent`` alone, or a hint if neither."""
         subject = ticket.id if ticket else (agent.name if agent else None)
@@ -71,13 +78,13 @@ class DetailPane(VerticalScroll):
         self.border_title = f"Detail · {subject}" if subject else "Detail"
         if ticket is not None:
             self._maybe_start_diff(ticket, agent, git_dir)
-        self._last = (ticket, agent, list(output)[-OUTPUT_TAIL_LINES:], now)
+        self._last = (ticket, agent, list(output), now, why)
         self._render_body()
 
     def _render_body(self) -> None:
         if self._last is None:
             return
-        ticket, agent, output, now = self._last
+        ticket, agent, output, now, why = self._last
         if ticket is None and agent is None:
             self._update(
                 Text(
@@ -92,12 +99,8 @@ class DetailPane(VerticalScroll):
             parts.append(_agent_head(agent, now))
             parts.append(_output(output))
         else:
-            parts.append(_ticket_head(ticket, agent, now))
-            review = [_ci(ticket), _diff(self._diff_text)]
-            if ticket.state == TicketState.AWAITING_APPROVAL:
-                parts += [*review, _output(output)]
-            else:
-                parts += [_output(output), *review]
+            parts.append(_ticket_head(ticket, agent, now, why))
+            parts += [_ci(ticket), _diff(self._diff_text), _output(output)]
         self._update(Text("\n").join(p for p in parts if p.plain))
 
     def _update(self, text: Text) -> None:
@@ -160,22 +163,23 @@ def _section(title: str, style: str = _SECTION) -> Text:
     return Text(f"── {title} ", style=style)
 
 
-def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float) -> Text:
+def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float, why: str) -> Text:
     head = Text()
     head.append(ticket.id, style="bold")
     head.append(f"  {ticket.title}\n")
     head.append_text(ticket_state(ticket.state))
     head.append(f" {since(ticket.state_since, now)}")
-    head.append(f" · P{ticket.priority}")
+    head.append(f" · {_priority(ticket, now)}")
     if ticket.attempt:
         head.append(f" · attempt {ticket.attempt}/{ticket.max_attempts}")
-    if ticket.agent:
-        head.append(f" · {ticket.agent}")
+    if agent is not None:
+        head.append(f" · {agent.name}")
     if ticket.branch:
         head.append(f"\nbranch {ticket.branch}")
-    if ticket.reason:
+    why = why or ticket.reason
+    if why:
         head.append("\nwhy: ", style="bold")
-        head.append(ticket.reason, style="italic")
+        head.append(why, style="italic")
     if ticket.state == TicketState.AWAITING_APPROVAL:
         head.append("\npress c to merge, r to send it back with feedback", style="bold")
     if ticket.locks:
@@ -185,6 +189,15 @@ def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float) -> Tex
     if agent is not None and agent.note:
         head.append(f"\nnote: {agent.note}", style="dim")
     return head
+
+
+def _priority(ticket: TicketView, now: float) -> str:
+    """``P2``, or ``P2, effective 1.9 after 30m queued (aging)`` (see the help screen)."""
+    label = f"P{ticket.priority}"
+    if abs(ticket.effective_priority - ticket.priority) >= 0.05:
+        waited = f" after {since(ticket.queued_at, now)} queued" if ticket.queued_at else ""
+        label += f", effective {ticket.effective_priority:.1f}{waited} (aging: ? explains)"
+    return label
 
 
 def _agent_head(agent: AgentView, now: float) -> Text:
@@ -202,9 +215,28 @@ def _agent_head(agent: AgentView, now: float) -> Text:
 
 
 def _output(lines: Sequence[str]) -> Text:
+    """The output tail, one block per attempt, the newest attempt first."""
     if not lines:
         return Text()
-    return _section("output").append("\n").append_text(Text.from_ansi("\n".join(lines)))
+    blocks: list[tuple[str, list[str]]] = [("output", [])]
+    for line in lines:
+        if line.startswith(ATTEMPT_MARK):
+            blocks.append((f"output of attempt {line[len(ATTEMPT_MARK) :]}", []))
+        else:
+            blocks[-1][1].append(line)
+    text = Text()
+    for title, block in reversed([b for b in blocks if b[1]]):
+        if text.plain:
+            text.append("\n")
+        text.append_text(_section(title + " (newest last)"))
+        text.append("\n")
+        text.append_text(Text.from_ansi("\n".join(block[-OUTPUT_TAIL_LINES:])))
+    return text
+
+
+def failing_tests(log: str) -> list[str]:
+    """Lines of a CI log that name a failing test (``FAILED tests/x.py::test_y - ...``)."""
+    return [line.strip() for line in log.splitlines() if FAILING_TEST_RE.match(line.strip())]
 
 
 def _ci(ticket: TicketView) -> Text:
@@ -216,9 +248,15 @@ def _ci(ticket: TicketView) -> Text:
         title += f" in {ci.duration_s:.0f} s"
     title += f" · {ci.sha[:10]}"
     text = _section(title, f"bold {CI_STYLES.get(ci.status, 'cyan')}")
-    tail = git.strip_ansi(ci.log_tail).rstrip().splitlines()[-CI_TAIL_LINES:]
+    log = git.strip_ansi(ci.log_tail).rstrip()
+    failing = failing_tests(log)
+    if failing:
+        text.append(f"\n{len(failing)} failing:", style="bold red")
+        for line in failing[:CI_TAIL_LINES]:
+            text.append(f"\n  {line}", style="red")
+    tail = log.splitlines()[-CI_TAIL_LINES:]
     if tail:
-        text.append("\n" + "\n".join(tail))
+        text.append("\n" + "\n".join(tail), style="dim" if failing else "")
     return text
 
 

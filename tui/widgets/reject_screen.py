@@ -1,4 +1,4 @@
-"""``r``: ask for the feedback that goes with a rejection."""
+"""``r`` (and ``c`` on a failed or stopped ticket): ask for feedback for the next attempt."""
 
 from __future__ import annotations
 
@@ -12,28 +12,39 @@ from textual.widgets import Input, Label
 
 
 class RejectScreen(ModalScreen[str | None]):
-    """Dismisses with the feedback typed (enter) or None (escape); empty feedback is refused."""
+    """Dismisses with the feedback typed (enter) or None (escape).
+
+    Args:
+        verb: the action named in the box title (``Reject``, ``Continue``).
+        required: refuse empty feedback (a rejection must say why); when False,
+            enter on an empty field dismisses with ``""``.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, ticket_id: str, title: str) -> None:
+    def __init__(
+        self, ticket_id: str, title: str, *, verb: str = "Reject", required: bool = True
+    ) -> None:
         super().__init__()
         self.ticket_id = ticket_id
         self._title = title
+        self._verb = verb
+        self._required = required
 
     def compose(self) -> ComposeResult:
         with Vertical(id="reject-box") as box:
-            box.border_title = f"Reject {self.ticket_id}"
+            box.border_title = f"{self._verb} {self.ticket_id}"
             box.border_subtitle = "enter sends · escape cancels"
-            yield Label(
-                f"{self._title}\nWhat should the next attempt do differently?", markup=False
-            )
+            question = "What should the next attempt do differently?"
+            if not self._required:
+                question += " (optional: enter on an empty line continues without)"
+            yield Label(f"{self._title}\n{question}", markup=False)
             yield Input(placeholder="feedback for the agent", id="feedback")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         feedback = event.value.strip()
-        if not feedback:
+        if not feedback and self._required:
             self.notify("type some feedback first (escape cancels)", severity="warning")
             return
         self.dismiss(feedback)

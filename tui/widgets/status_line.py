@@ -36,4 +36,4 @@ class StatusLine(Static):
             text.append(f" (pid {board.hello.pid})", style="dim")
         if text != self._text:
             self._text = text
-            self.update(text)
+            self.update(text, layout=False)  # one fixed line: no relayout
