@@ -65,6 +65,8 @@ class StopReason(enum.StrEnum):
     """Its lease expired: requeued."""
     SHUTDOWN = "shutdown"
     """The daemon stops: requeued without counting the attempt."""
+    BUDGET = "budget"
+    """The ticket spent more than its budget: the ticket ends ``stopped``."""
 
 
 class MergeOutcome(enum.StrEnum):
@@ -235,6 +237,18 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class BudgetExceeded:
+    """The ticket's agents have cost ``cost_usd`` so far, more than ``limit_usd``
+    (``budget.max_cost_usd``); sent by the shell's budget watch (docs/usage.md)."""
+
+    ticket: str
+    attempt: int
+    cost_usd: float
+    limit_usd: float
+    now: float
+
+
+@dataclass(frozen=True)
 class Command:
     """A command about one ticket, as received on the socket (approve, stop, continue,
     reject, priority, heartbeat)."""
@@ -254,6 +268,7 @@ Input = (
     | MergeResult
     | Progress
     | Tick
+    | BudgetExceeded
     | Command
 )
 
@@ -425,6 +440,8 @@ class Core:
                 self._on_progress(event.agent, event.now, event.note)
             case Tick():
                 self._on_tick(event.now)
+            case BudgetExceeded():
+                self._on_budget(event)
             case Command():
                 self._on_command(event)
         self._schedule(getattr(event, "now", 0.0))
@@ -832,6 +849,10 @@ class Core:
         rec.stop_requested = StopReason.NONE
         if why == StopReason.STOP:
             rec.reason = "stopped by request; work committed on " + (rec.branch or "")
+            self._release(rec, S.STOPPED, ev.now)
+            return
+        if why == StopReason.BUDGET:  # rec.reason says how much was spent
+            rec.reason += f"; work committed on {rec.branch}"
             self._release(rec, S.STOPPED, ev.now)
             return
         if why:
@@ -1245,6 +1266,29 @@ class Core:
             return
         self._on_progress(worker.name, now, cmd.note or "heartbeat")
         self._reply(True, f"{rec.id}: lease renewed")
+
+    def _on_budget(self, ev: BudgetExceeded) -> None:
+        """Stop the running agent of a ticket that spent more than its budget."""
+        rec = self.tickets.get(ev.ticket)
+        worker = self._worker_of(rec) if rec is not None else None
+        if (
+            rec is None
+            or worker is None
+            or worker.pid is None  # not started, or already exited: nothing to stop
+            or rec.state != S.RUNNING
+            or rec.attempt != ev.attempt
+            or rec.stop_requested
+        ):
+            return
+        rec.stop_requested = StopReason.BUDGET
+        rec.reason = (
+            f"budget exceeded: ${ev.cost_usd:.2f} spent, budget.max_cost_usd is "
+            f"${ev.limit_usd:.2f}; raise it and continue"
+        )
+        self._effect(StopAgent(worker.name, rec.id, StopReason.BUDGET))
+        self._emit(
+            K.AGENT_STOPPING, f"{worker.name}: {rec.id}: {rec.reason}", rec, worker, now=ev.now
+        )
 
     def _stop(self, rec: TicketRecord, now: float) -> None:
         st = rec.state

@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from orchestrator.daemon import core as C
 from orchestrator.daemon.backlog import Backlog
+from orchestrator.daemon.budget import BudgetWatch
 from orchestrator.daemon.ci import CIStatusDir
 from orchestrator.daemon.git import git
 from orchestrator.daemon.home import sync_repo_config
@@ -95,6 +96,7 @@ class Daemon:
         self.ci = CIStatusDir(home.ci_status_dir, self.submit, self.notice, cfg.rescan_interval_s)
         self.server = Server(home.socket_path, self._hello, self._snapshot_line, self._dispatch)
         self.store: Store | None = None
+        self.budget = BudgetWatch(home, self._budget_of, self.submit)
         self.files: HomeFiles | None = None
         """TASKS.md, metrics/tickets.csv, Prometheus metrics (created at start)."""
         self._tg: TaskGroup | None = None
@@ -150,6 +152,7 @@ class Daemon:
             self._tg = tg
             self._commit_and_publish(outcome)
             await tg.start(self.files.run)
+            await tg.start(self.budget.run)
             await tg.start(self.server.serve)
             await tg.start(self.backlog.run)
             await tg.start(self.ci.run)
@@ -266,6 +269,14 @@ class Daemon:
         self.server.publish(events)
         if self.files is not None:
             self.files.on_events(events)
+        self.budget.on_events(events)
+
+    def _budget_of(self, ticket: str) -> float | None:
+        """``budget.max_cost_usd`` of a ticket (its own, else the config's), or None."""
+        rec = self.core.tickets.get(ticket)
+        if rec is not None and rec.ticket.budget is not None:
+            return rec.ticket.budget.max_cost_usd
+        return self.home.config.budget.max_cost_usd
 
     def _publish_raw(self, events: list[P.Event]) -> None:
         self.server.publish(events)

@@ -47,6 +47,11 @@ class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Model name (or prefix) -> USD per million tokens; over the built-in table."""
 
 
+class BudgetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_cost_usd: Positive | None = None
+    """Per ticket, over all its attempts; a ticket's own ``budget.max_cost_usd`` wins."""
+
+
 class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Where metrics go (docs/metrics.md)."""
 
@@ -92,6 +97,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     socket: str | None = None
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    budget: BudgetConfig = msgspec.field(default_factory=BudgetConfig)
     worktree: WorktreeConfig = msgspec.field(default_factory=WorktreeConfig)
     tui: TuiConfig = msgspec.field(default_factory=TuiConfig)
 

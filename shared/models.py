@@ -32,6 +32,13 @@ def _doc(text: str) -> msgspec.Meta:
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=50)]
 
 
+class TicketBudget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A ticket's spending limit (docs/tickets.md, docs/usage.md)."""
+
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0)]
+    """USD over all the ticket's attempts; over it, the running agent is stopped."""
+
+
 class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """A unit of work for one agent, as written by a person in the backlog.
 
@@ -44,6 +51,7 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             none declared means the whole repository (``.``).
         depends_on: ids of tickets that must be merged first.
         max_attempts: overrides the project's ``max_attempts`` for this ticket.
+        budget: overrides the project's ``budget.max_cost_usd`` for this ticket.
 
     Frozen: a ticket is a value; derive changed copies with ``msgspec.structs.replace``.
     """
@@ -64,6 +72,10 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     )
     max_attempts: Annotated[
         Attempts | None, _doc("overrides the project's max_attempts for this ticket")
+    ] = None
+    budget: Annotated[
+        TicketBudget | None,
+        _doc("overrides the project's budget.max_cost_usd for this ticket (USD, all attempts)"),
     ] = None
 
 

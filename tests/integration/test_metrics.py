@@ -140,3 +140,51 @@ def test_metrics_csv_prometheus_and_report(make_project):
     # report includes the metrics
     report = project.cli("report").stdout
     assert "## Metrics" in report and "$0.7907" in report
+
+
+def test_budget_stops_the_agent_keeps_its_work_and_says_why(make_project):
+    project = make_project(workers=1, extra="budget: {max_cost_usd: 5.0}\n")
+    project.ticket(
+        "pricey",
+        budget={"max_cost_usd": 1.0},  # the ticket's own budget wins over the config's
+        description=(
+            "write work.txt half done\n"
+            'usage {"input_tokens": 1000, "output_tokens": 10, "cost_usd": 0.6}\n'
+            'usage {"input_tokens": 1000, "output_tokens": 10, "cost_usd": 0.6}\n'
+            "sleep 60\n"
+        ),
+    )
+    snap = project.wait_state("pricey", "stopped", timeout_s=30)
+    (view,) = [t for t in snap.tickets if t.id == "pricey"]
+    assert view.reason.startswith("budget exceeded: $1.20 spent, budget.max_cost_usd is $1.00")
+    assert view.branch is not None and view.branch in view.reason
+    from tests.integration.conftest import git
+
+    assert git(project.home.work, "show", f"{view.branch}:work.txt") == "half done"
+    # a ticket under its budget is not stopped
+    project.ticket("cheap", description='usage {"cost_usd": 0.5}\nwrite cheap.txt ok\n')
+    project.wait_state("cheap", "awaiting_approval")
+
+
+def test_bad_budget_values_are_refused_with_one_line(make_project, tmp_path: Path):
+    from orchestrator.shared.config import load_config
+    from orchestrator.shared.errors import ConfigError, TicketError
+    from orchestrator.shared.models import parse_ticket
+
+    with pytest.raises(TicketError) as exc:
+        parse_ticket(b"title: t\nbudget: {max_cost_usd: -1}\n", Path("t.yaml"))
+    assert "budget.max_cost_usd" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(TicketError, match="budget"):
+        parse_ticket(b"title: t\nbudget: {max_usd: 1}\n", Path("t.yaml"))
+    project = make_project(start=False)
+    config = project.config.read_text()
+    for bad, key in (
+        ("budget: {max_cost_usd: 0}\n", "budget.max_cost_usd"),
+        ("metrics: {port: 70000}\n", "metrics.port"),
+        ("usage: {prices: {m: {input: 1}}}\n", "output"),
+        ("worktree: {exclude: 3}\n", "worktree.exclude"),
+    ):
+        project.config.write_text(config + bad)
+        with pytest.raises(ConfigError) as exc:
+            load_config(project.config)
+        assert key in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
