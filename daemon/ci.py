@@ -17,7 +17,7 @@ import msgspec
 
 from orchestrator.daemon.backlog import Watcher
 from orchestrator.daemon.core import CIResult, Input
-from orchestrator.shared.cistatus import read_status
+from orchestrator.shared.cistatus import CIStatus, read_status
 
 
 class CIStatusDir:
@@ -36,27 +36,32 @@ class CIStatusDir:
         self.rescan_interval_s = rescan_interval_s
         self.seen: dict[str, int] = {}
 
-    def apply(self, sha: str) -> bool:
-        """Read ``<sha>.json`` now (after a ci_notify or a push); True if it exists."""
-        path = self.directory / f"{sha}.json"
-        return self._apply(path, force=True)
+    async def read_now(self, sha: str) -> bool:
+        """Read ``<sha>.json`` now (after a ci_notify or a push); True if it exists.
 
-    def _apply(self, path: Path, force: bool = False) -> bool:
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
+        The file is read in a worker thread, never on the event loop.
+        """
+        path = self.directory / f"{sha}.json"
+        return await self._apply(path, force=True)
+
+    async def _apply(self, path: Path, force: bool = False) -> bool:
+        loaded = await anyio.to_thread.run_sync(_load, path)
+        if loaded is None:
             return False
+        mtime, status = loaded
         if not force and self.seen.get(path.name) == mtime:
             return True
         self.seen[path.name] = mtime
-        try:
-            status = read_status(path)
-        except (OSError, msgspec.DecodeError) as exc:
-            self.warn(f"ci-status/{path.name}: unreadable CI status ({exc}); ignored")
-            return True
+        self._take(path, status)
+        return True
+
+    def _take(self, path: Path, status: CIStatus | str) -> None:
+        if isinstance(status, str):
+            self.warn(f"ci-status/{path.name}: unreadable CI status ({status}); ignored")
+            return
         if status.sha != path.stem:
             self.warn(f"ci-status/{path.name}: its sha field is {status.sha!r}; ignored")
-            return True
+            return
         self.submit(
             [
                 CIResult(
@@ -69,15 +74,13 @@ class CIStatusDir:
                 )
             ]
         )
-        return True
 
-    def scan(self) -> None:
-        try:
-            names = [n for n in os.listdir(self.directory) if n.endswith(".json")]
-        except FileNotFoundError:
-            return
-        for name in sorted(names):
-            self._apply(self.directory / name)
+    async def scan(self) -> None:
+        """Apply every status file that is new or changed since it was last read."""
+        mtimes = await anyio.to_thread.run_sync(_mtimes, self.directory)
+        changed = sorted(n for n, m in mtimes.items() if self.seen.get(n) != m)
+        for name in changed:
+            await self._apply(self.directory / name)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -86,15 +89,47 @@ class CIStatusDir:
         watcher = Watcher(self.directory)
         watcher.start()
         try:
-            self.scan()
+            await self.scan()
             task_status.started()
             while True:
                 await watcher.wait(self.rescan_interval_s)
                 changed = [p for p in watcher.take() if p.endswith(".json")]
                 if changed:
                     for p in changed:
-                        self._apply(Path(p))
+                        await self._apply(Path(p))
                 else:
-                    self.scan()
+                    await self.scan()
         finally:
             watcher.stop()
+
+
+def _load(path: Path) -> tuple[int, CIStatus | str] | None:
+    """(mtime_ns, the document or why it is unreadable), or None when absent. Blocking."""
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return 0, str(exc)
+    try:
+        return mtime, read_status(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError) as exc:
+        return mtime, str(exc)
+
+
+def _mtimes(directory: Path) -> dict[str, int]:
+    """``{name: mtime_ns}`` of the ``*.json`` files in ``directory`` ({} if absent). Blocking."""
+    found = {}
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json"):
+                    try:
+                        found[entry.name] = entry.stat().st_mtime_ns
+                    except FileNotFoundError:
+                        continue
+    except FileNotFoundError:
+        pass
+    return found

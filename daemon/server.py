@@ -154,6 +154,11 @@ class Server:
             else:
                 peer.push(data)
 
+    async def flushed(self) -> None:
+        """Wait until every client was sent everything queued for it (shutdown)."""
+        for peer in list(self.peers):
+            await peer.flushed.wait()
+
     async def _handle(self, stream: SocketStream) -> None:
         PEER_USER.set(peer_user(stream))
         peer = _Peer(stream)

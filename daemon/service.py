@@ -48,6 +48,8 @@ DECISIONS = (P.Approve, P.Reject, P.Continue, P.SetPriority, P.Stop)
 
 #: Inputs applied per store transaction at most (bounds latency under bursts).
 MAX_BATCH = 2000
+#: At shutdown, how long killed attempts may take to commit their work (seconds).
+SHUTDOWN_SETTLE_S = 5.0
 
 
 class AlreadyRunning(OrchestratorError):
@@ -101,6 +103,7 @@ class Daemon:
         """TASKS.md, metrics/tickets.csv, Prometheus metrics (created at start)."""
         self._tg: TaskGroup | None = None
         self._stopping = False
+        self._enqueueing: set[str] = set()
         self._lock_fd: int | None = None
 
     # --- entry points -----------------------------------------------------
@@ -311,13 +314,13 @@ class Daemon:
     async def _push(self, effect: C.Push) -> None:
         sha = await self.workers.push(effect.ticket, effect.attempt, effect.branch)
         if sha:
-            self.ci.apply(sha)  # CI may have finished before (or ran for this sha earlier)
+            await self.ci.read_now(sha)  # CI may have finished before (or ran for it earlier)
 
     async def _merge(self, effect: C.Merge) -> None:
         result = await self.merger.merge(effect)
         self.submit([result])
         if result.outcome == C.MergeOutcome.RECHECK:
-            self.ci.apply(result.sha)
+            await self.ci.read_now(result.sha)
 
     def _move(self, effect: C.MoveFile) -> None:
         src = Path(effect.path)
@@ -374,12 +377,17 @@ class Daemon:
         self._execute(outcome.effects)
         deadline = self.home.config.agent.stop_grace_s + 10
         with anyio.move_on_after(deadline):
-            while self.workers.runs:
-                await anyio.sleep(0.05)
-        self.workers.kill_all()  # never leave an agent orphaned, even past the grace
-        await anyio.sleep(0.1)  # let the loop apply the last exits
+            await self.workers.idle.wait()
+        if not self.workers.idle.is_set():
+            self.workers.kill_all()  # never leave an agent orphaned, even past the grace
+            with anyio.move_on_after(SHUTDOWN_SETTLE_S):  # their work is committed, exits fed
+                await self.workers.idle.wait()
         self.notice("daemon stopped", kind=P.EventKind.DAEMON_STOPPING)
-        await anyio.sleep(0.05)
+        # The inbox is FIFO: once this tick is applied, every exit and the notice
+        # before it are committed and published.
+        await self.ask(C.Tick(time.time()))
+        with anyio.move_on_after(1):  # a client that stopped reading does not hold us up
+            await self.server.flushed()
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
 
@@ -409,10 +417,10 @@ class Daemon:
             case P.Status():
                 return P.StatusReply(ok=True, message="status", snapshot=self.snapshot())
             case P.CINotify(sha=sha):
-                found = self.ci.apply(sha)
+                found = await self.ci.read_now(sha)
                 return P.Reply(ok=found, message="applied" if found else f"no status for {sha}")
             case P.Enqueue():
-                return self._enqueue(command)
+                return await self._enqueue(command)
             case P.ClientHello():  # answered by the server itself; never dispatched
                 return P.Reply(ok=False, message="hello is answered by the server")
             case _:  # a ticket command: the core applies it
@@ -450,7 +458,7 @@ class Daemon:
         )
         self._inbox_send.send_nowait((C.Tick(time.time()), None))
 
-    def _enqueue(self, command: P.Enqueue) -> P.Reply:
+    async def _enqueue(self, command: P.Enqueue) -> P.Reply:
         name = Path(command.name).name
         if not name.endswith((".yaml", ".yml")):
             name += ".yaml"
@@ -459,9 +467,16 @@ class Daemon:
         except TicketError as exc:
             return P.Reply(ok=False, message=str(exc))
         target = self.home.backlog / name
-        if target.exists() or ticket.id in self.core.tickets:
+        taken = target.exists() or ticket.id in self.core.tickets
+        if taken or name in self._enqueueing:
             return P.Reply(ok=False, message=f"{name}: a ticket {ticket.id!r} already exists")
-        atomic_write(target, command.yaml)
+        # The write (with its fsync) runs in a thread, off the loop; meanwhile the
+        # name is taken, so a second enqueue of it cannot overwrite this one.
+        self._enqueueing.add(name)
+        try:
+            await anyio.to_thread.run_sync(atomic_write, target, command.yaml)
+        finally:
+            self._enqueueing.discard(name)
         return P.Reply(ok=True, message=f"{ticket.id}: placed in the backlog")
 
 

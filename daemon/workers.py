@@ -68,7 +68,8 @@ class _Run:
     process: Process | None = None
     stop_reason: str = ""
     tail: bytearray = field(default_factory=bytearray)
-    output_done: bool = False
+    output_closed: anyio.Event = field(default_factory=anyio.Event)
+    """Set when the agent's output pipe reached its end (everything is in the log)."""
     status_hash: str = ""
 
 
@@ -93,6 +94,9 @@ class Workers:
         self.submit = submit
         self.publish = publish
         self.repo_lock = repo_lock
+        self.idle = anyio.Event()
+        """Set while no attempt runs (replaced when one starts); shutdown waits on it."""
+        self.idle.set()
         self.runs: dict[str, _Run] = {}
 
     def kill_all(self) -> None:
@@ -119,6 +123,8 @@ class Workers:
         """Prepare, run and finish one attempt; always ends with an AgentExited input."""
         run = _Run(effect)
         self.runs[effect.agent] = run
+        if self.idle.is_set():
+            self.idle = anyio.Event()
         try:
             await self._run(run)
         except Exception as exc:  # a bug here must not strand the ticket in `running`
@@ -128,6 +134,8 @@ class Workers:
             self._exited(effect, None, reason=f"internal error: {exc}")
         finally:
             self.runs.pop(effect.agent, None)
+            if not self.runs:
+                self.idle.set()
 
     async def _run(self, run: _Run) -> None:
         eff = run.effect
@@ -184,12 +192,13 @@ class Workers:
                 "ORCH_CONFIG": str(self.home.config_file),
             }
         )
-        with open(log_file, "ab") as out:
+        # Unbuffered, written from a worker thread: the loop never blocks on the disk.
+        async with await anyio.open_file(log_file, "ab", buffering=0) as out:
             if too_long := argv_too_long(argv):
-                out.write(f"{too_long}\n".encode())
+                await out.write(f"{too_long}\n".encode())
                 await self._finish(run, wt, None, too_long)
                 return
-            out.write(f"$ {' '.join(argv)}\n".encode())
+            await out.write(f"$ {' '.join(argv)}\n".encode())
             try:
                 run.process = await anyio.open_process(
                     argv,
@@ -206,7 +215,7 @@ class Workers:
                     if isinstance(exc, FileNotFoundError)
                     else f"cannot start agent {argv[0]}: {exc.strerror or exc}"
                 )
-                out.write(f"{reason}\n".encode())
+                await out.write(f"{reason}\n".encode())
                 await self._finish(run, wt, None, reason)
                 return
             process = run.process
@@ -232,19 +241,17 @@ class Workers:
                 # if a leftover child still held it.
                 _kill_group(process.pid, signal.SIGKILL)
                 with anyio.move_on_after(2):
-                    while process.stdout is not None and not run.output_done:
-                        await anyio.sleep(0.02)
+                    await run.output_closed.wait()
                 tg.cancel_scope.cancel()
-            out.write(f"[orchestrator] agent exited with code {code}\n".encode())
+            await out.write(f"[orchestrator] agent exited with code {code}\n".encode())
         await self._finish(run, wt, code, "")
 
-    async def _pump_output(self, run: _Run, out: object) -> None:
+    async def _pump_output(self, run: _Run, out: anyio.AsyncFile[bytes]) -> None:
         eff = run.effect
         assert run.process is not None and run.process.stdout is not None
         last_progress = 0.0
         async for chunk in run.process.stdout:
-            out.write(chunk)  # type: ignore[attr-defined]
-            out.flush()  # type: ignore[attr-defined]
+            await out.write(chunk)
             run.tail.extend(chunk)
             del run.tail[:-LOG_TAIL_CHARS]
             now = time.time()
@@ -264,7 +271,7 @@ class Workers:
                 last_progress = now
                 line = chunk.decode(errors="replace").strip().splitlines()
                 self.submit([Progress(eff.agent, now, note=line[-1][:120] if line else "")])
-        run.output_done = True
+        run.output_closed.set()
 
     async def _prepare(self, wt: Path, eff: StartAgent) -> None:
         """Check out the ticket branch in the worktree (created from main if new)."""
