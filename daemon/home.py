@@ -96,10 +96,16 @@ def init_home(
     are kept, the old config.yaml is saved as config.yaml.bak, and the hook and
     git settings are reinstalled.
 
+    ``source`` may be a path relative to the current directory (git would read
+    it relative to the home). When cloning fails, a home directory this call
+    created is removed again, so a retry starts clean.
+
     Raises:
         HomeError: the home exists (without ``force``) or REPO cannot be cloned.
     """
     root = root.resolve()
+    if Path(source).expanduser().exists():  # a local path, not a URL
+        source = str(Path(source).expanduser().resolve())
     config_file = root / "config.yaml"
     repo = root / "repo.git"
     if (config_file.exists() or repo.exists()) and not force:
@@ -109,6 +115,7 @@ def init_home(
         )
     if not (1 <= workers <= 32):
         raise HomeError("--workers must be between 1 and 32")
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
         if not repo.exists():
@@ -121,6 +128,8 @@ def init_home(
         git_sync(work, "config", "user.name", "orchestrator")
         git_sync(work, "config", "user.email", "orchestrator@localhost")
     except GitError as exc:
+        if created:  # only what this call made: nothing of the person's is deleted
+            shutil.rmtree(root, ignore_errors=True)
         raise HomeError(f"cannot set up repo.git from {source}: {exc}") from None
     for d in ("backlog", "backlog/done", "backlog/rejected", "worktrees", "runs"):
         (root / d).mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
 """The ``orchestrator`` command line (argparse), dispatching lazily.
 
 ``cli(argv)`` returns an exit code so tests can call it directly; every
-:class:`OrchestratorError` becomes one line on stderr and exit code 2. Heavy
+:class:`OrchestratorError` becomes one line on stderr and exit code 2. Every
+error line starts with :data:`ERROR_PREFIX`, whether the problem was found here
+or by the daemon. A closed stdout (``orchestrator events | head -1``) ends the
+command quietly. Heavy
 modules (the daemon, textual) are imported only by the subcommands that need
 them, so ``orchestrator status`` stays fast and the daemon never imports textual.
 """
@@ -20,6 +23,13 @@ from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home, default_config_path, load_config
 from orchestrator.shared.errors import OrchestratorError, TicketError
 from orchestrator.shared.models import TicketState
+
+#: The start of every error line the command prints.
+ERROR_PREFIX = "orchestrator: "
+
+
+def _error(text: str) -> None:
+    print(f"{ERROR_PREFIX}{text}", file=sys.stderr)
 
 
 def _config(args: argparse.Namespace) -> Home:
@@ -41,7 +51,10 @@ def _snapshot(args: argparse.Namespace) -> P.Snapshot:
 
 
 def _answer(reply: P.Reply) -> int:
-    print(reply.message, file=sys.stdout if reply.ok else sys.stderr)
+    if reply.ok:
+        print(reply.message)
+    else:
+        _error(reply.message)
     return 0 if reply.ok else 1
 
 
@@ -82,7 +95,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             ticket = load_ticket(Path(name))
         except TicketError as exc:
-            print(str(exc), file=sys.stderr)
+            _error(str(exc))
             bad += 1
         else:
             print(f"{name}: ok ({ticket.id}, P{ticket.priority})")
@@ -155,6 +168,14 @@ def cmd_ticket_command(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Validate each file here, then ask the running daemon to take it; report its verdict.
+
+    The daemon refuses a ticket whose id or file name it already has. With no
+    daemon running, the file is placed in the backlog directly (the daemon reads
+    it when it starts) and the command says so.
+    """
+    from orchestrator.shared.client import request
+    from orchestrator.shared.errors import DaemonNotRunning
     from orchestrator.shared.fsutil import atomic_write
     from orchestrator.shared.models import parse_ticket
 
@@ -166,23 +187,30 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             data = path.read_bytes()
             ticket = parse_ticket(data, path)
         except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
+            _error(f"{name}: cannot read: {exc.strerror}")
             bad += 1
             continue
         except TicketError as exc:
-            print(str(exc), file=sys.stderr)
+            _error(str(exc))
             bad += 1
             continue
-        target = home.backlog / path.name
-        if target.exists():
-            print(
-                f"{name}: {target} already exists; rename the file or change the id",
-                file=sys.stderr,
-            )
-            bad += 1
+        command = P.Enqueue(name=path.name, yaml=data.decode(), client="cli")
+        try:
+            reply = request(home.socket_path, command)
+        except DaemonNotRunning:
+            target = home.backlog / path.name
+            if target.exists():
+                _error(f"{name}: {target} already exists; rename the file or change the id")
+                bad += 1
+                continue
+            atomic_write(target, data)
+            print(f"{ticket.id}: placed in {target} (no daemon running; it is read at start)")
             continue
-        atomic_write(target, data)
-        print(f"{ticket.id}: queued as {target}")
+        if reply.ok:
+            print(reply.message)
+        else:
+            _error(reply.message)
+            bad += 1
     return 1 if bad else 0
 
 
@@ -220,23 +248,56 @@ def _print_event(event: P.Event, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+#: Digits this large are a Unix time, not an event id (ids count from 1).
+_UNIX_TIME_MIN = 1_000_000_000
+_RELATIVE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> tuple[int, float]:
+    """``events --since``: ``(after_event_id, since_unix_s)``, one of them set.
+
+    Accepts an event id (``1234``), a relative time (``90s``, ``5m``, ``2h``,
+    ``1d``), a clock time today (``HH:MM`` or ``HH:MM:SS``, local time) or an
+    ISO 8601 time (``2026-11-21T10:00``, ``2026-11-21 10:00:00+01:00``, local
+    time when no offset is given).
+
+    Raises:
+        OrchestratorError: anything else, or digits that look like a Unix time
+            (refused rather than silently read as an id).
+    """
+    import re
+    from datetime import datetime
+
+    text = text.strip()
+    hint = "give an event id, 5m / 2h (ago), HH:MM[:SS] (today) or an ISO 8601 time"
+    if text.isdigit():
+        if int(text) >= _UNIX_TIME_MIN:
+            raise OrchestratorError(
+                f"--since {text}: looks like a Unix time, not an event id; "
+                "give the time as ISO 8601 (e.g. 2026-11-21T10:00)"
+            )
+        return int(text), 0.0
+    relative = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if relative:
+        return 0, now - float(relative.group(1)) * _RELATIVE_UNITS_S[relative.group(2)]
+    clock = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", text)
+    if clock:
+        hour, minute, second = (int(g or 0) for g in clock.groups())
+        if hour > 23 or minute > 59 or second > 59:
+            raise OrchestratorError(f"--since {text}: not a time of day; {hint}")
+        today = datetime.fromtimestamp(now)
+        return 0, today.replace(hour=hour, minute=minute, second=second, microsecond=0).timestamp()
+    try:
+        return 0, datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise OrchestratorError(f"--since {text!r}: {hint}") from None
+
+
 def _replay(args: argparse.Namespace) -> int:
     from orchestrator.daemon.store import Store
 
     home = _config(args)
-    since = args.since
-    since_id, since_ts = 0, 0.0
-    if since.isdigit():
-        since_id = int(since)
-    else:
-        from datetime import datetime
-
-        try:
-            since_ts = datetime.fromisoformat(since).timestamp()
-        except ValueError:
-            raise OrchestratorError(
-                f"--since {since!r}: give an event id or an ISO 8601 time (e.g. 2026-11-21T10:00)"
-            ) from None
+    since_id, since_ts = parse_since(args.since, time.time())
     if not home.state_db.exists():
         raise OrchestratorError(f"{home.state_db}: no state yet (the daemon has not run)")
     store = Store(home.state_db)
@@ -299,6 +360,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         headless=args.headless,
         auto_approve=args.auto_approve,
         timeout_s=args.timeout_s,
+        pace_s=args.pace,
     )
 
 
@@ -344,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator", description="Run a team of AI coding agents on one repo."
     )
+    from orchestrator import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -353,14 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = sub.add_parser("init", help="create a project home")
-    p.add_argument("dir")
-    p.add_argument("--from", dest="source", required=True, help="git repository (path or URL)")
+    p.add_argument("dir", help="the project home to create (a new or empty directory)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="git repository to work on: a path (relative paths are fine) or a URL",
+    )
     p.add_argument(
         "--ci-command",
         default="python3 -m pytest -q",
         help="the repo's test command (default: %(default)s)",
     )
-    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--workers", type=int, default=3, help="number of agents (default: %(default)s)")
     p.add_argument("--agent-command", help="agent argv as one shell-quoted string")
     p.add_argument(
         "--force",
@@ -372,15 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("daemon", help="run the daemon")).set_defaults(func=cmd_daemon)
 
     p = with_config(sub.add_parser("validate", help="check ticket files"))
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="ticket YAML files")
     p.set_defaults(func=cmd_validate)
 
     p = with_config(sub.add_parser("status", help="tickets and agents"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the whole snapshot as one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = with_config(sub.add_parser("locks", help="held path locks (leases)"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the leases as one JSON array")
     p.set_defaults(func=cmd_locks)
 
     for name, text in (
@@ -389,30 +461,35 @@ def build_parser() -> argparse.ArgumentParser:
         ("continue", "resume a stopped/failed ticket, or approve"),
     ):
         p = with_config(sub.add_parser(name, help=text))
-        p.add_argument("ticket")
+        p.add_argument("ticket", help="ticket id")
         p.set_defaults(func=cmd_ticket_command)
     p = with_config(sub.add_parser("reject", help="send a ticket back with feedback"))
-    p.add_argument("ticket")
-    p.add_argument("feedback")
+    p.add_argument("ticket", help="ticket id (it must be awaiting approval)")
+    p.add_argument("feedback", help="what the next attempt should do differently")
     p.set_defaults(func=cmd_ticket_command)
     p = with_config(sub.add_parser("priority", help="change a ticket's priority (0..4)"))
-    p.add_argument("ticket")
-    p.add_argument("priority", type=int)
+    p.add_argument("ticket", help="ticket id")
+    p.add_argument("priority", type=int, help="0 (most urgent) .. 4")
     p.set_defaults(func=cmd_ticket_command)
 
     p = with_config(
         sub.add_parser("enqueue", help="validate tickets and place them in the backlog")
     )
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="ticket YAML files")
     p.set_defaults(func=cmd_enqueue)
 
     p = with_config(sub.add_parser("events", help="follow the event stream, or replay it"))
-    p.add_argument("--since", help="replay persisted events after an ID or since a time")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="replay saved events instead of following: after an event id (1234), "
+        "for a while (5m, 2h, 1d), since a clock time today (HH:MM[:SS]) or an ISO 8601 time",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_events)
 
     p = with_config(sub.add_parser("report", help="Markdown summary of the run"))
-    p.add_argument("--out")
+    p.add_argument("--out", help="write the report to this file instead of stdout")
     p.set_defaults(func=cmd_report)
 
     p = with_config(sub.add_parser("metrics", help="per-attempt metrics, tokens and cost"))
@@ -422,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metrics)
 
     p = with_config(sub.add_parser("heartbeat", help="(inside an agent) report progress"))
-    p.add_argument("--note", default="")
+    p.add_argument("--note", default="", help="what the agent is doing (shown in the TUI)")
     p.set_defaults(func=cmd_heartbeat)
 
     p = with_config(sub.add_parser("tui", help="open the terminal UI"))
@@ -438,7 +515,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="keep the demo project here (default: a temporary dir)")
     p.add_argument("--headless", action="store_true", help="print events instead of the TUI")
     p.add_argument("--auto-approve", action="store_true", help="merge whatever passes CI")
-    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument(
+        "--pace",
+        type=float,
+        default=0.2,
+        metavar="SECONDS",
+        help="seconds between the demo agent's steps (default: %(default)s; 2 is easy to follow)",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="give up after this many seconds (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ci", help="CI of pushed branches (used by ci.sh and the post-receive hook)")
@@ -446,20 +535,20 @@ def build_parser() -> argparse.ArgumentParser:
     ci_sub.add_parser("run", help="run $CI_COMMAND here and write the status JSON (ci.sh)")
     ci_sub.add_parser("hook", help="post-receive: start CI for pushed agent branches")
     job = ci_sub.add_parser("job", help="(internal) the detached CI job of one commit")
-    job.add_argument("git_dir")
-    job.add_argument("sha")
-    job.add_argument("ref")
+    job.add_argument("git_dir", help="the bare repository")
+    job.add_argument("sha", help="the pushed commit")
+    job.add_argument("ref", help="the pushed ref")
     notify = with_config(ci_sub.add_parser("notify", help="tell the daemon a status is ready"))
-    notify.add_argument("sha")
+    notify.add_argument("sha", help="the commit whose status file is ready")
     notify.add_argument("--socket", help="the daemon's socket (default: from --config)")
     p.set_defaults(func=cmd_ci)
 
     p = sub.add_parser("schema", help="print the JSON Schema of a ticket or CI status file")
-    p.add_argument("document", choices=["ticket", "ci-status"])
+    p.add_argument("document", choices=["ticket", "ci-status"], help="which file format")
     p.set_defaults(func=cmd_schema)
 
     p = with_config(sub.add_parser("service", help="manage the systemd --user unit"))
-    p.add_argument("action", choices=["install", "uninstall"])
+    p.add_argument("action", choices=["install", "uninstall"], help="what to do")
     p.set_defaults(func=cmd_service)
     return parser
 
@@ -467,12 +556,20 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()
+        return code
     except OrchestratorError as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly. Point stdout at /dev/null
+        # so the interpreter's final flush does not fail again (Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 def main() -> None:

@@ -6,6 +6,9 @@ ticket and attempt), starts a real daemon, drops the sample tickets into the
 backlog, then shows the TUI (or, with ``--headless``, the event stream). With
 ``--headless --auto-approve`` it runs to the end and exits 0 only when every
 ticket was merged into main of repo.git with a linear history.
+
+Without ``--dir`` everything lives in a temporary directory that is removed at
+the end; ``--pace`` slows the demo agent down so a person can follow it.
 """
 
 from __future__ import annotations
@@ -164,12 +167,36 @@ def check_main(repo: Path, ids: list[str]) -> list[str]:
     return problems
 
 
+#: Seconds between the demo agent's progress lines by default.
+DEFAULT_PACE_S = 0.2
+
+
 def run_demo(
-    directory: Path | None, headless: bool, auto_approve: bool, timeout_s: float = 600.0
+    directory: Path | None,
+    headless: bool,
+    auto_approve: bool,
+    timeout_s: float = 600.0,
+    pace_s: float = DEFAULT_PACE_S,
 ) -> int:
+    """Run the demo; returns the exit code (0: every ticket merged, headless only).
+
+    Args:
+        directory: keep the demo project here; None: a temporary directory,
+            removed at the end.
+        pace_s: seconds between the demo agent's steps (larger is easier to follow).
+    """
     base = directory.resolve() if directory else Path(tempfile.mkdtemp(prefix="orch-demo-"))
+    try:
+        return _run(base, headless, auto_approve, timeout_s, pace_s)
+    finally:
+        if directory is None:
+            shutil.rmtree(base, ignore_errors=True)
+            print(f"removed {base} (use --dir to keep the demo project)")
+
+
+def _run(base: Path, headless: bool, auto_approve: bool, timeout_s: float, pace_s: float) -> int:
     base.mkdir(parents=True, exist_ok=True)
-    config = prepare_demo(base, auto_approve)
+    config = prepare_demo(base, auto_approve, agent_delay_s=pace_s)
     home = load_config(config)
     print(f"demo project home: {home.root}")
     proc = start_daemon(config, base / "daemon.log")
@@ -179,7 +206,7 @@ def run_demo(
         if not headless:
             from orchestrator.tui.app import run
 
-            return run(home.socket_path)
+            return run(home.socket_path, settings=home.config.tui)
         if not auto_approve:
             print(
                 "approval is manual: approve with "

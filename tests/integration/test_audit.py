@@ -51,7 +51,8 @@ def test_every_decision_is_recorded_with_user_and_client(make_project):
     ]
     assert all(d["user"] == me for d in got)
     assert (
-        got[-1]["message"].endswith(refused.stderr.strip()) and ": refused: " in got[-1]["message"]
+        got[-1]["message"].endswith(refused.stderr.strip().removeprefix("orchestrator: "))
+        and ": refused: " in got[-1]["message"]
     )
     assert ": done: " in got[2]["message"]
 

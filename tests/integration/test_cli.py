@@ -105,3 +105,126 @@ def test_socket_directory_and_socket_are_private(make_project):
     sock: Path = project.home.socket_path
     assert oct(sock.parent.stat().st_mode & 0o777) == "0o700"
     assert oct(sock.stat().st_mode & 0o777) == "0o600"
+
+
+def test_init_from_a_relative_path_and_no_empty_dir_on_failure(tmp_path, source_repo, runtime_dir):
+    import shutil
+
+    shutil.copytree(source_repo, tmp_path / "repo")
+    made = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "init", "home", "--from", "./repo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "home" / "repo.git").is_dir()
+
+    failed = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "init", "other", "--from", "./nothing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("orchestrator: cannot set up repo.git")
+    assert not (tmp_path / "other").exists(), "a failed init leaves no empty directory"
+
+
+def test_version_and_help_for_every_option(capsys):
+    import argparse
+
+    import pytest
+
+    from orchestrator import __version__
+    from orchestrator.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"orchestrator {__version__}"
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help:
+                missing.append(" ".join([*path, action.dest]))
+
+    walk(build_parser(), [])
+    assert missing == []
+
+
+def test_since_accepts_ids_times_and_relative_and_refuses_unix_times():
+    from datetime import datetime
+
+    import pytest
+
+    from orchestrator.cli import parse_since
+    from orchestrator.shared.errors import OrchestratorError
+
+    now = datetime(2026, 11, 21, 12, 0, 0).timestamp()
+    assert parse_since("42", now) == (42, 0.0)
+    assert parse_since("5m", now) == (0, now - 300)
+    assert parse_since("2h", now) == (0, now - 7200)
+    assert parse_since("03:03", now) == (0, datetime(2026, 11, 21, 3, 3).timestamp())
+    assert parse_since("03:03:07", now) == (0, datetime(2026, 11, 21, 3, 3, 7).timestamp())
+    assert parse_since("2026-11-20T10:00", now) == (0, datetime(2026, 11, 20, 10).timestamp())
+    for bad in ("1700000000", "yesterday", "25:00", "5x"):
+        with pytest.raises(OrchestratorError) as err:
+            parse_since(bad, now)
+        assert "--since" in str(err.value)
+    with pytest.raises(OrchestratorError, match="looks like a Unix time"):
+        parse_since("1700000000", now)
+
+
+def test_enqueue_reports_the_daemons_verdict(make_project, tmp_path):
+    project = make_project()
+    first = tmp_path / "a" / "dup.yaml"
+    first.parent.mkdir()
+    first.write_text("title: first\n")
+    second = tmp_path / "b" / "dup.yaml"
+    second.parent.mkdir()
+    second.write_text("title: same id\n")
+    ok = project.cli("enqueue", str(first))
+    assert ok.returncode == 0, ok.stderr
+    assert "dup: placed in the backlog" in ok.stdout
+    project.wait_state("dup", "queued", "running", "ci_running", "awaiting_approval", "failed")
+    refused = project.cli("enqueue", str(second))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("orchestrator: ") and "already exists" in refused.stderr
+    assert "placed" not in refused.stdout
+
+
+def test_refusals_and_local_errors_have_one_prefix(make_project, tmp_path):
+    project = make_project()
+    refused = project.cli("approve", "nope")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("orchestrator: unknown ticket")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("priority: 9\n")
+    invalid = project.cli("validate", str(bad))
+    assert invalid.stderr.startswith("orchestrator: ")
+
+
+def test_a_closed_pipe_ends_events_quietly(make_project):
+    project = make_project()
+    for i in range(100):  # --json events of 100 tickets: far more than a pipe buffer
+        project.ticket(f"T-{i}")
+    project.wait_for(lambda s: len(s.tickets) == 100, timeout_s=30, what="100 tickets")
+    cmd = [sys.executable, "-m", "orchestrator", "events", "--since", "0", "--json"]
+    cmd += ["--config", str(project.config)]
+    events = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert events.stdout is not None and events.stderr is not None
+    first = events.stdout.readline()
+    events.stdout.close()  # like `| head -1`
+    err = events.stderr.read().decode()
+    events.stderr.close()
+    events.wait(30)
+    assert first
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
