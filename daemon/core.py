@@ -870,7 +870,7 @@ class Core:
             )
             return
         if ev.exit_code is None:
-            self._fail_attempt(rec, f"agent could not start: {ev.reason}", "", ev.now)
+            self._fail_attempt(rec, f"agent could not start: {ev.reason}", ev.log_tail, ev.now)
         elif ev.exit_code != 0:
             self._fail_attempt(rec, f"agent exited with code {ev.exit_code}", ev.log_tail, ev.now)
         elif not ev.changed:

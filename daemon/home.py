@@ -192,9 +192,29 @@ def sync_repo_config(home: Home) -> None:
         ("orchestrator.socket", str(home.socket_path)),
         # A reflog for every ref, so each move of main can be audited (all fast-forwards).
         ("core.logAllRefUpdates", "always"),
+        # ci.setup: the CI job copies worktree.copy and runs worktree.setup first.
+        ("orchestrator.ciSetup", _ci_setup_json(home)),
     ):
         git_sync(home.repo, "config", key, value)
     sync_worktree_excludes(home)
+
+
+def _ci_setup_json(home: Home) -> str:
+    """``{"copy": [...], "source": DIR, "setup": [argv], "timeout_s": N}`` or "{}"."""
+    if not home.config.ci.setup:
+        return "{}"
+    from orchestrator.daemon.setup import source_repo
+
+    wt = home.config.worktree
+    source = source_repo(home)
+    return json.dumps(
+        {
+            "copy": wt.copy,
+            "source": str(source) if source else "",
+            "setup": wt.setup,
+            "timeout_s": wt.setup_timeout_s,
+        }
+    )
 
 
 EXCLUDE_BEGIN = "# BEGIN orchestrator worktree.exclude (config.yaml; rewritten at daemon start)"
@@ -225,7 +245,8 @@ def sync_worktree_excludes(home: Home) -> None:
             inside = False
         elif not inside:
             kept.append(line)
-    patterns = home.config.worktree.exclude
+    wt = home.config.worktree
+    patterns = [*wt.exclude, *(f"/{p.rstrip('/')}" for p in wt.copy)]
     block = [EXCLUDE_BEGIN, *patterns, EXCLUDE_END] if patterns else []
     text = "\n".join(kept + block) + "\n"
     if text != "\n".join(old) + "\n":

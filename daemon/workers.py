@@ -158,6 +158,12 @@ class Workers:
         feedback_file = attempt_dir / "feedback.md" if eff.feedback else None
         if feedback_file is not None:
             feedback_file.write_text(eff.feedback)
+        if failed := await self._setup(run, wt, attempt_dir):
+            await self._finish(run, wt, None, failed)
+            return
+        if run.stop_reason:  # stopped during the worktree setup
+            await self._finish(run, wt, -int(signal.SIGTERM), "")
+            return
         values = {
             "prompt": prompt,
             "prompt_file": str(prompt_file),
@@ -245,6 +251,32 @@ class Workers:
                 tg.cancel_scope.cancel()
             await out.write(f"[orchestrator] agent exited with code {code}\n".encode())
         await self._finish(run, wt, code, "")
+
+    async def _setup(self, run: _Run, wt: Path, attempt_dir: Path) -> str:
+        """``worktree.copy`` and ``worktree.setup`` (daemon/setup.py); why they failed or ""."""
+        from orchestrator.daemon import setup
+
+        reason = await anyio.to_thread.run_sync(setup.copy_files, self.home, wt)
+        if reason:
+            run.tail[:] = reason.encode()
+            return reason
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        }
+        env.update(self.home.config.agent.env)
+        env.update(ORCH_TICKET_ID=run.effect.ticket, ORCH_WORKTREE=str(wt))
+
+        def started(process: Process) -> None:
+            run.process = process
+
+        reason, tail = await setup.run_setup(self.home, wt, attempt_dir / "setup.log", env, started)
+        run.process = None
+        if run.stop_reason:  # stopped during the setup: end like a stop
+            return ""
+        run.tail[:] = tail.encode()
+        return reason
 
     async def _pump_output(self, run: _Run, out: anyio.AsyncFile[bytes]) -> None:
         eff = run.effect

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -284,6 +285,10 @@ def _run_script(
                 output = (proc.stdout + proc.stderr).strip()
                 fail(128, f"checkout of {sha} failed:\n{output}")
                 return
+        setup_failed = _ci_setup(git_dir, checkout)
+        if setup_failed:
+            fail(2, setup_failed)
+            return
         runner = [str(ci_script)] if os.access(ci_script, os.X_OK) else ["bash", str(ci_script)]
         env = dict(os.environ)
         env.update(
@@ -305,6 +310,65 @@ def _run_script(
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ci_setup(git_dir: Path, checkout: Path) -> str:
+    """``ci.setup``: copy ``worktree.copy`` and run ``worktree.setup`` in the checkout, as
+    recorded in git config ``orchestrator.ciSetup`` (JSON); why it failed, or ""."""
+    raw = _git_config(git_dir, "orchestrator.ciSetup") or "{}"
+    try:
+        spec = msgspec.json.decode(raw, type=_CISetup)
+    except msgspec.DecodeError as exc:
+        return f"ci.setup: invalid git config orchestrator.ciSetup: {exc}"
+    for rel in spec.copy:
+        src, dst = Path(spec.source) / rel, checkout / rel
+        try:
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
+            elif src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            else:
+                return f"ci.setup: worktree.copy: {src} does not exist"
+        except OSError as exc:
+            return f"ci.setup: worktree.copy: cannot copy {src}: {exc.strerror or exc}"
+    if not spec.setup:
+        return ""
+    name = " ".join(spec.setup)[:200]
+    _log(f"setup: {name}")
+    sys.stdout.flush()
+    try:
+        proc = subprocess.Popen(
+            spec.setup,
+            cwd=checkout,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"ci.setup: worktree.setup `{name}` cannot start: {exc.strerror or exc}"
+    try:
+        output, _ = proc.communicate(timeout=spec.timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        reason = f"ci.setup: worktree.setup `{name}` timed out after {spec.timeout_s} s"
+    else:
+        code = proc.returncode
+        reason = f"ci.setup: worktree.setup `{name}` exited with code {code}" if code else ""
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
+    if reason:
+        return f"{reason}\n{output.decode(errors='replace')[-4000:]}"
+    return ""
+
+
+class _CISetup(msgspec.Struct, forbid_unknown_fields=True):
+    copy: list[str] = msgspec.field(default_factory=list)
+    source: str = ""
+    setup: list[str] = msgspec.field(default_factory=list)
+    timeout_s: int = 600
 
 
 def _notify_daemon(socket_path: str, sha: str) -> None:

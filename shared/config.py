@@ -36,6 +36,8 @@ class CIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: str = ""
     """The repo's test command, run by ci.sh with ``bash -c`` in a throw-away checkout."""
     timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
+    setup: bool = False
+    """Run ``worktree.copy`` and ``worktree.setup`` in the CI checkout before the command."""
 
 
 class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -61,10 +63,24 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Serve the same metrics on http://127.0.0.1:PORT/metrics (opt-in)."""
 
 
+#: A repository-relative path: no leading ``/``, no ``..`` component.
+RelPath = Annotated[str, msgspec.Meta(pattern=r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]+$")]
+
+
 class WorktreeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a worktree gets before each agent starts (docs/config.md#worktree-setup)."""
+
     exclude: list[str] = msgspec.field(default_factory=list)
     """gitignore patterns of files agents leave that are never committed (e.g. ``.aider*``);
     written to the shared clone's ``info/exclude`` at every daemon start."""
+    copy: list[RelPath] = msgspec.field(default_factory=list)
+    """Files or directories copied from the source repository (e.g. ``.env``); never
+    committed (they join the exclude block)."""
+    source: str | None = None
+    """Where ``copy`` copies from; default: the directory repo.git was cloned from."""
+    setup: list[str] = msgspec.field(default_factory=list)
+    """argv run in the worktree before each agent starts (e.g. install dependencies)."""
+    setup_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
 
 
 class TuiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
