@@ -125,7 +125,7 @@ async def run_setup(
         else:
             reason = ""
         out.write(f"[orchestrator] setup exited with code {code}\n".encode())
-    return reason, tail(log_path) if reason else ""
+    return reason, (await anyio.to_thread.run_sync(tail, log_path)) if reason else ""
 
 
 def tail(path: Path, chars: int = TAIL_CHARS) -> str:
