@@ -39,7 +39,7 @@ from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import OrchestratorError, TicketError
 from orchestrator.shared.fsutil import atomic_write, move_aside
-from orchestrator.shared.models import TicketState, parse_ticket
+from orchestrator.shared.models import AcceptanceCheck, TicketState, parse_ticket
 
 log = logging.getLogger("orchestrator")
 
@@ -312,9 +312,21 @@ class Daemon:
             self.notice(f"internal error ({type(exc).__name__}: {exc}); see the daemon log")
 
     async def _push(self, effect: C.Push) -> None:
+        rec = self.core.tickets.get(effect.ticket)
+        checks = list(rec.ticket.acceptance) if rec is not None else []
+        await anyio.to_thread.run_sync(self._write_acceptance, effect.ticket, checks)
         sha = await self.workers.push(effect.ticket, effect.attempt, effect.branch)
         if sha:
             await self.ci.read_now(sha)  # CI may have finished before (or ran for it earlier)
+
+    def _write_acceptance(self, ticket: str, checks: list[AcceptanceCheck]) -> None:
+        """``runs/<ticket>/acceptance.json``: the checks the CI job runs for its pushes."""
+        path = self.home.runs / ticket / "acceptance.json"
+        if not checks:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, msgspec.json.encode(checks))
 
     async def _merge(self, effect: C.Merge) -> None:
         result = await self.merger.merge(effect)

@@ -32,9 +32,9 @@ from typing import TextIO
 
 import msgspec
 
-from orchestrator.shared.cistatus import make_status, write_status
+from orchestrator.shared.cistatus import CheckResult, make_status, write_status
 from orchestrator.shared.errors import OrchestratorError
-from orchestrator.shared.models import CIVerdict
+from orchestrator.shared.models import AcceptanceCheck, CIVerdict
 
 #: Exit codes of ``ci run`` (and so of ci.sh).
 EXIT_PASS, EXIT_NOT_PASS, EXIT_NOT_WRITTEN = 0, 1, 2
@@ -94,6 +94,8 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
 
     Args:
         env: ``CI_COMMAND`` (run with ``bash -c``; empty: status ``error``),
+            ``CI_ACCEPTANCE_FILE`` (the ticket's acceptance checks as JSON, run after
+            the command; a failing one makes a passing run ``fail``),
             ``CI_TIMEOUT_S`` (whole seconds, default 600; SIGTERM on expiry,
             SIGKILL 10 s later), ``CI_SHA`` (default ``git rev-parse HEAD``),
             ``CI_REF``, ``CI_STATUS_FILE`` (written atomically; unset: the JSON
@@ -106,6 +108,7 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
     """
     log = _Log(out)
     started = time.time()
+    checks: list[CheckResult] = []
     command = env.get("CI_COMMAND", "")
     timeout_raw = env.get("CI_TIMEOUT_S", "600")
     timeout_s = 0
@@ -126,6 +129,9 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
                 log.write(chunk)
         exit_code = proc.returncode
         verdict = _verdict(exit_code, log, timeout_s)
+        checks, failed = _run_acceptance(env.get("CI_ACCEPTANCE_FILE", ""), timeout_s, log)
+        if failed and verdict == CIVerdict.PASS:
+            verdict = CIVerdict.FAIL
     status = make_status(
         sha=env.get("CI_SHA") or _git_head(),
         ref=env.get("CI_REF", ""),
@@ -134,6 +140,7 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
         started_s=started,
         finished_s=time.time(),
         log=bytes(log.data),
+        checks=checks,
     )
     target = env.get("CI_STATUS_FILE", "")
     if not target:
@@ -145,6 +152,79 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
             print(f"ci: cannot write the status file {target}: {exc}", file=sys.stderr)
             return EXIT_NOT_WRITTEN
     return EXIT_PASS if verdict == CIVerdict.PASS else EXIT_NOT_PASS
+
+
+_checks_decoder = msgspec.json.Decoder(list[AcceptanceCheck])
+
+
+def _run_acceptance(path: str, timeout_s: int, log: _Log) -> tuple[list[CheckResult], bool]:
+    """Run the acceptance checks listed in ``path`` (JSON) at the checkout's root.
+
+    Returns the results and whether any did not pass. Check argv never reaches a
+    shell; each check gets ``timeout_s``. docs/tickets.md#acceptance-checks.
+    """
+    if not path:
+        return [], False
+    try:
+        checks = _checks_decoder.decode(Path(path).read_bytes())
+    except (OSError, msgspec.DecodeError) as exc:
+        log.note(f"acceptance: cannot read the checks in {path}: {exc}")
+        return [
+            CheckResult(name="acceptance checks", status=CIVerdict.ERROR, output_tail=str(exc))
+        ], True
+    results = [_check(check, Path.cwd(), timeout_s) for check in checks]
+    for r in results:
+        log.note(f"acceptance: {r.name}: {r.status}")
+        if r.status != CIVerdict.PASS and r.output_tail:
+            log.write(r.output_tail.encode() + (b"" if r.output_tail.endswith("\n") else b"\n"))
+    return results, any(r.status != CIVerdict.PASS for r in results)
+
+
+def _check(check: AcceptanceCheck, root: Path, timeout_s: int) -> CheckResult:
+    name = check.label
+
+    def result(status: CIVerdict, output: str) -> CheckResult:
+        return CheckResult(name=name, status=status, output_tail=output[-2000:])
+
+    if check.run is not None:
+        try:
+            proc = subprocess.Popen(
+                check.run,
+                cwd=root,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return result(CIVerdict.ERROR, f"cannot run {check.run[0]}: {exc.strerror or exc}")
+        try:
+            output, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            text = output.decode(errors="replace")
+            return result(CIVerdict.ERROR, f"{text}timed out after {timeout_s} s")
+        text = output.decode(errors="replace")
+        if proc.returncode != 0:
+            return result(CIVerdict.FAIL, f"{text}exited with code {proc.returncode}")
+        return result(CIVerdict.PASS, text)
+    rel = check.file_exists if check.file_exists is not None else check.contains.path  # type: ignore[union-attr]
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()):
+        return result(CIVerdict.FAIL, f"{rel} is outside the repository")
+    if check.file_exists is not None:
+        if target.exists():
+            return result(CIVerdict.PASS, "")
+        return result(CIVerdict.FAIL, f"{rel} does not exist")
+    assert check.contains is not None
+    try:
+        content = target.read_text(errors="replace")
+    except OSError as exc:
+        return result(CIVerdict.FAIL, f"cannot read {rel}: {exc.strerror or exc}")
+    if check.contains.text in content:
+        return result(CIVerdict.PASS, "")
+    return result(CIVerdict.FAIL, f"{rel} does not contain {check.contains.text!r}")
 
 
 # --- ci notify ----------------------------------------------------------------
@@ -299,6 +379,9 @@ def _run_script(
             CI_STATUS_FILE=str(status_file),
             ORCH_PYTHON=sys.executable,
         )
+        acceptance = _acceptance_file(git_dir, ref)
+        if acceptance is not None:
+            env["CI_ACCEPTANCE_FILE"] = str(acceptance)
         sys.stdout.flush()
         rc = subprocess.run(runner, cwd=checkout, env=env, stdin=subprocess.DEVNULL).returncode
         _log(f"ci.sh exited with {rc}")
@@ -310,6 +393,16 @@ def _run_script(
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _acceptance_file(git_dir: Path, ref: str) -> Path | None:
+    """``<home>/runs/<ticket>/acceptance.json`` for a pushed ``refs/heads/agent-K/<ticket>``
+    (written by the daemon before it pushes), when it exists."""
+    parts = ref.split("/")
+    if len(parts) != 4 or parts[:2] != ["refs", "heads"]:
+        return None
+    path = git_dir.parent / "runs" / parts[3] / "acceptance.json"
+    return path if path.is_file() else None
 
 
 def _ci_setup(git_dir: Path, checkout: Path) -> str:

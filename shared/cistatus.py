@@ -23,6 +23,19 @@ LOG_TAIL_LINES = 100
 LOG_TAIL_CHARS = 8000
 
 
+class CheckResult(msgspec.Struct, kw_only=True, frozen=True):
+    """The result of one acceptance check of the ticket (docs/tickets.md#acceptance-checks)."""
+
+    name: Annotated[str, msgspec.Meta(description="the check's name or description")]
+    status: Annotated[
+        CIVerdict,
+        msgspec.Meta(description="pass, fail, or error (could not run, timed out)"),
+    ]
+    output_tail: Annotated[
+        str, msgspec.Meta(description="the end of its output or why it failed (2000 characters)")
+    ] = ""
+
+
 class CIStatus(msgspec.Struct, kw_only=True, frozen=True):
     """The result of one CI run for one commit."""
 
@@ -44,6 +57,10 @@ class CIStatus(msgspec.Struct, kw_only=True, frozen=True):
             description="the end of the combined output: last 100 lines, at most 8000 characters"
         ),
     ]
+    checks: Annotated[
+        list[CheckResult],
+        msgspec.Meta(description="the ticket's acceptance checks, run after the test command"),
+    ] = msgspec.field(default_factory=list)
 
 
 _decoder = msgspec.json.Decoder(CIStatus)
@@ -72,6 +89,7 @@ def make_status(
     started_s: float,
     finished_s: float,
     log: bytes,
+    checks: list[CheckResult] | None = None,
 ) -> CIStatus:
     """Build the document; times are Unix seconds, ``log`` the run's output (any length)."""
     return CIStatus(
@@ -83,6 +101,7 @@ def make_status(
         finished_at=iso_utc(finished_s),
         duration_s=round(max(0.0, finished_s - started_s), 3),
         log_tail=log_tail(log),
+        checks=checks or [],
     )
 
 

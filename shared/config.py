@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from orchestrator.shared.errors import ConfigError
+from orchestrator.shared.models import RelPath
 from orchestrator.shared.usage import Price
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -61,10 +62,6 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Write ``metrics/orchestrator.prom`` (Prometheus text format, for node_exporter)."""
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     """Serve the same metrics on http://127.0.0.1:PORT/metrics (opt-in)."""
-
-
-#: A repository-relative path: no leading ``/``, no ``..`` component.
-RelPath = Annotated[str, msgspec.Meta(pattern=r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]+$")]
 
 
 class WorktreeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -32,6 +32,39 @@ def _doc(text: str) -> msgspec.Meta:
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=50)]
 
 
+#: A repository-relative path: no leading ``/``, no ``..`` component, no NUL.
+RelPath = Annotated[str, msgspec.Meta(pattern=r"^(?!/)(?!(.*/)?\.\.(/|$))[^\x00]+$")]
+
+
+class ContainsCheck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    path: RelPath
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class AcceptanceCheck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One acceptance check of a ticket: exactly one of ``run``, ``file_exists``,
+    ``contains`` (docs/tickets.md#acceptance-checks). Run in the CI checkout after the
+    CI command; a failing check fails CI."""
+
+    name: str | None = None
+    run: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    """argv (no shell), run at the checkout's root; passes when it exits 0."""
+    file_exists: RelPath | None = None
+    contains: ContainsCheck | None = None
+
+    @property
+    def label(self) -> str:
+        """``name``, else a description of the check."""
+        if self.name:
+            return self.name
+        if self.run is not None:
+            return "run: " + " ".join(self.run)[:200]
+        if self.file_exists is not None:
+            return f"file_exists: {self.file_exists}"
+        assert self.contains is not None
+        return f"contains: {self.contains.path}"
+
+
 class TicketBudget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """A ticket's spending limit (docs/tickets.md, docs/usage.md)."""
 
@@ -52,6 +85,7 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
         depends_on: ids of tickets that must be merged first.
         max_attempts: overrides the project's ``max_attempts`` for this ticket.
         budget: overrides the project's ``budget.max_cost_usd`` for this ticket.
+        acceptance: checks run in the CI checkout after the CI command.
 
     Frozen: a ticket is a value; derive changed copies with ``msgspec.structs.replace``.
     """
@@ -77,6 +111,13 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
         TicketBudget | None,
         _doc("overrides the project's budget.max_cost_usd for this ticket (USD, all attempts)"),
     ] = None
+    acceptance: Annotated[
+        list[AcceptanceCheck],
+        _doc(
+            "checks run in the CI checkout after the CI command, each exactly one of "
+            "{run: [argv]}, {file_exists: PATH}, {contains: {path: PATH, text: TEXT}}"
+        ),
+    ] = msgspec.field(default_factory=list)
 
 
 def ticket_schema() -> dict[str, Any]:
@@ -153,6 +194,13 @@ def parse_ticket(data: bytes, path: Path) -> Ticket:
             raise TicketError(f"{name}: depends_on: {dep!r} is not a valid ticket id")
     if ticket_id in ticket.depends_on:
         raise TicketError(f"{name}: depends_on: a ticket cannot depend on itself")
+    for i, check in enumerate(ticket.acceptance):
+        given = [k for k in ("run", "file_exists", "contains") if getattr(check, k) is not None]
+        if len(given) != 1:
+            raise TicketError(
+                f"{name}: acceptance[{i}]: give exactly one of run, file_exists, contains"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
     # No locks declared: the ticket may change anything, so it locks the whole repo.
     return msgspec.structs.replace(ticket, id=ticket_id, locks=locks or ["."])
 
@@ -162,7 +210,10 @@ def _field_of(message: str) -> str:
     match = re.search(r"^(.*) - at `\$\.?([^`]*)`$", message)
     if match:
         field = match.group(2) or "(document)"
-        return f"{field}: {match.group(1)}"
+        reason = match.group(1)
+        if reason.startswith("Expected `str` matching regex '^(?!/)"):  # RelPath
+            reason = "must be a path relative to the repository root (no leading /, no ..)"
+        return f"{field}: {reason}"
     if message.startswith("Object contains unknown field"):
         return f"unknown field: {message.split('`')[1] if '`' in message else message}"
     if message.startswith("Object missing required field"):
