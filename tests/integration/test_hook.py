@@ -43,6 +43,7 @@ STATUS_KEYS = {
     "finished_at",
     "duration_s",
     "log_tail",
+    "checks",
 }
 
 TEST_OK = """\
