@@ -84,6 +84,7 @@ class HomeFiles:
         self.collector = MetricsCollector(self)
         self._registry: Any = None
         self._http: Any = None
+        self._store: Store | None = None
         self.writes = 0
 
     def on_events(self, events: list[Event]) -> None:
@@ -124,19 +125,19 @@ class HomeFiles:
             if self._http is not None:
                 self._http.shutdown()
                 self._http.server_close()
+            if self._store is not None:
+                self._store.close()
 
     def write(self, views: list[TicketView], dirty: set[str], ended: list[str]) -> None:
         """Recompute the dirty tickets' metrics, append CSV rows, write TASKS.md and the
         textfile (in a worker thread)."""
         if dirty or ended:
-            store = Store(self.home.state_db)
-            try:
-                now = time.time()
-                for rec in M.load_records(store, dirty | set(ended)):
-                    events = M.ticket_events(store, rec.id)
-                    self.metrics[rec.id] = M.ticket_metrics(self.home, rec, events, now, self.cache)
-            finally:
-                store.close()
+            if self._store is None:  # one connection, used only from this thread's calls
+                self._store = Store(self.home.state_db)
+            now = time.time()
+            for rec in M.load_records(self._store, dirty | set(ended)):
+                events = M.ticket_events(self._store, rec.id)
+                self.metrics[rec.id] = M.ticket_metrics(self.home, rec, events, now, self.cache)
             for ticket in ended:
                 if ticket in self.metrics:
                     M.append_ticket_row(self.home.metrics_dir / "tickets.csv", self.metrics[ticket])

@@ -390,3 +390,29 @@ def test_stop_while_the_branch_is_being_pushed_ends_stopped():
     sim.command("continue", "t")
     (again,) = sim.take(C.Push)
     assert again.branch == "agent-1/t"
+
+
+def test_budget_exceeded_stops_a_running_agent_once_and_ends_stopped():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["x"]))
+    (eff,) = sim.take(C.StartAgent)
+    # before the agent process exists (worktree being prepared) there is nothing to stop
+    sim.feed(C.BudgetExceeded("t", 1, 2.5, 2.0, sim.now))
+    assert sim.take(C.StopAgent) == [] and sim.state("t") == S.RUNNING
+    sim.start(eff)
+    sim.feed(C.BudgetExceeded("t", 1, 2.5, 2.0, sim.now))
+    (stop,) = sim.take(C.StopAgent)
+    assert stop.reason == C.StopReason.BUDGET
+    sim.feed(C.BudgetExceeded("t", 1, 2.7, 2.0, sim.now))  # already stopping: ignored
+    assert sim.take(C.StopAgent) == []
+    sim.exit(eff, code=-15)
+    rec = sim.rec("t")
+    assert rec.state == S.STOPPED
+    assert rec.reason == (
+        "budget exceeded: $2.50 spent, budget.max_cost_usd is $2.00; raise it and continue; "
+        "work committed on agent-1/t"
+    )
+    assert sim.core.workers["agent-1"].ticket is None and len(sim.core.locks) == 0
+    sim.feed(C.BudgetExceeded("t", 1, 3.0, 2.0, sim.now))  # not running: ignored
+    assert sim.take(C.StopAgent) == [] and sim.state("t") == S.STOPPED
+    check_invariants(sim.core)
