@@ -125,7 +125,7 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         ) as proc:
             assert proc.stdout is not None
-            while chunk := proc.stdout.read1(1 << 16):
+            while chunk := os.read(proc.stdout.fileno(), 1 << 16):
                 log.write(chunk)
         exit_code = proc.returncode
         verdict = _verdict(exit_code, log, timeout_s)

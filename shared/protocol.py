@@ -83,13 +83,13 @@ class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True
 # --- daemon -> client -------------------------------------------------------
 
 
-class Hello(Message, tag="hello", kw_only=True):
+class Hello(Message, tag="hello", kw_only=True, frozen=True):
     version: int
     home: str
     pid: int
 
 
-class Snapshot(Message, tag="snapshot", kw_only=True):
+class Snapshot(Message, tag="snapshot", kw_only=True, frozen=True):
     """The whole visible state; ``tickets`` are in queue order, then the rest."""
 
     version: int
@@ -100,7 +100,7 @@ class Snapshot(Message, tag="snapshot", kw_only=True):
     approval: str = "manual"
 
 
-class Event(Message, tag="event", kw_only=True):
+class Event(Message, tag="event", kw_only=True, frozen=True):
     """Something that happened. ``kind`` is a dotted name, e.g. ``ticket.state``.
 
     Views, when present, are the complete new state of that ticket/agent, so a
@@ -127,7 +127,7 @@ class Event(Message, tag="event", kw_only=True):
     """``decision`` events: the client that sent it, as it said (``cli``, ``tui``...)."""
 
 
-class Reply(Message, tag="reply", kw_only=True):
+class Reply(Message, tag="reply", kw_only=True, frozen=True):
     """The answer to one command: ``ok`` and one line for a person."""
 
     ok: bool
@@ -135,7 +135,7 @@ class Reply(Message, tag="reply", kw_only=True):
     req: str | None = None
 
 
-class StatusReply(Reply, tag="status_reply", kw_only=True):
+class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     """The answer to :class:`Status`: a fresh snapshot."""
 
     snapshot: Snapshot
@@ -146,7 +146,7 @@ ServerMessage = Hello | Snapshot | Event | Reply | StatusReply
 # --- client -> daemon -------------------------------------------------------
 
 
-class Command(Message, kw_only=True):
+class Command(Message, kw_only=True, frozen=True):
     """Base of the client's commands; ``reply_type`` is the type of the answer."""
 
     reply_type: ClassVar[type[Reply]] = Reply
@@ -157,45 +157,45 @@ class Command(Message, kw_only=True):
     decision (approve, reject, continue, priority, stop) in the event log."""
 
 
-class TicketCommand(Command, kw_only=True):
+class TicketCommand(Command, kw_only=True, frozen=True):
     """A command about one ticket, applied by the daemon's core."""
 
     ticket: str
 
 
-class Approve(TicketCommand, tag=CommandName.APPROVE.value, kw_only=True):
+class Approve(TicketCommand, tag=CommandName.APPROVE.value, kw_only=True, frozen=True):
     pass
 
 
-class Stop(TicketCommand, tag=CommandName.STOP.value, kw_only=True):
+class Stop(TicketCommand, tag=CommandName.STOP.value, kw_only=True, frozen=True):
     pass
 
 
-class Continue(TicketCommand, tag=CommandName.CONTINUE.value, kw_only=True):
+class Continue(TicketCommand, tag=CommandName.CONTINUE.value, kw_only=True, frozen=True):
     feedback: str = ""
     """Optional words for the next attempt of a stopped, failed or blocked ticket."""
 
 
-class Reject(TicketCommand, tag=CommandName.REJECT.value, kw_only=True):
+class Reject(TicketCommand, tag=CommandName.REJECT.value, kw_only=True, frozen=True):
     feedback: str
 
 
-class SetPriority(TicketCommand, tag=CommandName.PRIORITY.value, kw_only=True):
+class SetPriority(TicketCommand, tag=CommandName.PRIORITY.value, kw_only=True, frozen=True):
     priority: int
 
 
-class Heartbeat(TicketCommand, tag=CommandName.HEARTBEAT.value, kw_only=True):
+class Heartbeat(TicketCommand, tag=CommandName.HEARTBEAT.value, kw_only=True, frozen=True):
     note: str = ""
 
 
-class Enqueue(Command, tag=CommandName.ENQUEUE.value, kw_only=True):
+class Enqueue(Command, tag=CommandName.ENQUEUE.value, kw_only=True, frozen=True):
     """Place a ticket in the backlog; ``yaml`` is the file content, ``name`` its file name."""
 
     name: str
     yaml: str
 
 
-class ClientHello(Command, tag=CommandName.HELLO.value, kw_only=True):
+class ClientHello(Command, tag=CommandName.HELLO.value, kw_only=True, frozen=True):
     """A client's hello: the protocol version it speaks, and whether it subscribes.
 
     ``subscribe``: after the reply, send a snapshot and then every event. A
@@ -206,13 +206,13 @@ class ClientHello(Command, tag=CommandName.HELLO.value, kw_only=True):
     subscribe: bool = True
 
 
-class Status(Command, tag=CommandName.STATUS.value, kw_only=True):
+class Status(Command, tag=CommandName.STATUS.value, kw_only=True, frozen=True):
     """Ask for a fresh snapshot; answered with a :class:`StatusReply`."""
 
     reply_type: ClassVar[type[Reply]] = StatusReply
 
 
-class CINotify(Command, tag=CommandName.CI_NOTIFY.value, kw_only=True):
+class CINotify(Command, tag=CommandName.CI_NOTIFY.value, kw_only=True, frozen=True):
     """Sent by hooks/post-receive once repo.git/ci-status/<sha>.json is written."""
 
     sha: str

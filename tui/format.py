@@ -6,7 +6,14 @@ import time
 
 from rich.text import Text
 
-from orchestrator.shared.models import AgentState, AgentView, CIView, TicketState, TicketView
+from orchestrator.shared.models import (
+    AgentState,
+    AgentView,
+    CIState,
+    CIView,
+    TicketState,
+    TicketView,
+)
 
 #: Rich styles of ticket states; colour names follow the agents-panel legend in docs.
 TICKET_STYLES: dict[TicketState, str] = {
@@ -78,7 +85,7 @@ def agent_state_style(agent: AgentView, ticket: TicketView | None) -> str:
 def ci_cell(ci: CIView | None) -> Text:
     if ci is None:
         return Text("-", style="dim")
-    label = ci.status
-    if ci.duration_s is not None and ci.status != "running":
+    label = str(ci.status)
+    if ci.duration_s is not None and ci.status != CIState.RUNNING:
         label += f" {age(ci.duration_s)}"
     return Text(label, style=CI_STYLES.get(ci.status, ""))
