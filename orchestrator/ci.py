@@ -301,8 +301,9 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
     """The detached CI job for one pushed commit; logs to stdout (``ci-status/<sha>.log``).
 
     Reads ``orchestrator.ciScript``, ``ciCommand``, ``ciTimeoutS`` and ``socket``
-    from repo.git's git config. Always leaves ``ci-status/<sha>.json`` behind
-    (ci.sh's, or an ``error`` status of its own) and returns 0.
+    from repo.git's git config. Leaves ``ci-status/<sha>.json`` behind (ci.sh's,
+    or an ``error`` status of its own; if even that cannot be written, the log
+    says why) and returns 0.
     """
     clean = _without_git_env(os.environ)
     os.environ.clear()
@@ -318,18 +319,20 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
 
     def fail(exit_code: int, message: str) -> None:
         _log(message)
-        write_status(
-            status_file,
-            make_status(
-                sha=sha,
-                ref=ref,
-                status=CIVerdict.ERROR,
-                exit_code=exit_code,
-                started_s=started,
-                finished_s=time.time(),
-                log=message.encode(),
-            ),
+        status = make_status(
+            sha=sha,
+            ref=ref,
+            status=CIVerdict.ERROR,
+            exit_code=exit_code,
+            started_s=started,
+            finished_s=time.time(),
+            log=message.encode(),
         )
+        try:
+            write_status(status_file, status)
+        except OSError as exc:
+            _log(f"could not write the status file {status_file}: {exc}")
+            return
         _log(f"wrote status 'error' to {status_file}")
 
     if not ci_command:
