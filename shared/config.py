@@ -215,6 +215,8 @@ def load_config(path: Path) -> Home:
 def _with_key(message: str) -> str:
     if " - at `$." in message:
         reason, _, key = message.partition(" - at `$.")
+        if reason.startswith("Expected `str` matching regex '^(?!/)"):  # RelPath
+            reason = "must be a path relative to the repository root (no leading /, no ..)"
         return f"{key.rstrip('`')}: {reason}"
     return message
 

@@ -183,6 +183,10 @@ def test_bad_budget_values_are_refused_with_one_line(make_project, tmp_path: Pat
         ("metrics: {port: 70000}\n", "metrics.port"),
         ("usage: {prices: {m: {input: 1}}}\n", "output"),
         ("worktree: {exclude: 3}\n", "worktree.exclude"),
+        ("worktree: {copy: [../secrets]}\n", "worktree.copy[0]: must be a path relative"),
+        ("worktree: {setup: make}\n", "worktree.setup"),
+        ("ci: {setup: maybe}\n", "ci.setup"),
+        ("usage: {model: 5}\n", "usage.model"),
     ):
         project.config.write_text(config + bad)
         with pytest.raises(ConfigError) as exc:

@@ -168,3 +168,20 @@ def test_usage_add_and_json_shape():
     assert total.sources == ["aider", "opencode"]
     data = msgspec.json.decode(msgspec.json.encode(total))
     assert {"input_tokens", "output_tokens", "cost_usd", "models", "unpriced_models"} <= set(data)
+
+
+def test_budget_tail_reads_only_what_was_appended_and_joins_partial_lines(tmp_path: Path):
+    from orchestrator.daemon.budget import _Tail
+
+    log = tmp_path / "agent.log"
+    tail = _Tail([log, tmp_path / "usage.jsonl"], U.UsageParser())
+    assert tail.update() == 0.0  # no file yet
+    log.write_bytes(b'noise\nORCH_USAGE {"cost_usd": 0.5}\nORCH_USAGE {"cost_')
+    assert tail.update() == 0.5  # the partial line waits for its end
+    with log.open("ab") as f:
+        f.write(b'usd": 0.25}\n' + b"x" * (U.MAX_LINE_BYTES + 5))
+    assert tail.update() == pytest.approx(0.75)
+    with log.open("ab") as f:  # the end of the over-long line is skipped, then parsing goes on
+        f.write(b'"}\nORCH_USAGE {"cost_usd": 1}\n')
+    assert tail.update() == pytest.approx(1.75)
+    assert tail.update() == pytest.approx(1.75)  # nothing new: nothing counted twice
