@@ -20,6 +20,7 @@ never stop the daemon.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from collections import Counter
@@ -130,7 +131,10 @@ class HomeFiles:
 
     def write(self, views: list[TicketView], dirty: set[str], ended: list[str]) -> None:
         """Recompute the dirty tickets' metrics, append CSV rows, write TASKS.md and the
-        textfile (in a worker thread)."""
+        textfile (in a worker thread). The first write also adds the rows of tickets that
+        ended while no daemon wrote them (a crash within the debounce, an older home)."""
+        if self.writes == 0:
+            ended = ended + [t for t in self._missing_rows(views) if t not in ended]
         if dirty or ended:
             if self._store is None:  # one connection, used only from this thread's calls
                 self._store = Store(self.home.state_db)
@@ -146,6 +150,20 @@ class HomeFiles:
             self.home.metrics_dir.mkdir(parents=True, exist_ok=True)
             self._write_textfile(self.home.metrics_dir / "orchestrator.prom")
         self.writes += 1
+
+    def _missing_rows(self, views: list[TicketView]) -> list[str]:
+        """Ended tickets whose end (ticket, ended_at) has no row in metrics/tickets.csv."""
+        path = self.home.metrics_dir / "tickets.csv"
+        try:
+            with path.open(newline="") as f:
+                rows = {(r.get("ticket"), r.get("ended_at")) for r in csv.DictReader(f)}
+        except FileNotFoundError:
+            rows = set()
+        return [
+            v.id
+            for v in views
+            if v.state in M.ENDED_STATES and (v.id, M.iso(v.state_since)) not in rows
+        ]
 
     def _write_textfile(self, path: Path) -> None:
         from prometheus_client import write_to_textfile

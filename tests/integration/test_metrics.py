@@ -192,3 +192,24 @@ def test_bad_budget_values_are_refused_with_one_line(make_project, tmp_path: Pat
         with pytest.raises(ConfigError) as exc:
             load_config(project.config)
         assert key in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_rows_missed_while_no_daemon_wrote_them_are_added_at_start(make_project):
+    project = make_project(workers=1, approval="auto")
+    project.ticket("a", description="append app.py # a\n")
+    project.wait_state("a", "merged")
+    csv_path = project.home.metrics_dir / "tickets.csv"
+    project.wait_for(lambda _s: csv_path.exists() and "\na," in csv_path.read_text(), 30, "row")
+    project.stop()
+    csv_path.unlink()  # as if the daemon had died before writing it
+    project.start()
+    project.wait_for(lambda _s: csv_path.exists(), 30, "the CSV again")
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert [(r["ticket"], r["outcome"]) for r in rows] == [("a", "merged")]
+    project.stop()
+    project.start()  # a second start adds nothing
+    project.ticket("b", description="append app.py # b\n")
+    project.wait_state("b", "merged")
+    project.wait_for(lambda _s: "\nb," in csv_path.read_text(), 30, "row b")
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert [r["ticket"] for r in rows] == ["a", "b"]
