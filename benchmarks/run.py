@@ -23,7 +23,7 @@ import traceback
 from benchmarks.harness import Figure, machine
 
 #: Module names under benchmarks/, in the order they run (issue order).
-BENCHMARKS = ["intake", "burst", "scheduling", "fanout", "ci_path", "idle", "commands"]
+BENCHMARKS = ["intake", "burst", "scheduling", "fanout", "ci_path", "idle", "commands", "tui"]
 
 
 def cli(argv: list[str] | None = None) -> int:

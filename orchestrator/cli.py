@@ -22,7 +22,7 @@ import msgspec
 from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home, default_config_path, load_config
 from orchestrator.shared.errors import OrchestratorError, TicketError
-from orchestrator.shared.models import TicketState
+from orchestrator.shared.models import LeaseView, TicketState
 
 #: The start of every error line the command prints.
 ERROR_PREFIX = "orchestrator: "
@@ -48,6 +48,34 @@ def _snapshot(args: argparse.Namespace) -> P.Snapshot:
     from orchestrator.shared.client import request
 
     return request(_config(args).socket_path, P.Status()).snapshot
+
+
+class _RawStatus(msgspec.Struct):
+    """A status reply whose snapshot is kept as the daemon's JSON (not decoded)."""
+
+    ok: bool
+    message: str = ""
+    snapshot: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b""))
+
+
+class _LeasesOnly(msgspec.Struct):
+    """The part of a snapshot ``locks`` needs; msgspec skips the tickets unparsed."""
+
+    leases: list[LeaseView]
+
+
+def _raw_snapshot(args: argparse.Namespace) -> msgspec.Raw:
+    """The daemon's snapshot JSON, undecoded (100,000 tickets: 40 MB, decoded in ~1 s)."""
+    from orchestrator.shared.client import request_line
+
+    line = request_line(_config(args).socket_path, P.Status(client="cli"))
+    try:
+        reply = msgspec.json.decode(line, type=_RawStatus)
+    except msgspec.DecodeError as exc:
+        raise OrchestratorError(f"the daemon sent an unreadable status: {exc}") from None
+    if not reply.ok or not len(reply.snapshot):
+        raise OrchestratorError(reply.message or "the daemon sent no snapshot")
+    return reply.snapshot
 
 
 def _answer(reply: P.Reply) -> int:
@@ -103,10 +131,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    snapshot = _snapshot(args)
-    if args.json:
-        sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
+    if args.json:  # passed through as the daemon wrote it
+        sys.stdout.buffer.write(bytes(_raw_snapshot(args)) + b"\n")
         return 0
+    snapshot = _snapshot(args)
     now = time.time()
     print(f"{'AGENT':<10} {'STATE':<18} {'TICKET':<24} {'BRANCH':<32} ATTEMPT")
     for a in snapshot.agents:
@@ -137,13 +165,13 @@ def _age(seconds: float) -> str:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    snapshot = _snapshot(args)
+    leases = msgspec.json.decode(_raw_snapshot(args), type=_LeasesOnly).leases
     if args.json:
-        sys.stdout.write(msgspec.json.encode(snapshot.leases).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode(leases).decode() + "\n")
         return 0
     now = time.time()
     print(f"{'PATH':<40} {'TICKET':<24} {'AGENT':<9} {'AGE':>6} {'EXPIRES':>8}")
-    for lease in snapshot.leases:
+    for lease in leases:
         expires = "reserved" if lease.reserved else _age(lease.expires_at - now)
         print(
             f"{lease.path:<40} {lease.ticket:<24} {lease.agent or '-':<9} "

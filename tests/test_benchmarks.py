@@ -38,6 +38,12 @@ REQUIRED = {
     "idle.rss": ("MB", 80.0),
     "command.roundtrip_p50": ("ms", 20.0),
     "command.roundtrip_p99": ("ms", 20.0),
+    "tui.key_to_screen_p99": ("ms", 100.0),
+    "tui.event_to_screen_p99": ("ms", 250.0),
+    "tui.cpu_load": ("%", 50.0),
+    "tui.cpu_idle": ("%", 2.0),
+    "tui.status_json": ("s", 1.0),
+    "tui.locks_json": ("s", 1.0),
 }
 
 

@@ -13,6 +13,7 @@ tickets and the lease table (:meth:`Board.why`), so the answer is never stale.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ class Board:
     log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_BACKLOG))
     changes: Changes = field(default_factory=lambda: Changes(reloaded=True))
     _positions: dict[str, int] | None = None
+    #: Every ticket as ``(queue_key, id)``, kept sorted: the panel order without a sort.
+    _order: list[tuple[tuple[int, float, float, str], str]] = field(default_factory=list)
     _output_attempt: dict[str, int] = field(default_factory=dict)
 
     def load(self, snapshot: Snapshot) -> None:
@@ -141,6 +144,7 @@ class Board:
         self.approval = snapshot.approval
         self.last_event_id = snapshot.last_event_id
         self.tickets = {t.id: t for t in snapshot.tickets}
+        self._order = sorted((queue_key(t), t.id) for t in snapshot.tickets)
         self.agents = {a.name: a for a in sorted(snapshot.agents, key=_agent_sort_key)}
         self.leases = list(snapshot.leases)
         self._positions = None
@@ -160,6 +164,9 @@ class Board:
                 changes.touched.add(view.id)
                 if old is None or queue_key(old) != queue_key(view):
                     changes.order = True
+                    if old is not None:
+                        del self._order[bisect.bisect_left(self._order, (queue_key(old), old.id))]
+                    bisect.insort(self._order, (queue_key(view), view.id))
                 if (
                     old is None
                     or (old.state == TicketState.QUEUED) != (view.state == TicketState.QUEUED)
@@ -224,12 +231,11 @@ class Board:
 
     def queue(self, *, finished: bool) -> list[TicketView]:
         """Tickets in panel order; final ones (merged, cancelled, rejected) only if ``finished``."""
-        tickets = (
-            self.tickets.values()
-            if finished
-            else (t for t in self.tickets.values() if t.state not in FINAL_STATES)
-        )
-        return sorted(tickets, key=queue_key)
+        tickets = self.tickets
+        ordered = (tickets[tid] for _, tid in self._order)
+        if finished:
+            return list(ordered)
+        return [t for t in ordered if t.state not in FINAL_STATES]
 
     def finished_count(self) -> int:
         return sum(1 for t in self.tickets.values() if t.state in FINAL_STATES)

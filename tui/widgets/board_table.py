@@ -17,8 +17,11 @@ from typing import Any, ClassVar
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
+from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding, BindingType
+from textual.geometry import Region
 from textual.widgets import DataTable
+from textual.widgets._data_table import RowKey
 
 Row = tuple[str, tuple[Any, ...]]
 
@@ -61,6 +64,8 @@ class BoardTable(DataTable[Any]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self.fixed_columns = 1
         self._cells: dict[str, tuple[Any, ...]] = {}
+        self._order: list[str] = []
+        self._row_key_of: dict[str, RowKey] = {}
 
     def on_mount(self) -> None:
         for label, key in self.COLUMNS:
@@ -96,7 +101,7 @@ class BoardTable(DataTable[Any]):
     @property
     def row_keys(self) -> list[str]:
         """Row keys in display order."""
-        return [str(row.key.value) for row in self.ordered_rows]
+        return list(self._order)
 
     def row_cells(self, key: str) -> tuple[Any, ...]:
         """The cells last set for row ``key`` (KeyError if absent)."""
@@ -118,10 +123,12 @@ class BoardTable(DataTable[Any]):
         selected, row = self.selected_key, self.cursor_row
         self.clear()
         self._cells = {}
+        self._row_key_of = {}
         for key, cells in rows:
             cells = _texts(cells)
             self._cells[key] = cells
-            self.add_row(*cells, key=key)
+            self._row_key_of[key] = self.add_row(*cells, key=key)
+        self._order = [key for key, _ in rows]
         self._restore_cursor(selected, row)
 
     def upsert(self, key: str, cells: tuple[Any, ...]) -> bool:
@@ -130,7 +137,8 @@ class BoardTable(DataTable[Any]):
         old = self._cells.get(key)
         if old is None:
             self._cells[key] = cells
-            self.add_row(*cells, key=key)
+            self._row_key_of[key] = self.add_row(*cells, key=key)
+            self._order.append(key)
             return True
         if old != cells:
             for (_, column), before, after in zip(self.COLUMNS, old, cells, strict=True):
@@ -144,17 +152,45 @@ class BoardTable(DataTable[Any]):
         if self._cells.pop(key, None) is not None:
             selected, row = self.selected_key, self.cursor_row
             self.remove_row(key)
+            self._order.remove(key)
+            del self._row_key_of[key]
             self._restore_cursor(selected, row)
 
     def reorder(self, keys: Sequence[str]) -> None:
         """Put the rows in the order of ``keys`` (each row's key must be in it)."""
-        index = {key: i for i, key in enumerate(keys)}
-        if self.row_keys == list(keys):
+        keys = list(keys)
+        if keys == self._order:
             return
         selected, row = self.selected_key, self.cursor_row
-        first = self.COLUMNS[0][1]
-        self.sort(first, key=lambda cell: index.get(cell.plain, len(index)))
+        # What DataTable.sort does, without sorting: the order is known, so O(n)
+        # instead of O(n log n) key calls (10,000 rows: ~2 ms instead of ~15 ms).
+        row_key_of = self._row_key_of
+        self._row_locations = TwoWayDict({row_key_of[key]: i for i, key in enumerate(keys)})
+        self._update_count += 1
+        self.refresh()
+        self._order = keys
         self._restore_cursor(selected, row)
+
+    def _get_offsets(self, y: int) -> tuple[RowKey, int]:
+        # DataTable rebuilds a list of every line of every row (10,000 rows: ~3 ms)
+        # after each change to find the row at a screen line; our rows are all one
+        # line high, so the row at line y is the row at index y.
+        if self.show_header:
+            if y < self.header_height:
+                return self._header_row_key, y
+            y -= self.header_height
+        row_key = self._row_locations.get_key(y)
+        if row_key is None:
+            raise LookupError(f"Y coord {y!r} is greater than total height")
+        return row_key, 0
+
+    def _get_row_region(self, row_index: int) -> Region:
+        # As _get_offsets: one line per row, so no walk over every row above it.
+        if not self.is_valid_row_index(row_index):
+            return Region(0, 0, 0, 0)
+        width = sum(column.get_render_width(self) for column in self.columns.values())
+        y = row_index + (self.header_height if self.show_header else 0)
+        return Region(0, y, max(self.size.width, width + self._row_label_column_width), 1)
 
     def refresh_lazy(self) -> None:
         """Redraw the visible rows so :class:`LazyCell` cells are computed again."""
