@@ -111,23 +111,29 @@ class HomeFiles:
             while True:
                 await self._changed.wait()
                 await anyio.sleep(DEBOUNCE_S)
-                self._changed = anyio.Event()
-                views = list(self.views.values())
-                # A ticket that never started has no attempt to measure (cheap bursts).
-                dirty = {t for t in self.dirty if t in self.views and self.views[t].attempt > 0}
-                self.dirty = set()
-                ended, self.ended = self.ended, []
-                try:
-                    await anyio.to_thread.run_sync(self.write, views, dirty, ended)
-                except OSError as exc:
-                    log.warning("cannot write home files: %s", exc)
-                    self.notice(f"cannot write TASKS.md or metrics: {exc.strerror or exc}")
+                await self._flush()
         finally:
+            if self._changed.is_set():  # shutdown: what changed last is written too
+                with anyio.CancelScope(shield=True):
+                    await self._flush()
             if self._http is not None:
                 self._http.shutdown()
                 self._http.server_close()
             if self._store is not None:
                 self._store.close()
+
+    async def _flush(self) -> None:
+        self._changed = anyio.Event()
+        views = list(self.views.values())
+        # A ticket that never started has no attempt to measure (cheap bursts).
+        dirty = {t for t in self.dirty if t in self.views and self.views[t].attempt > 0}
+        self.dirty = set()
+        ended, self.ended = self.ended, []
+        try:
+            await anyio.to_thread.run_sync(self.write, views, dirty, ended)
+        except OSError as exc:
+            log.warning("cannot write home files: %s", exc)
+            self.notice(f"cannot write TASKS.md or metrics: {exc.strerror or exc}")
 
     def write(self, views: list[TicketView], dirty: set[str], ended: list[str]) -> None:
         """Recompute the dirty tickets' metrics, append CSV rows, write TASKS.md and the

@@ -146,11 +146,11 @@ def replay(ticket: str, events: Iterable[Event], now: float) -> dict[int, Attemp
         view = ev.ticket_view
         if view is None:
             continue
+        if view.agent:
+            r.agent = view.agent
         if view.state != r.state or view.attempt != r.attempt:
             _close(r, ticket, ev.ts)
             _enter(r, ticket, str(view.state), view.attempt, ev.ts, view.reason)
-        if view.agent:
-            r.agent = view.agent
         if ev.kind == "ci.result" and view.ci is not None and view.attempt > 0:
             row = r.row(ticket, view.attempt)
             row.ci_runs += 1

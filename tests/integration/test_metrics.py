@@ -213,3 +213,14 @@ def test_rows_missed_while_no_daemon_wrote_them_are_added_at_start(make_project)
     project.wait_for(lambda _s: "\nb," in csv_path.read_text(), 30, "row b")
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert [r["ticket"] for r in rows] == ["a", "b"]
+
+
+def test_the_last_changes_are_written_when_the_daemon_stops(make_project):
+    project = make_project(workers=1, approval="auto")
+    project.ticket("z", description="append app.py # z\n")
+    project.wait_state("z", "merged")
+    project.stop()  # at once: within the debounce of the last change
+    tasks = project.home.tasks_file.read_text()
+    assert "1 tickets: 1 merged." in tasks
+    rows = list(csv.DictReader(io.StringIO((project.home.metrics_dir / "tickets.csv").read_text())))
+    assert [(r["ticket"], r["outcome"], r["agent"]) for r in rows] == [("z", "merged", "agent-1")]

@@ -36,7 +36,7 @@ def ev(ts: float, kind: str, state: S, attempt: int, message: str = "", **view) 
 
 def test_replay_books_each_phase_to_its_attempt():
     events = [
-        ev(0, "ticket.queued", S.QUEUED, 0),
+        ev(0, "ticket.queued", S.QUEUED, 0, agent=None),
         ev(10, "ticket.state", S.RUNNING, 1),
         ev(40, "ticket.state", S.CI_RUNNING, 1),
         ev(100, "ci.result", S.CI_RUNNING, 1, ci=CIView(sha="a", status="fail", duration_s=55)),
@@ -56,6 +56,7 @@ def test_replay_books_each_phase_to_its_attempt():
     assert (two.approval_wait_s, two.merge_wait_s) == (300, 5)
     assert two.outcome == "merged" and two.ended_at == 495 and two.started_at == 100
     assert one.review_rounds == two.review_rounds == 0
+    assert one.agent == two.agent == "agent-1"  # known from the first view that names it
 
 
 def test_replay_restart_and_stop_and_open_attempt():
