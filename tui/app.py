@@ -43,6 +43,7 @@ from orchestrator.shared.models import (
 from orchestrator.shared.protocol import (
     Approve,
     Continue,
+    Enqueue,
     Event,
     Reject,
     SetPriority,
@@ -50,7 +51,7 @@ from orchestrator.shared.protocol import (
     Stop,
 )
 from orchestrator.tui import git
-from orchestrator.tui.board import Board, Changes, agent_key
+from orchestrator.tui.board import MERGE_STATES, Board, Changes, agent_key
 from orchestrator.tui.messages import Connected, DaemonEvents, Disconnected
 from orchestrator.tui.notify import Notifier, agent_needs_person, needs_person
 from orchestrator.tui.widgets.agents_table import AgentsTable
@@ -60,6 +61,7 @@ from orchestrator.tui.widgets.confirm_screen import ConfirmScreen
 from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.event_log import EventLog
 from orchestrator.tui.widgets.help_screen import HelpScreen
+from orchestrator.tui.widgets.new_ticket_screen import NewTicketScreen
 from orchestrator.tui.widgets.reject_screen import RejectScreen
 from orchestrator.tui.widgets.status_line import StatusLine
 from orchestrator.tui.widgets.text_screen import TextScreen
@@ -140,12 +142,21 @@ class OrchestratorApp(App[int]):
             key_display="+",
             tooltip="more urgent (P2 → P1; P0 is the most urgent)",
         ),
-        Binding("minus", "priority(1)", "Prio↓", key_display="-", tooltip="less urgent (P2 → P3)"),
+        Binding(
+            "minus",
+            "priority(1)",
+            "Prio↓",
+            key_display="-",
+            show=False,
+            tooltip="less urgent (P2 → P3)",
+        ),
+        Binding("n", "new_ticket", "New", tooltip="write a new ticket (a form); enqueued if valid"),
         Binding("slash", "search", "Find", key_display="/", tooltip="filter tickets by text"),
         Binding(
             "e",
             "events_scope",
             "Events",
+            show=False,
             tooltip="events: all tickets, or only the subject's",
         ),
         Binding(
@@ -154,6 +165,12 @@ class OrchestratorApp(App[int]):
             "Beats",
             show=False,
             tooltip="show or hide heartbeat events (hidden by default)",
+        ),
+        Binding(
+            "m",
+            "toggle_merge_view",
+            "Merges",
+            tooltip="the merge queue: tickets merging, awaiting approval or in CI, in order",
         ),
         Binding(
             "f",
@@ -182,6 +199,8 @@ class OrchestratorApp(App[int]):
         self.board = Board()
         self.show_finished = False
         self.filter_text = ""
+        self.merge_view = False
+        """The tickets panel shows only the merge queue (``m``)."""
         self.subject: str | None = None
         """Ticket id the actions act on (or ``@agent-K`` for an agent without a ticket)."""
         if title:
@@ -330,6 +349,8 @@ class OrchestratorApp(App[int]):
     # --- updating the panels ----------------------------------------------------------
 
     def _visible(self, ticket: TicketView) -> bool:
+        if self.merge_view and ticket.state not in MERGE_STATES:
+            return False
         if not self.show_finished and ticket.state in FINAL_STATES:
             return False
         if self.filter_text:
@@ -337,7 +358,10 @@ class OrchestratorApp(App[int]):
         return True
 
     def _visible_order(self) -> list[str]:
-        tickets = self.board.queue(finished=self.show_finished)
+        if self.merge_view:
+            tickets = self.board.merge_queue()
+        else:
+            tickets = self.board.queue(finished=self.show_finished)
         if self.filter_text:
             tickets = self.board.matching(tickets, self.filter_text)
         return [t.id for t in tickets]
@@ -414,6 +438,8 @@ class OrchestratorApp(App[int]):
         finished = self.board.finished_count()
         shown = "shown (f hides)" if self.show_finished else "hidden (f shows)"
         title = f"Tickets · {finished} finished {shown}"
+        if self.merge_view:
+            title = f"Merge queue · {self._tickets.row_count} on their way to main (m: all tickets)"
         if self.filter_text:
             title += f" · filter {self.filter_text!r}: {self._tickets.row_count} match"
         self._tickets.border_title = title
@@ -549,7 +575,7 @@ class OrchestratorApp(App[int]):
 
     # --- commands ---------------------------------------------------------------
 
-    def _send(self, command: Approve | Continue | Stop | Reject | SetPriority) -> None:
+    def _send(self, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue) -> None:
         command = msgspec.structs.replace(command, client="tui")  # recorded (audit trail)
         client = self._client
         if client is None:
@@ -559,9 +585,10 @@ class OrchestratorApp(App[int]):
 
     @work(group="commands", exit_on_error=False)
     async def _send_command(
-        self, client: Client, command: Approve | Continue | Stop | Reject | SetPriority
+        self, client: Client, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue
     ) -> None:
-        label = f"{type(command).__struct_config__.tag} {command.ticket}"
+        subject = command.name if isinstance(command, Enqueue) else command.ticket
+        label = f"{type(command).__struct_config__.tag} {subject}"
         try:
             reply = await client.send(command, timeout_s=COMMAND_TIMEOUT_S)
         except TimeoutError:
@@ -688,6 +715,20 @@ class OrchestratorApp(App[int]):
 
     def action_toggle_finished(self) -> None:
         self.show_finished = not self.show_finished
+        self._rebuild_tickets()
+
+    def action_new_ticket(self) -> None:
+        """``n``: a form for a new ticket; a valid one is sent to the daemon (``enqueue``)."""
+
+        def enqueue(result: tuple[str, str] | None) -> None:
+            if result is not None:
+                name, yaml = result
+                self._send(Enqueue(name=name, yaml=yaml))
+
+        self.push_screen(NewTicketScreen(), enqueue)
+
+    def action_toggle_merge_view(self) -> None:
+        self.merge_view = not self.merge_view
         self._rebuild_tickets()
 
     def action_search(self) -> None:

@@ -93,6 +93,10 @@ class Changes:
         )
 
 
+#: The states between an agent's push and main, in the order the merge queue view shows.
+MERGE_STATES = (TicketState.MERGING, TicketState.AWAITING_APPROVAL, TicketState.CI_RUNNING)
+
+
 def ticket_group(state: TicketState) -> int:
     if state in ACTIVE_STATES:
         return _GROUP_ACTIVE
@@ -236,6 +240,13 @@ class Board:
         if finished:
             return list(ordered)
         return [t for t in ordered if t.state not in FINAL_STATES]
+
+    def merge_queue(self) -> list[TicketView]:
+        """Tickets on their way to main: merging, then awaiting approval, then in CI,
+        each oldest first (by the time they entered that state)."""
+        waiting = [t for t in self.tickets.values() if t.state in MERGE_STATES]
+        waiting.sort(key=lambda t: (MERGE_STATES.index(t.state), t.state_since, t.id))
+        return waiting
 
     def finished_count(self) -> int:
         return sum(1 for t in self.tickets.values() if t.state in FINAL_STATES)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 from textual.pilot import Pilot
 from textual.widgets import Input
 
 from orchestrator.shared.config import TuiConfig
-from orchestrator.shared.models import AgentState, CIView, TicketState
-from orchestrator.shared.protocol import Approve, Continue, Reject, SetPriority, Stop
+from orchestrator.shared.models import AgentState, CIView, TicketState, parse_ticket
+from orchestrator.shared.protocol import Approve, Continue, Enqueue, Reject, SetPriority, Stop
 from orchestrator.tui.app import OrchestratorApp
 from orchestrator.tui.notify import Notifier, desktop_available
 from orchestrator.tui.widgets.agents_table import AgentsTable
@@ -20,6 +21,7 @@ from orchestrator.tui.widgets.confirm_screen import ConfirmScreen
 from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.event_log import EventLog
 from orchestrator.tui.widgets.help_screen import HelpScreen
+from orchestrator.tui.widgets.new_ticket_screen import NewTicketScreen
 from orchestrator.tui.widgets.reject_screen import RejectScreen
 from orchestrator.tui.widgets.text_screen import TextScreen
 from orchestrator.tui.widgets.tickets_table import TicketsTable
@@ -525,3 +527,52 @@ async def test_10000_tickets_update_by_row(make_app, fake_daemon) -> None:
         await until(pilot, moved)
         # The rows were re-sorted and one cell updated; no row was rebuilt.
         assert dict(tickets.rows) == rows_before
+
+
+async def test_n_writes_a_ticket_that_is_validated_and_enqueued(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewTicketScreen))
+        screen = app.screen
+        await pilot.press("enter")  # no title: refused in the form, nothing sent
+        error = screen.query_one("#new-error")
+        await until(pilot, lambda: "title" in str(error.render()))
+        assert isinstance(app.screen, NewTicketScreen) and fake_daemon.commands == []
+        await pilot.press(*"Add a --verbose flag")
+        screen.query_one("#priority", Input).value = "7"
+        await pilot.press("enter")  # priority out of range: refused
+        await until(pilot, lambda: "priority" in str(error.render()))
+        screen.query_one("#priority", Input).value = "1"
+        screen.query_one("#locks", Input).value = "src/, docs/*.md"
+        await pilot.press("enter")
+        await until(pilot, lambda: fake_daemon.commands)
+        command = fake_daemon.commands[0]
+        assert isinstance(command, Enqueue) and command.name == "add-a-verbose-flag.yaml"
+        ticket = parse_ticket(command.yaml.encode(), Path(command.name))
+        assert (ticket.id, ticket.title, ticket.priority) == (
+            "add-a-verbose-flag",
+            "Add a --verbose flag",
+            1,
+        )
+        assert ticket.locks == ["src", "docs/*.md"]  # normalised as the daemon does
+        assert not isinstance(app.screen, NewTicketScreen)
+
+
+async def test_m_shows_the_merge_queue_in_order(make_app, fake_daemon) -> None:
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        fake_daemon.push(
+            fake_daemon.ticket_event("T-1", state=TicketState.CI_RUNNING, state_since=NOW - 5),
+            fake_daemon.ticket_event("T-3", state=TicketState.MERGING, state_since=NOW - 1),
+        )
+        await until(pilot, lambda: app.board.tickets["T-3"].state == TicketState.MERGING)
+        await pilot.press("m")
+        await until(pilot, lambda: tickets.row_keys == ["T-3", "T-2", "T-1"])
+        assert str(tickets.border_title).startswith("Merge queue · 3")
+        # T-2 merges: it leaves the merge queue view at once.
+        fake_daemon.push(fake_daemon.ticket_event("T-2", state=TicketState.MERGED))
+        await until(pilot, lambda: tickets.row_keys == ["T-3", "T-1"])
+        await pilot.press("m")
+        await until(pilot, lambda: len(tickets.row_keys) == 6)
