@@ -100,8 +100,9 @@ class Usage(msgspec.Struct, kw_only=True):
     """Sum of the known costs (reported, or priced from the price table)."""
     models: dict[str, ModelUsage] = msgspec.field(default_factory=dict)
     sources: list[str] = msgspec.field(default_factory=list)
-    """Formats found: ``orch``, ``claude``, ``amp``, ``codex``, ``gemini``, ``opencode``,
-    ``aider``."""
+    """Formats found: ``orch``, ``claude`` (a ``result`` event), ``assistant`` (summed
+    assistant messages: Amp, or Claude Code without its ``result`` yet), ``codex``,
+    ``gemini``, ``opencode``, ``aider``."""
     unpriced_models: list[str] = msgspec.field(default_factory=list)
     """Models whose tokens came without a cost and have no price: their cost is missing."""
     malformed_lines: int = 0
@@ -308,7 +309,7 @@ class UsageParser:
             if env.type == "result":
                 self._try("result", line, self._result)
             elif env.type == "assistant":
-                self._try("amp", line, self._assistant)
+                self._try("assistant", line, self._assistant)
             elif env.type == "init":
                 self._try("gemini", line, self._init)
             elif env.type == "turn.completed":
@@ -393,7 +394,7 @@ class UsageParser:
         u = msg.usage
         key = msg.id or f"#{len(self.assistant)}"
         self.assistant[key] = _Part(
-            "amp",
+            "assistant",
             msg.model,
             u.input_tokens,
             u.output_tokens,
@@ -442,8 +443,8 @@ class UsageParser:
         parts = list(self.parts)
         if self.results:
             parts += self.results
-        elif self.assistant:  # Amp: no result totals, so sum the messages
-            self.sources.add("amp")
+        elif self.assistant:  # Amp, or Claude Code before its result: sum the messages
+            self.sources.add("assistant")
             parts += self.assistant.values()
         usage = Usage(
             sources=sorted(self.sources),

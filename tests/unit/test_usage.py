@@ -33,6 +33,17 @@ def test_claude_code_result_prefers_model_usage_and_reported_cost():
     assert u.unpriced_models == [] and u.malformed_lines == 0
 
 
+def test_claude_code_before_its_result_is_estimated_from_its_messages():
+    """A running (or killed) Claude Code has no result event yet: its assistant messages'
+    usage, priced, is the estimate the budget watch sees."""
+    lines = (DATA / "claude-code.stream.jsonl").read_bytes().splitlines()[:-1]
+    u = U.parse_lines(lines)
+    assert u.sources == ["assistant"]
+    assert (u.input_tokens, u.output_tokens) == (3 + 6, 9 + 41)  # msg_01A counted once
+    expected = (9 * 3 + 50 * 15 + (11000 + 16120) * 0.3 + (5120 + 210) * 3.75) / 1e6
+    assert u.cost_usd == pytest.approx(expected)
+
+
 def test_claude_code_result_without_model_usage_uses_usage():
     line = (
         b'{"type":"result","subtype":"success","total_cost_usd":0.5,'
@@ -67,7 +78,7 @@ def test_codex_without_a_model_leaves_the_cost_unknown_and_says_so():
 
 def test_amp_sums_assistant_messages_once_per_message_id():
     u = parse("amp.stream.jsonl")
-    assert u.sources == ["amp"]
+    assert u.sources == ["assistant"]
     assert (u.input_tokens, u.output_tokens) == (12 + 20, 80 + 120)
     assert (u.cache_write_tokens, u.cache_read_tokens) == (9000 + 400, 9000)
     expected = (32 * 3 + 200 * 15 + 9000 * 0.3 + 9400 * 3.75) / 1e6
