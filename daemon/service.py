@@ -442,6 +442,8 @@ class Daemon:
                 outcome = await self.ask(C.Command(command, now))
                 if isinstance(command, DECISIONS):
                     self._record_decision(command, outcome, now)
+                    # persisted (the Tick's batch commits it) before the reply is sent
+                    await self.ask(C.Tick(time.time()))
                 return P.Reply(ok=outcome.ok, message=outcome.message)
 
     def _record_decision(self, command: P.TicketCommands, outcome: C.Outcome, now: float) -> None:
@@ -468,7 +470,6 @@ class Daemon:
                 client=client,
             )
         )
-        self._inbox_send.send_nowait((C.Tick(time.time()), None))
 
     async def _enqueue(self, command: P.Enqueue) -> P.Reply:
         name = Path(command.name).name
