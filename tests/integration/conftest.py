@@ -60,6 +60,39 @@ def source_repo(tmp_path: Path) -> Path:
     return repo
 
 
+def run_group(
+    argv: list[str], *, timeout_s: float, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that starts daemons of its own (the demo, a README script) in its
+    own process group, and on timeout stop the whole group, so no daemon outlives the test.
+
+    Raises:
+        subprocess.TimeoutExpired: after the group was stopped.
+    """
+    import signal
+
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def write_ticket(backlog: Path, tid: str, **fields: object) -> Path:
     """Write a ticket atomically (temp name, then rename) like an editor would."""
     fields.setdefault("title", f"ticket {tid}")

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.conftest import AGENT, ROOT
+from tests.integration.conftest import AGENT, ROOT, run_group
 
 EDITOR = """#!{python}
 import json, pathlib, re, sys
@@ -80,14 +79,7 @@ def test_using_it_on_your_repository_works_as_written(tmp_path: Path, source_rep
         "XDG_RUNTIME_DIR": str(runtime),
     }
     try:
-        done = subprocess.run(
-            ["bash", str(run)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=110,
-        )
+        done = run_group(["bash", str(run)], cwd=tmp_path, env=env, timeout_s=110)
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -29,17 +29,22 @@ from orchestrator.shared.config import Home, load_config
 from orchestrator.shared.errors import OrchestratorError
 from orchestrator.shared.models import Ticket, TicketState
 from orchestrator.shared.protocol import Event
+from tests.integration.conftest import run_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_TICKETS = sorted(p.stem for p in (ROOT / "examples" / "demo" / "tickets").glob("*.yaml"))
 BIN = Path(sys.executable).parent
 
 
+def _command() -> list[str]:
+    script = BIN / "orchestrator"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
+
+
 def orchestrator(
     *args: str, env: dict[str, str], timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    script = BIN / "orchestrator"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
+    argv = _command()
     return subprocess.run(
         [*argv, *args], capture_output=True, text=True, env=env, timeout=timeout_s, cwd=ROOT
     )
@@ -53,18 +58,23 @@ def demo_run() -> Iterator[tuple[Path, dict[str, str]]]:
     env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
     env.pop("ORCH_CONFIG", None)
     try:
-        result = orchestrator(
-            "demo",
-            "--dir",
-            str(base),
-            "--headless",
-            "--auto-approve",
-            "--timeout-s",
-            # Generous: on a loaded machine (two cores shared by several test runs) the six
-            # tickets' agents and CI runs took longer than the former 60 s now and then.
-            "240",
+        # In its own process group: a timeout stops the demo's daemon too.
+        result = run_group(
+            [
+                *_command(),
+                "demo",
+                "--dir",
+                str(base),
+                "--headless",
+                "--auto-approve",
+                "--timeout-s",
+                # Generous: on a loaded machine (two cores shared by several test runs) the
+                # six tickets' agents and CI runs took longer than the former 60 s now and then.
+                "240",
+            ],
             env=env,
             timeout_s=300,
+            cwd=ROOT,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "demo: every ticket merged into main" in result.stdout
@@ -262,17 +272,9 @@ def test_demo_without_dir_removes_what_it_made(tmp_path: Path) -> None:
     env = dict(os.environ, TMPDIR=str(scratch), XDG_RUNTIME_DIR=str(runtime))
     env.pop("ORCH_CONFIG", None)
     try:
-        result = orchestrator(
-            "demo",
-            "--headless",
-            "--auto-approve",
-            "--pace",
-            "0.05",
-            "--timeout-s",
-            "240",
-            env=env,
-            timeout_s=300,
-        )
+        argv = [*_command(), "demo", "--headless", "--auto-approve"]
+        argv += ["--pace", "0.05", "--timeout-s", "240"]
+        result = run_group(argv, env=env, timeout_s=300, cwd=ROOT)
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
