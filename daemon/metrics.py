@@ -88,7 +88,7 @@ class TicketMetrics(msgspec.Struct, kw_only=True):
     agent: str = ""
 
     def total(self, name: str) -> float:
-        return sum(getattr(a, name) for a in self.attempts)
+        return float(sum(getattr(a, name) for a in self.attempts))
 
     def usage(self) -> Usage:
         total = Usage()

@@ -424,7 +424,7 @@ class OrchestratorApp(App[int]):
             if self._visible(ticket):
                 added |= table.upsert(*table.row(ticket))
             else:
-                table.remove(ticket_id)
+                table.remove_key(ticket_id)
         if added or changes.order:
             table.reorder(self._visible_order())
         if changes.tickets:

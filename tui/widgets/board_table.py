@@ -19,6 +19,7 @@ from rich.measure import Measurement
 from rich.text import Text
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding, BindingType
+from textual.coordinate import Coordinate
 from textual.geometry import Region
 from textual.widgets import DataTable
 from textual.widgets._data_table import RowKey
@@ -95,7 +96,7 @@ class BoardTable(DataTable[Any]):
         if not self.row_count:
             return None
         row = min(max(self.cursor_row, 0), self.row_count - 1)
-        key = self.coordinate_to_cell_key((row, 0)).row_key.value
+        key = self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
         return key
 
     @property
@@ -147,8 +148,8 @@ class BoardTable(DataTable[Any]):
             self._cells[key] = cells
         return False
 
-    def remove(self, key: str) -> None:
-        """Remove row ``key`` if present."""
+    def remove_key(self, key: str) -> None:
+        """Remove row ``key`` if present (``remove`` is Widget.remove: the widget itself)."""
         if self._cells.pop(key, None) is not None:
             selected, row = self.selected_key, self.cursor_row
             self.remove_row(key)
