@@ -23,7 +23,17 @@ import traceback
 from benchmarks.harness import Figure, machine
 
 #: Module names under benchmarks/, in the order they run (issue order).
-BENCHMARKS = ["intake", "burst", "scheduling", "fanout", "ci_path", "idle", "commands", "tui"]
+BENCHMARKS = [
+    "intake",
+    "burst",
+    "scheduling",
+    "fanout",
+    "ci_path",
+    "idle",
+    "commands",
+    "tui",
+    "patterns",
+]
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 inotify can drop events (queue overflow) and editors save by rename, so the
 watcher (close-write and moved-into events, via watchdog) is only the fast
 path; a rescan every ``rescan_interval_s`` compares each file's (mtime, size)
-signature and catches anything missed. A file that does not parse and was
+signature and catches anything missed. Files are read with
+shared.saferead.read_file (regular files of at most 1 MiB, symlinks only into
+the home), in a worker thread. A file that does not parse and was
 written less than :data:`SETTLE_S` ago is read again later instead of being
 rejected: it may be half-written.
 """
@@ -32,6 +34,7 @@ from watchdog.observers import Observer
 from orchestrator.daemon.core import Input, TicketFileGone, TicketRead
 from orchestrator.shared.errors import TicketError
 from orchestrator.shared.models import parse_ticket
+from orchestrator.shared.saferead import MAX_TICKET_BYTES, FileRefused, read_file
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ class Backlog:
         self.known: dict[str, tuple[int, int]] = {}
         self.retry: set[str] = set()
         self.watcher = Watcher(directory)
+        self.home_root = directory.parent
+        """Symlinks in the backlog are followed only to files inside the project home."""
 
     def forget(self, path: str) -> None:
         """The daemon moved this file away itself."""
@@ -148,7 +153,13 @@ class Backlog:
     def _listing(self) -> set[str]:
         try:
             with os.scandir(self.directory) as entries:
-                return {e.path for e in entries if is_ticket_name(e.name) and e.is_file()}
+                # Anything but a directory: a FIFO or a device under a ticket name is
+                # rejected with a reason rather than silently ignored.
+                return {
+                    e.path
+                    for e in entries
+                    if is_ticket_name(e.name) and not e.is_dir(follow_symlinks=False)
+                }
         except OSError as exc:
             log.error("cannot list backlog %s: %s", self.directory, exc.strerror)
             return set()
@@ -177,8 +188,12 @@ class Backlog:
             if self.known.get(path) == sig:
                 continue
             try:
-                data = Path(path).read_bytes()
+                data = read_file(path, MAX_TICKET_BYTES, inside=self.home_root)
                 ticket = parse_ticket(data, Path(path))
+            except FileRefused as exc:
+                self.known[path] = sig
+                inputs.append(TicketRead(path=path, now=now, error=f"{path}: {exc}"))
+                continue
             except TicketError as exc:
                 if now - st.st_mtime < SETTLE_S:
                     self.retry.add(path)  # maybe half-written: look again shortly

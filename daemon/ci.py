@@ -8,6 +8,7 @@ file at start, so a result that arrived while it was down is applied.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,27 @@ import msgspec
 
 from orchestrator.daemon.backlog import Watcher
 from orchestrator.daemon.core import CIResult, Input
-from orchestrator.shared.cistatus import CIStatus, read_status
+from orchestrator.shared.cistatus import CIStatus, decode_status
+from orchestrator.shared.saferead import MAX_CI_STATUS_BYTES, FileRefused, read_file
+
+#: A commit id as git prints it (SHA-1, or SHA-256 in a sha256 repository).
+SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def is_sha(text: str) -> bool:
+    """Whether ``text`` is a full lowercase hex commit id (and so a safe file stem)."""
+    return SHA_RE.fullmatch(text) is not None
+
+
+def read_status(path: Path) -> CIStatus:
+    """Decode one status file (read with shared.saferead: a regular file of at most 1 MiB,
+    inside repo.git).
+
+    Raises:
+        OSError: unreadable; FileRefused: a FIFO, device, too big or a symlink out of
+        repo.git; msgspec.DecodeError: not valid JSON or wrong schema.
+    """
+    return decode_status(read_file(path, MAX_CI_STATUS_BYTES, inside=path.parent.parent))
 
 
 class CIStatusDir:
@@ -39,12 +60,18 @@ class CIStatusDir:
     async def read_now(self, sha: str) -> bool:
         """Read ``<sha>.json`` now (after a ci_notify or a push); True if it exists.
 
-        The file is read in a worker thread, never on the event loop.
+        The file is read in a worker thread, never on the event loop. ``sha`` must
+        be a full hex commit id (:func:`is_sha`), so the read stays inside
+        ci-status/; anything else is False.
         """
+        if not is_sha(sha):
+            return False
         path = self.directory / f"{sha}.json"
         return await self._apply(path, force=True)
 
     async def _apply(self, path: Path, force: bool = False) -> bool:
+        if not is_sha(path.stem) or path.parent != self.directory:
+            return False
         loaded = await anyio.to_thread.run_sync(_load, path)
         if loaded is None:
             return False
@@ -115,7 +142,7 @@ def _load(path: Path) -> tuple[int, CIStatus | str] | None:
         return mtime, read_status(path)
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError) as exc:
+    except (OSError, FileRefused, msgspec.DecodeError) as exc:
         return mtime, str(exc)
 
 

@@ -119,12 +119,12 @@ def init_home(
     root.mkdir(parents=True, exist_ok=True)
     try:
         if not repo.exists():
-            git_sync(root, "clone", "--quiet", "--bare", "--no-local", source, str(repo))
+            git_sync(root, "clone", "--quiet", "--bare", "--no-local", "--", source, str(repo))
         _ensure_main(repo)
         _install_hook(root, repo)
         work = root / "work"
         if not work.exists():
-            git_sync(root, "clone", "--quiet", str(repo), str(work))
+            git_sync(root, "clone", "--quiet", "--", str(repo), str(work))
         git_sync(work, "config", "user.name", "orchestrator")
         git_sync(work, "config", "user.email", "orchestrator@localhost")
     except GitError as exc:

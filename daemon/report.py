@@ -24,6 +24,7 @@ from orchestrator.shared.config import Home
 from orchestrator.shared.errors import OrchestratorError
 from orchestrator.shared.models import FINAL_STATES, CIState, TicketState
 from orchestrator.shared.protocol import Event, EventKind
+from orchestrator.shared.terminal import sanitize_message
 
 #: Event kinds the report reads (agent output, the bulk of the log, is skipped).
 REPORT_KINDS = (EventKind.CI_RESULT, EventKind.ATTEMPT_FAILED, EventKind.TICKET_REJECTED)
@@ -93,13 +94,13 @@ def read_run(home: Home) -> RunData:
         )
     store = Store(home.state_db)
     try:
-        data = RunData(records=store.load())
+        data = RunData(records=sanitize_message(store.load()))
         first, last, count = store.db.execute(
             "SELECT MIN(ts), MAX(ts), COUNT(*) FROM events"
         ).fetchone()
         data.first_ts, data.last_ts, data.event_count = first, last, count
         for event in _events_of_kinds(store, REPORT_KINDS):
-            _take_event(data, event)
+            _take_event(data, sanitize_message(event))
         tickets = all_ticket_metrics(home, store)
         data.metrics = Metrics(
             attempts=[a for t in tickets for a in t.attempts], totals=totals(tickets)

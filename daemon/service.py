@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from orchestrator.daemon import core as C
 from orchestrator.daemon.backlog import Backlog
 from orchestrator.daemon.budget import BudgetWatch
-from orchestrator.daemon.ci import CIStatusDir
+from orchestrator.daemon.ci import CIStatusDir, is_sha
 from orchestrator.daemon.git import git
 from orchestrator.daemon.home import sync_repo_config
 from orchestrator.daemon.homefiles import HomeFiles
@@ -39,7 +39,12 @@ from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import OrchestratorError, TicketError
 from orchestrator.shared.fsutil import atomic_write, move_aside
-from orchestrator.shared.models import AcceptanceCheck, TicketState, parse_ticket
+from orchestrator.shared.models import (
+    AcceptanceCheck,
+    TicketState,
+    check_ticket_file_name,
+    parse_ticket,
+)
 
 log = logging.getLogger("orchestrator")
 
@@ -341,7 +346,10 @@ class Daemon:
         try:
             dest = move_aside(src, dest_dir)
             if effect.error:
-                atomic_write(dest.with_name(dest.name + ".error"), effect.error.rstrip() + "\n")
+                # 0600: the reason may quote the file, which may be private.
+                atomic_write(
+                    dest.with_name(dest.name + ".error"), effect.error.rstrip() + "\n", mode=0o600
+                )
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -429,6 +437,8 @@ class Daemon:
             case P.Status():
                 return P.StatusReply(ok=True, message="status", snapshot=self.snapshot())
             case P.CINotify(sha=sha):
+                if not is_sha(sha):
+                    return P.Reply(ok=False, message=f"ci_notify: {sha!r} is not a full hex sha")
                 found = await self.ci.read_now(sha)
                 return P.Reply(ok=found, message="applied" if found else f"no status for {sha}")
             case P.Enqueue():
@@ -472,9 +482,12 @@ class Daemon:
         )
 
     async def _enqueue(self, command: P.Enqueue) -> P.Reply:
-        name = Path(command.name).name
+        name = command.name
         if not name.endswith((".yaml", ".yml")):
             name += ".yaml"
+        why = check_ticket_file_name(name)
+        if why:
+            return P.Reply(ok=False, message=f"{command.name!r}: {why}")
         try:
             ticket = parse_ticket(command.yaml.encode(), Path(name))
         except TicketError as exc:

@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import msgspec
 from anyio.abc import Process
 
 from orchestrator.daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
 from orchestrator.daemon.git import git, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
+from orchestrator.shared.models import Ticket
 from orchestrator.shared.protocol import Event, EventKind
+from orchestrator.shared.saferead import MAX_TICKET_BYTES, FileRefused, read_file_async
+from orchestrator.shared.yamlsafe import decode_yaml
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +156,7 @@ class Workers:
             await self._finish(run, wt, -int(signal.SIGTERM), "")
             return
         ticket_file = eff.ticket_file
-        prompt = self._prompt(eff, ticket_file)
+        prompt = await self._prompt(eff, ticket_file)
         prompt_file = attempt_dir / "prompt.md"
         prompt_file.write_text(prompt)
         feedback_file = attempt_dir / "feedback.md" if eff.feedback else None
@@ -390,19 +394,18 @@ class Workers:
             ]
         )
 
-    def _prompt(self, eff: StartAgent, ticket_file: str) -> str:
+    async def _prompt(self, eff: StartAgent, ticket_file: str) -> str:
+        """The prompt: the ticket file as it is now (read safely, off the event loop)."""
         text = ""
         if ticket_file:
             try:
-                import msgspec.yaml
-
-                from orchestrator.shared.models import Ticket
-
-                t = msgspec.yaml.decode(Path(ticket_file).read_bytes(), type=Ticket)
+                data = await read_file_async(ticket_file, MAX_TICKET_BYTES, inside=self.home.root)
+                t = decode_yaml(data, Ticket)
                 text = f"# {t.title}\n\n{t.description}\n"
                 if t.locks:
                     text += "\nYou may change only these paths: " + ", ".join(t.locks) + "\n"
-            except (OSError, msgspec.DecodeError):
+            except (OSError, FileRefused, msgspec.DecodeError) as exc:
+                log.warning("%s: ticket file not used for the prompt: %s", eff.ticket, exc)
                 text = ""
         text = text or f"# Ticket {eff.ticket}\n"
         if eff.feedback:

@@ -23,13 +23,14 @@ from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home, default_config_path, load_config
 from orchestrator.shared.errors import OrchestratorError, TicketError
 from orchestrator.shared.models import LeaseView, TicketState
+from orchestrator.shared.terminal import sanitize_message, terminal_safe
 
 #: The start of every error line the command prints.
 ERROR_PREFIX = "orchestrator: "
 
 
 def _error(text: str) -> None:
-    print(f"{ERROR_PREFIX}{text}", file=sys.stderr)
+    print(f"{ERROR_PREFIX}{terminal_safe(text)}", file=sys.stderr)
 
 
 def _config(args: argparse.Namespace) -> Home:
@@ -80,7 +81,7 @@ def _raw_snapshot(args: argparse.Namespace) -> msgspec.Raw:
 
 def _answer(reply: P.Reply) -> int:
     if reply.ok:
-        print(reply.message)
+        print(terminal_safe(reply.message))
     else:
         _error(reply.message)
     return 0 if reply.ok else 1
@@ -165,7 +166,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    leases = msgspec.json.decode(_raw_snapshot(args), type=_LeasesOnly).leases
+    leases = sanitize_message(msgspec.json.decode(_raw_snapshot(args), type=_LeasesOnly).leases)
     if args.json:
         sys.stdout.write(msgspec.json.encode(leases).decode() + "\n")
         return 0
@@ -331,7 +332,7 @@ def _replay(args: argparse.Namespace) -> int:
     store = Store(home.state_db)
     try:
         for event in store.events(since_id, since_ts):
-            _print_event(event, args.json)
+            _print_event(sanitize_message(event), args.json)
     finally:
         store.close()
     return 0

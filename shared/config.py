@@ -18,8 +18,11 @@ import msgspec
 from orchestrator.shared.errors import ConfigError
 from orchestrator.shared.models import RelPath
 from orchestrator.shared.usage import Price
+from orchestrator.shared.yamlsafe import decode_yaml
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: Shortest interval or timeout accepted (s): below it a timer loop spins the CPU.
+MIN_INTERVAL_S = 0.1
+Interval = Annotated[float, msgspec.Meta(ge=MIN_INTERVAL_S)]
 
 #: AF_UNIX sun_path holds 108 bytes including the terminating NUL (unix(7)).
 MAX_SOCKET_PATH_BYTES = 107
@@ -29,7 +32,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command: Annotated[list[str], msgspec.Meta(min_length=1)]
     """argv list; items may contain {prompt}, {prompt_file}, {ticket_file}, {ticket_id},
     {worktree}, {branch}, {attempt}, {feedback_file}, {run_dir}, {usage_file}."""
-    stop_grace_s: Positive = 10.0
+    stop_grace_s: Interval = 10.0
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -51,7 +54,7 @@ class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class BudgetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    max_cost_usd: Positive | None = None
+    max_cost_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
     """Per ticket, over all its attempts; a ticket's own ``budget.max_cost_usd`` wins."""
 
 
@@ -100,13 +103,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     ci: CIConfig = msgspec.field(default_factory=CIConfig)
     lock_policy: Literal["reject", "warn"] = "reject"
-    heartbeat_interval_s: Positive = 5.0
-    lease_ttl_s: Positive = 60.0
-    stale_after_s: Positive = 600.0
-    stale_grace_s: Positive = 120.0
-    starvation_after_s: Positive = 900.0
-    aging_interval_s: Positive = 300.0
-    rescan_interval_s: Positive = 2.0
+    heartbeat_interval_s: Interval = 5.0
+    lease_ttl_s: Interval = 60.0
+    stale_after_s: Interval = 600.0
+    stale_grace_s: Interval = 120.0
+    starvation_after_s: Interval = 900.0
+    aging_interval_s: Interval = 300.0
+    rescan_interval_s: Interval = 2.0
     socket: str | None = None
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -190,8 +193,6 @@ def load_config(path: Path) -> Home:
         ConfigError: missing file, invalid YAML, unknown key or wrong type; the
             message names the file and the key.
     """
-    import msgspec.yaml
-
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -202,14 +203,31 @@ def load_config(path: Path) -> Home:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        config = msgspec.yaml.decode(data, type=Config)
+        config = decode_yaml(data, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_with_key(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
     if config.lease_ttl_s <= config.heartbeat_interval_s:
         raise ConfigError(f"{path}: lease_ttl_s must be greater than heartbeat_interval_s")
+    why = _invalid_value(config)
+    if why:
+        raise ConfigError(f"{path}: {why}")
     return Home(root=path.resolve().parent, config=config)
+
+
+def _invalid_value(config: Config) -> str:
+    """Why a decoded config cannot be used as it is (values msgspec types cannot express)."""
+    strings = {f"agent.command[{i}]": v for i, v in enumerate(config.agent.command)}
+    strings |= {f"agent.env.{k}": v for k, v in config.agent.env.items()}
+    strings |= {"ci.command": config.ci.command, "socket": config.socket or ""}
+    for key, value in strings.items():
+        if "\0" in value:
+            return f"{key}: must not contain a NUL character"
+    for key in config.agent.env:
+        if not key or "=" in key or "\0" in key:
+            return f"agent.env: {key!r} is not a valid environment variable name (no '=' or NUL)"
+    return ""
 
 
 def _with_key(message: str) -> str:

@@ -18,7 +18,6 @@ supplied by the caller, on whatever monotonic or wall clock the caller uses cons
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -74,7 +73,6 @@ class Seg:
     raw: str
     literal: bool
     tokens: tuple[_Token, ...]
-    regex: re.Pattern[str] | None
 
 
 class _DStar:
@@ -144,34 +142,48 @@ def _tokenize(seg: str) -> tuple[tuple[_Token, ...], bool]:
     return tuple(toks), literal
 
 
-def _token_regex(tok: _Token) -> str:
-    is_star, cs = tok
-    if is_star:
-        return ".*"
-    if cs == _ANY_CHAR:
-        return "."
-    if not cs.neg and not cs.ranges and len(cs.chars) == 1:
-        return re.escape(next(iter(cs.chars)))
-    body = "".join(re.escape(c) for c in sorted(cs.chars))
-    body += "".join(f"{re.escape(lo)}-{re.escape(hi)}" for lo, hi in cs.ranges)
-    if not body:
-        return "." if cs.neg else "(?!)"
-    return f"[{'^' if cs.neg else ''}{body}]"
+def _glob_match(tokens: tuple[_Token, ...], text: str) -> bool:
+    """Whether ``text`` (one segment) matches the token sequence, like fnmatchcase.
+
+    A Thompson-style NFA simulation over a bitset of live token indices (a star
+    token loops on itself and may match nothing). Time O(len(tokens) * len(text))
+    by construction, with no backtracking; ``re`` backtracks exponentially on
+    ``*a*a*...*b``.
+    """
+    m = len(tokens)
+    stars = sum(1 << i for i, t in enumerate(tokens) if t[0])
+
+    def closure(live: int) -> int:
+        while True:  # a live star also makes the token after it live
+            add = ((live & stars) << 1) & ~live
+            if not add:
+                return live
+            live |= add
+
+    live = closure(1)
+    masks: dict[str, int] = {}
+    for c in text:
+        mask = masks.get(c)
+        if mask is None:
+            mask = sum(1 << i for i, t in enumerate(tokens) if _cs_contains(t[1], c))
+            masks[c] = mask
+        hit = live & mask
+        if not hit:
+            return False
+        live = closure((hit & stars) | ((hit & ~stars) << 1))
+    return bool(live >> m & 1)
 
 
 @lru_cache(maxsize=16384)
 def _segment(raw: str) -> Seg:
     tokens, literal = _tokenize(raw)
-    if literal:
-        return Seg(raw, True, tokens, None)
-    regex = re.compile("".join(_token_regex(t) for t in tokens), re.DOTALL)
-    return Seg(raw, False, tokens, regex)
+    return Seg(raw, literal, tokens)
 
 
 @lru_cache(maxsize=16384)
 def literal_segment(raw: str) -> Seg:
     """A segment of a concrete path: always literal, even if it contains ``*?[``."""
-    return Seg(raw, True, (), None)
+    return Seg(raw, True, ())
 
 
 def _cs_contains(cs: _CharSet, c: str) -> bool:
@@ -193,6 +205,7 @@ def _interval_covered(lo: str, hi: str, intervals: list[tuple[str, str]]) -> boo
     return False
 
 
+@lru_cache(maxsize=4096)
 def _cs_intersect(a: _CharSet, b: _CharSet) -> bool:
     """Whether some character is in both sets (True when unsure: both negated)."""
     if a.neg and b.neg:
@@ -216,11 +229,9 @@ def seg_compatible(a: Seg, b: Seg) -> bool:
     if a.literal and b.literal:
         return a.raw == b.raw
     if a.literal:
-        assert b.regex is not None
-        return b.regex.fullmatch(a.raw) is not None
+        return _glob_match(b.tokens, a.raw)
     if b.literal:
-        assert a.regex is not None
-        return a.regex.fullmatch(b.raw) is not None
+        return _glob_match(a.tokens, b.raw)
     # Product automaton over the two token sequences.
     ta, tb = a.tokens, b.tokens
     m, n = len(ta), len(tb)
@@ -292,10 +303,30 @@ class Spec:
     glob: bool
 
 
+#: Longest lock spec accepted (characters).
+MAX_SPEC_CHARS = 1024
+#: Most segments in one lock spec.
+MAX_SPEC_SEGMENTS = 64
+#: Most wildcards (``*``, ``?``, ``[``) in one lock spec. Matching and overlap are
+#: polynomial whatever the pattern (an NFA simulation and a product automaton, no
+#: backtracking); these limits keep the polynomial small.
+MAX_SPEC_WILDCARDS = 32
+
+
 def _normalize_parts(spec: str) -> tuple[str, ...]:
     s = spec.strip()
     if not s:
         raise ValueError("lock path must not be empty (use '.' for the whole repo)")
+    if len(s) > MAX_SPEC_CHARS:
+        raise ValueError(f"lock path is {len(s)} characters, more than {MAX_SPEC_CHARS}")
+    wildcards = sum(s.count(c) for c in "*?[")
+    if wildcards > MAX_SPEC_WILDCARDS:
+        raise ValueError(
+            f"lock pattern has {wildcards} wildcards, more than {MAX_SPEC_WILDCARDS}: "
+            f"{s[:60]}{'...' if len(s) > 60 else ''}"
+        )
+    if s.count("/") >= MAX_SPEC_SEGMENTS:
+        raise ValueError(f"lock path has more than {MAX_SPEC_SEGMENTS} segments")
     if "\x00" in s:
         raise ValueError(f"lock path must not contain NUL: {s!r}")
     if "\\" in s:
@@ -339,7 +370,9 @@ def normalize_lock(spec: str) -> str:
 
     Raises:
         ValueError: One-line reason if the spec is empty after stripping, absolute,
-            contains a ``..`` segment, a backslash or a NUL character.
+            contains a ``..`` segment, a backslash or a NUL character, or exceeds
+            :data:`MAX_SPEC_CHARS`, :data:`MAX_SPEC_SEGMENTS` or
+            :data:`MAX_SPEC_WILDCARDS`.
     """
     return parse_spec(spec).norm
 

@@ -1,7 +1,8 @@
 """Tickets, their states, and the views of tickets, agents and leases.
 
 The ticket file format is documented in docs/tickets.md; these structs are the
-single source of truth for it. Decoding uses ``msgspec.yaml`` (a safe loader);
+single source of truth for it. Decoding uses shared.yamlsafe (a safe loader that
+refuses duplicate keys);
 ``msgspec`` reports type errors with a JSON path such as ``$.priority``.
 """
 
@@ -16,10 +17,12 @@ import msgspec
 
 from orchestrator.shared.errors import TicketError
 from orchestrator.shared.lockspec import normalize_lock
+from orchestrator.shared.yamlsafe import decode_yaml
 
 #: Ticket ids become part of a git branch name (``agent-K/<id>``), so they are
 #: restricted to a subset that git-check-ref-format(1) always accepts.
-TICKET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TICKET_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""Used with ``fullmatch`` (``$`` would accept a trailing newline)."""
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=4)]
 
@@ -30,6 +33,9 @@ def _doc(text: str) -> msgspec.Meta:
 
 
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=50)]
+#: Most ``locks`` (and most ``depends_on`` entries) one ticket may declare: overlap
+#: checks cost locks x locks per pair of tickets.
+MAX_LOCKS = 256
 
 
 #: A repository-relative path: no leading ``/``, no ``..`` component, no NUL.
@@ -96,14 +102,17 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     description: Annotated[str, _doc("the agent's instructions (its prompt)")] = ""
     locks: Annotated[
         list[str],
+        msgspec.Meta(max_length=MAX_LOCKS),
         _doc(
             "repo-relative files, directories or globs the ticket may change; "
             "none declared means the whole repository"
         ),
     ] = msgspec.field(default_factory=list)
-    depends_on: Annotated[list[str], _doc("ids of tickets that must be merged first")] = (
-        msgspec.field(default_factory=list)
-    )
+    depends_on: Annotated[
+        list[str],
+        msgspec.Meta(max_length=MAX_LOCKS),
+        _doc("ids of tickets that must be merged first"),
+    ] = msgspec.field(default_factory=list)
     max_attempts: Annotated[
         Attempts | None, _doc("overrides the project's max_attempts for this ticket")
     ] = None
@@ -130,13 +139,13 @@ def ticket_schema() -> dict[str, Any]:
     ticket = schema["$defs"]["Ticket"]
     ticket["description"] = "A ticket file of the orchestrator's backlog (docs/tickets.md)."
     # The id rule (check_ticket_id) as a pattern, so editors flag a bad id while typing.
-    ticket["properties"]["id"]["anyOf"][0]["pattern"] = TICKET_ID_RE.pattern
+    ticket["properties"]["id"]["anyOf"][0]["pattern"] = f"^{TICKET_ID_RE.pattern}$"
     return schema
 
 
 def check_ticket_id(ticket_id: str) -> str | None:
     """Return why ``ticket_id`` cannot name a branch, or None when it can."""
-    if not TICKET_ID_RE.match(ticket_id):
+    if not TICKET_ID_RE.fullmatch(ticket_id):
         return (
             "must start with a letter or digit and use only letters, digits, '.', '_' "
             "or '-' (at most 100 characters)"
@@ -146,10 +155,28 @@ def check_ticket_id(ticket_id: str) -> str | None:
     return None
 
 
-def _yaml_decode(data: bytes) -> Ticket:
-    import msgspec.yaml
+def check_ticket_file_name(name: str) -> str | None:
+    """Return why ``name`` cannot be a ticket file in the backlog, or None when it can.
 
-    return msgspec.yaml.decode(data, type=Ticket)
+    The backlog reads only visible ``*.yaml``/``*.yml`` files directly in it, so
+    a name with a ``/``, a leading ``.`` (dot-files, ``..``) or control
+    characters would be acknowledged and never read.
+    """
+    if not name.endswith((".yaml", ".yml")):
+        return "a ticket file name must end with .yaml or .yml"
+    if "/" in name or "\0" in name:
+        return "a ticket file name must not contain '/' or NUL"
+    if name.startswith("."):
+        return "a ticket file name must not start with '.' (hidden files are not read)"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "a ticket file name must not contain control characters"
+    if len(name.encode()) > 255:
+        return "a ticket file name must be at most 255 bytes"
+    return None
+
+
+def _yaml_decode(data: bytes) -> Ticket:
+    return decode_yaml(data, Ticket)
 
 
 def parse_ticket(data: bytes, path: Path) -> Ticket:

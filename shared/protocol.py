@@ -26,6 +26,7 @@ from typing import ClassVar
 import msgspec
 
 from orchestrator.shared.models import AgentView, LeaseView, TicketView
+from orchestrator.shared.terminal import sanitize_message
 
 PROTOCOL_VERSION = 2
 #: Longest line the daemon accepts from a client (bytes); longer lines get an error reply.
@@ -242,5 +243,8 @@ def decode_command(line: bytes) -> ClientCommand:
 
 
 def decode_server(line: bytes) -> ServerMessage:
-    """Decode one daemon line. Raises msgspec.DecodeError on a bad line."""
-    return _server_decoder.decode(line)
+    """Decode one daemon line, every string made terminal-safe (shared.terminal).
+
+    Raises msgspec.DecodeError on a bad line.
+    """
+    return sanitize_message(_server_decoder.decode(line))

@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from orchestrator.shared.terminal import terminal_safe
+
 GIT_TIMEOUT_S = 10.0
 #: Longest tail of an agent log the viewer reads (bytes); agent logs can be huge.
 MAX_LOG_BYTES = 4 << 20
@@ -53,7 +55,7 @@ def _git(cwd: Path, *args: str, limit: int | None = None) -> str:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         raise GitFailed(lines[0] if lines else f"git {args[0]} exited with {proc.returncode}")
     out = proc.stdout if limit is None else proc.stdout[:limit]
-    return out.decode(errors="replace")
+    return terminal_safe(out.decode(errors="replace"), multiline=True)
 
 
 def _base(cwd: Path) -> str:
@@ -118,4 +120,5 @@ def read_log_tail(path: str | Path) -> str:
 
 
 def strip_ansi(text: str) -> str:
-    return _ANSI_RE.sub("", text)
+    """``text`` without ANSI colour sequences, other controls escaped (shared.terminal)."""
+    return terminal_safe(_ANSI_RE.sub("", text), multiline=True)

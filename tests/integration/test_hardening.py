@@ -1,0 +1,88 @@
+"""Issue 10 against a real daemon: special files, names, shas, and the daemon keeps serving.
+
+Each test fails on 7e9918c (the daemon hung, crashed, leaked or accepted)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+from orchestrator.shared import protocol as P
+
+
+def _wait_file(path: Path, timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_special_huge_and_escaping_files_are_refused_and_intake_goes_on(make_project, tmp_path):
+    project = make_project(workers=1)
+    backlog = project.home.backlog
+    secret = tmp_path / "secret.txt"
+    secret.write_text("title: password=hunter2\n")
+    os.mkfifo(backlog / "fifo.yaml")
+    (backlog / "zero.yaml").symlink_to("/dev/zero")
+    (backlog / "outside.yaml").symlink_to(secret)
+    with open(backlog / ".big.tmp", "wb") as f:
+        f.truncate(100 << 20)  # 100 MB (sparse)
+    os.replace(backlog / ".big.tmp", backlog / "big.yaml")
+    expect = {
+        "fifo.yaml": "a FIFO, not a regular file",
+        "zero.yaml": "a device, not a regular file",
+        "outside.yaml": "a symlink to outside the project home",
+        "big.yaml": "104857600 bytes, more than the limit of 1048576",
+    }
+    for name, reason in expect.items():
+        path = project.home.rejected_dir / f"{name}.error"
+        error = _wait_file(path)
+        assert reason in error, (name, error)
+        assert "hunter2" not in error
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert os.path.lexists(project.home.rejected_dir / name), "the user's file is kept"
+    assert secret.read_text() == "title: password=hunter2\n"
+    project.ticket("fine", description="write ok.txt fine")
+    project.wait_state("fine", "ci_running", "awaiting_approval")
+
+
+def test_a_ticket_file_replaced_by_a_fifo_does_not_freeze_the_next_attempt(make_project):
+    project = make_project(workers=1, extra="max_attempts: 1\n")
+    path = project.ticket("t", description="sleep 1\nwrite a.txt a")
+    project.wait_state("t", "running")
+    project.send(P.Stop(ticket="t"))
+    project.wait_state("t", "stopped")
+    os.unlink(path)
+    os.mkfifo(path)
+    # the FIFO is also seen by intake; the stopped ticket is not undone by it
+    assert project.send(P.Continue(ticket="t")).ok
+    project.wait_state("t", "ci_running", "awaiting_approval", "failed", timeout_s=60)
+    assert project.send(P.Status()).ok  # the loop was never frozen
+
+
+def test_enqueue_refuses_names_that_would_never_be_read(make_project):
+    project = make_project(workers=1, start=True)
+    for name in ("..", ".hidden", "a/b", "x\x1b"):
+        reply = project.send(P.Enqueue(name=name, yaml="title: t\n"))
+        assert not reply.ok, name
+        assert "ticket file name" in reply.message
+    assert sorted(p.name for p in project.home.backlog.iterdir() if p.is_file()) == []
+    assert project.send(P.Enqueue(name="ok", yaml="title: t\n")).ok
+
+
+def test_ci_notify_checks_the_sha_and_stays_in_ci_status(make_project):
+    project = make_project(workers=1)
+    outside = project.home.repo / "evil.json"
+    outside.write_text("{}")
+    for sha in ("../evil", "../../config", "ABC", "a" * 39, "a" * 40 + "\n"):
+        reply = project.send(P.CINotify(sha=sha))
+        assert not reply.ok and "not a full hex sha" in reply.message, sha
+    status = project.home.ci_status_dir
+    os.mkfifo(status / f"{'b' * 40}.json")
+    reply = project.send(P.CINotify(sha="b" * 40))
+    assert reply.ok  # it exists; it is refused with a warning, not read
+    assert project.send(P.Status()).ok
