@@ -57,10 +57,11 @@ T = TypeVar("T")
 
 
 def sanitize_message(value: T, multiline: bool = False) -> T:
-    """Apply :func:`terminal_safe` to every string inside ``value`` (in place for structs).
+    """A copy of ``value`` with :func:`terminal_safe` applied to every string inside.
 
     Walks msgspec structs, dicts (keys too), lists and tuples; fields named in
-    :data:`MULTILINE_FIELDS` keep their newlines. Returns the sanitised value.
+    :data:`MULTILINE_FIELDS` keep their newlines. Structs (frozen ones too) are
+    replaced only when something changed, so clean values cost no copies.
     """
     return _walk(value, multiline)  # type: ignore[no-any-return]
 
@@ -69,14 +70,15 @@ def _walk(value: Any, multiline: bool) -> Any:
     if isinstance(value, str):
         return terminal_safe(value, multiline)
     if isinstance(value, msgspec.Struct):
+        changes = {}
         for name in value.__struct_fields__:
             old = getattr(value, name)
             if old is None or isinstance(old, bool | int | float):
                 continue
             new = _walk(old, multiline or name in MULTILINE_FIELDS)
-            if new is not old:
-                setattr(value, name, new)
-        return value
+            if new != old:
+                changes[name] = new
+        return msgspec.structs.replace(value, **changes) if changes else value
     if isinstance(value, dict):
         return {
             _walk(k, False): _walk(v, multiline or k in MULTILINE_FIELDS) for k, v in value.items()

@@ -59,8 +59,12 @@ def test_every_string_a_client_decodes_is_sanitised():
     assert event.message == "m\\x1b[H"
     assert event.text == "line1\nline2\\x1b[2J"
     assert event.ticket_view is not None and "\x1b" not in event.ticket_view.title
-    reply = P.decode_server(msgspec.json.encode({"type": "reply", "ok": True, "data": view}))
-    assert isinstance(reply, P.Reply) and "\x1b" not in reply.data["title"]
+    snapshot = {"version": 2, "last_event_id": 0, "tickets": [view], "agents": [], "leases": []}
+    reply = P.decode_server(
+        msgspec.json.encode({"type": "status_reply", "ok": True, "snapshot": snapshot})
+    )
+    assert isinstance(reply, P.StatusReply)
+    assert reply.snapshot.tickets[0].title == "x\\x1b]0;owned\\x07"
 
 
 @given(st.text())
