@@ -6,7 +6,9 @@ one-shot: it gets only the replies to its commands. Each subscriber has a bounde
 outgoing buffer; a client that falls behind by more than
 :data:`MAX_BUFFERED_BYTES` loses its backlog of events and is sent a fresh
 snapshot instead, so a slow or stopped reader never slows the daemon or grows
-its memory without bound.
+its memory without bound; one that sends commands and never reads its replies
+is disconnected. At most :data:`MAX_CLIENTS` clients are served, only processes
+of the daemon's own uid (SO_PEERCRED), and no accept error ends the daemon.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import msgspec
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from orchestrator.shared.protocol import (
@@ -39,8 +41,13 @@ from orchestrator.shared.protocol import (
 
 log = logging.getLogger(__name__)
 
-#: A client further behind than this (bytes of unsent messages) is resynchronised.
+#: A client further behind than this (bytes of unsent messages) is resynchronised;
+#: one whose unsent *replies* exceed it is disconnected.
 MAX_BUFFERED_BYTES = 8 << 20
+#: Clients served at once (well under the usual 1,024 open files).
+MAX_CLIENTS = 256
+#: struct ucred (pid, uid, gid) as SO_PEERCRED returns it.
+_UCRED = struct.Struct("3i")
 
 Dispatch = Callable[[ClientCommand], Awaitable[Reply]]
 
@@ -99,6 +106,9 @@ class Server:
             subscribes, and to resync one that fell behind).
         dispatch: answers one command other than ``hello`` (awaited; runs in the
             client's task).
+        max_clients: clients served at once; more are sent a refusal and closed.
+        allowed_uid: the only uid whose processes are served (SO_PEERCRED, see
+            unix(7)); default the daemon's own.
     """
 
     def __init__(
@@ -107,12 +117,18 @@ class Server:
         hello: Callable[[], bytes],
         snapshot: Callable[[], bytes],
         dispatch: Dispatch,
+        max_clients: int = MAX_CLIENTS,
+        allowed_uid: int | None = None,
     ) -> None:
         self.path = path
         self.hello = hello
         self.snapshot = snapshot
         self.dispatch = dispatch
         self.peers: set[_Peer] = set()
+        self.max_clients = max_clients
+        self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
+        self._left = anyio.Event()
+        """Set (and replaced) whenever a client disconnects."""
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -124,13 +140,70 @@ class Server:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        async with listener:
+        async with listener, anyio.create_task_group() as tg:
             task_status.started()
             try:
-                await listener.serve(self._handle)
+                await self._accept_loop(listener, tg)
             finally:
                 with anyio.CancelScope(shield=True):
                     self.path.unlink(missing_ok=True)
+
+    async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
+        """Accept clients for ever; no accept error (EMFILE...) ends the daemon.
+
+        When accept fails for lack of resources (file descriptors, memory), the
+        loop logs it once and waits until a client disconnects (or 1 s), then
+        tries again; the pending connection stays in the listen queue meanwhile.
+        """
+        failing = False
+        while True:
+            try:
+                stream = await listener.accept()
+            except (OSError, anyio.BrokenResourceError) as exc:
+                # anyio reports accept(2) failures as BrokenResourceError from the OSError.
+                cause = exc if isinstance(exc, OSError) else exc.__cause__
+                if not isinstance(cause, OSError):
+                    raise
+                if not failing:
+                    log.warning(
+                        "socket: cannot accept a client (%s); waiting for one to leave",
+                        cause.strerror or cause,
+                    )
+                failing = True
+                with anyio.move_on_after(1.0):
+                    await self._left.wait()
+                continue
+            if failing:
+                log.info("socket: accepting clients again")
+                failing = False
+            why = self._refuse(stream)
+            if why:
+                log.warning("socket: refused a client: %s", why)
+                tg.start_soon(self._turn_away, stream, why)
+                continue
+            tg.start_soon(self._handle, stream)
+
+    def _refuse(self, stream: SocketStream) -> str:
+        """Why a new client is not served ("" when it is): another uid, or too many."""
+        sock = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            pid, uid, _gid = _UCRED.unpack(creds)
+        except OSError as exc:
+            return f"cannot read its credentials ({exc.strerror})"
+        if uid != self.allowed_uid:
+            return f"pid {pid} runs as uid {uid}, not the daemon's uid {self.allowed_uid}"
+        if len(self.peers) >= self.max_clients:
+            return f"already {len(self.peers)} clients (the limit)"
+        return ""
+
+    async def _turn_away(self, stream: SocketStream, why: str) -> None:
+        with anyio.move_on_after(1.0):
+            try:
+                async with stream:
+                    await stream.send(encode(Reply(ok=False, message=f"refused: {why}")))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
 
     def publish(self, events: list[Event]) -> None:
         """Send events to every subscribed client (non-blocking; buffers per client).
@@ -178,6 +251,8 @@ class Server:
             log.exception("socket client handler failed")
         finally:
             self.peers.discard(peer)
+            self._left.set()
+            self._left = anyio.Event()
 
     async def _writer(self, peer: _Peer) -> None:
         while True:
@@ -216,6 +291,16 @@ class Server:
                 return
             if not line.strip():
                 continue
+            if peer.size > MAX_BUFFERED_BYTES:
+                # Replies are never dropped, so a client that sends commands and never
+                # reads would grow our memory for ever: it is disconnected instead.
+                log.warning(
+                    "socket: dropped a client that does not read its replies "
+                    "(%d bytes unsent, limit %d)",
+                    peer.size,
+                    MAX_BUFFERED_BYTES,
+                )
+                raise anyio.BrokenResourceError
             try:
                 command = decode_command(line)
             except msgspec.DecodeError as exc:
