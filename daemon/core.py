@@ -113,6 +113,11 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     """The branch commit last pushed (an attempt must add something new to it)."""
     agent_pid: int | None = None
     """The running agent's pid (= its process group), to end it after a crash."""
+    priority_override: int | None = None
+    """A person's ``priority`` command; wins over the file's priority, edits included."""
+    granted_attempts: int = 0
+    """The attempt limit a person's ``continue``/``reject`` raised it to; a later
+    edit of the file's ``max_attempts`` never lowers the limit below it."""
 
     @property
     def id(self) -> str:
@@ -602,10 +607,16 @@ class Core:
             self._push_heap(rec)
             self._refresh_blocked(ev.now, rec.id)
             return
+        if rec.priority_override is not None:
+            ticket = msgspec.structs.replace(ticket, priority=rec.priority_override)
+        if rec.file == ev.path and ticket == rec.ticket:
+            return  # same content (a rescan, a restart, a touch): nothing changed
         if rec.state in (S.QUEUED, S.BLOCKED, S.STOPPED, S.FAILED):
             rec.ticket = ticket
             self._index_dependencies(rec)
-            rec.max_attempts = ticket.max_attempts or self.config.max_attempts
+            rec.max_attempts = max(
+                ticket.max_attempts or self.config.max_attempts, rec.granted_attempts
+            )
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
             self._emit(K.TICKET_UPDATED, f"{rec.id}: ticket file changed", rec, now=ev.now)
@@ -1218,6 +1229,7 @@ class Core:
             self._cmd_approve(rec, cmd, now)
         elif st in (S.STOPPED, S.FAILED, S.BLOCKED):
             rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+            rec.granted_attempts = rec.max_attempts
             rec.reason = f"continued after {st}"
             if isinstance(cmd, P.Continue) and cmd.feedback:  # a person's words go first
                 rec.feedback = f"A person says:\n{cmd.feedback}\n\n{rec.feedback}".rstrip()
@@ -1239,6 +1251,7 @@ class Core:
             self._reply(False, f"{rec.id} is {rec.state}; only awaiting_approval can be rejected")
             return
         rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+        rec.granted_attempts = rec.max_attempts
         self._fail_attempt(
             rec,
             "rejected by reviewer",
@@ -1252,7 +1265,9 @@ class Core:
         if not 0 <= cmd.priority <= 4:
             self._reply(False, "priority must be 0..4")
             return
+        rec.priority_override = cmd.priority
         rec.ticket = msgspec.structs.replace(rec.ticket, priority=cmd.priority)
+        self._dirty(rec)
         if rec.state == S.QUEUED:
             self._push_heap(rec)
         self._emit(K.TICKET_UPDATED, f"{rec.id}: priority P{cmd.priority}", rec, now=now)

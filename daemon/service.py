@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Coroutine
@@ -37,7 +38,7 @@ from orchestrator.daemon.store import Store
 from orchestrator.daemon.workers import Workers, _kill_group, is_our_agent
 from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home
-from orchestrator.shared.errors import OrchestratorError, TicketError
+from orchestrator.shared.errors import HomeError, OrchestratorError, TicketError
 from orchestrator.shared.fsutil import atomic_write, move_aside
 from orchestrator.shared.models import (
     AcceptanceCheck,
@@ -51,6 +52,8 @@ log = logging.getLogger("orchestrator")
 #: Commands that are a person's decision, recorded as ``decision`` events (audit trail).
 DECISIONS = (P.Approve, P.Reject, P.Continue, P.SetPriority, P.Stop)
 
+#: How long a stop waits for a degraded state database to become writable (s).
+FLUSH_AT_EXIT_S = 10.0
 #: Inputs applied per store transaction at most (bounds latency under bursts).
 MAX_BATCH = 2000
 #: At shutdown, how long killed attempts may take to commit their work (seconds).
@@ -109,6 +112,13 @@ class Daemon:
         self._tg: TaskGroup | None = None
         self._stopping = False
         self._enqueueing: set[str] = set()
+        self._pending_events: list[P.Event] = []
+        self._pending_ids: set[str] = set()
+        self._degraded_since: float | None = None
+        """monotonic time the state database became unwritable (None: it is fine)."""
+        self._retrying = False
+        self._writable = anyio.Event()
+        """Set when a degraded state database is written again."""
         self._lock_fd: int | None = None
 
     # --- entry points -----------------------------------------------------
@@ -123,8 +133,21 @@ class Daemon:
     async def async_run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        self._take_lock()
-        self.store = Store(self.home.state_db)
+        """Run until stopped.
+
+        Raises:
+            HomeError: the home cannot be used at all (read-only, state.db not a
+                database...): the CLI prints it as one line and exits 2, which
+                the systemd unit does not restart.
+        """
+        try:
+            self._take_lock()
+            self.store = Store(self.home.state_db)
+        except (OSError, sqlite3.Error, msgspec.DecodeError) as exc:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise HomeError(f"{self.home.root}: cannot use the project home: {reason}") from None
         try:
             await self._start(task_status)
         finally:
@@ -269,15 +292,68 @@ class Daemon:
         self._execute(total.effects)
 
     def _commit_and_publish(self, outcome: C.Outcome) -> None:
+        """Persist, then announce. A failed commit (database locked by another process,
+        disk full) keeps everything pending in memory, announces ``daemon.degraded``
+        and is retried with backoff (:meth:`_retry_commit`); the daemon never exits
+        for it and nothing accepted is lost while it runs."""
         assert self.store is not None
-        events = self._notices + outcome.events
+        self._pending_events += self._notices + outcome.events
         self._notices = []
-        records = [self.core.tickets[i] for i in outcome.dirty if i in self.core.tickets]
-        events = self.store.commit(records, events)
+        self._pending_ids |= {i for i in outcome.dirty if i in self.core.tickets}
+        if self._degraded_since is not None and not self._retrying:
+            return  # the retry task commits everything pending
+        records = [self.core.tickets[i] for i in self._pending_ids if i in self.core.tickets]
+        try:
+            events = self.store.commit(records, self._pending_events)
+        except (sqlite3.Error, OSError) as exc:
+            self._degrade(exc)
+            return
+        self._pending_events = []
+        self._pending_ids = set()
         self.server.publish(events)
         if self.files is not None:
             self.files.on_events(events)
         self.budget.on_events(events)
+        if self._degraded_since is not None:
+            down_s = time.monotonic() - self._degraded_since
+            self._degraded_since = None
+            self._writable.set()
+            log.info("state database writable again after %.1f s", down_s)
+            sd_notify("STATUS=running")
+            self.notice(
+                f"state database writable again after {down_s:.1f} s; nothing was lost",
+                kind=P.EventKind.DAEMON_RECOVERED,
+            )
+
+    def _degrade(self, exc: BaseException) -> None:
+        first = self._degraded_since is None
+        if first:
+            self._degraded_since = time.monotonic()
+            self._writable = anyio.Event()
+            message = (
+                f"degraded: cannot write the state database ({exc}); "
+                "retrying, nothing is lost while the daemon runs"
+            )
+            log.error("%s", message)
+            sd_notify(f"STATUS={message}")
+            # Not persisted (that is what fails): published to the clients at once.
+            self.server.publish(
+                [P.Event(id=0, ts=time.time(), kind=P.EventKind.DAEMON_DEGRADED, message=message)]
+            )
+            if self._tg is not None:
+                self._tg.start_soon(self._retry_commit)
+
+    async def _retry_commit(self) -> None:
+        """Retry the pending commit with exponential backoff (0.1 s .. 5 s) until it works."""
+        delay = 0.1
+        while self._degraded_since is not None:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            self._retrying = True
+            try:
+                self._commit_and_publish(C.Outcome())
+            finally:
+                self._retrying = False
 
     def _budget_of(self, ticket: str) -> float | None:
         """``budget.max_cost_usd`` of a ticket (its own, else the config's), or None."""
@@ -377,7 +453,9 @@ class Daemon:
             await anyio.sleep(interval)
 
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # SIGHUP (the terminal of `orchestrator daemon &` closing) takes the same graceful
+        # path as SIGTERM: agents stopped with their work committed, socket removed.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info(
                     "received %s: stopping agents (work is committed), then exiting",
@@ -408,6 +486,15 @@ class Daemon:
         await self.ask(C.Tick(time.time()))
         with anyio.move_on_after(1):  # a client that stopped reading does not hold us up
             await self.server.flushed()
+        if self._degraded_since is not None:  # a degraded store: a last chance to write
+            with anyio.move_on_after(FLUSH_AT_EXIT_S):
+                await self._writable.wait()
+        if self._degraded_since is not None:
+            log.error(
+                "exiting with %d state change(s) not written; the ticket files in the "
+                "backlog are read again at the next start",
+                len(self._pending_ids),
+            )
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
 

@@ -32,6 +32,9 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_ticket ON events (ticket, id);
 """
 
+#: How long one statement waits for another process's lock before failing (s).
+BUSY_TIMEOUT_S = 0.5
+
 _record_decoder = msgspec.json.Decoder(TicketRecord)
 _event_decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
@@ -42,7 +45,11 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # A short busy timeout: a lock held by another process must not stall the event
+        # loop; the daemon retries a failed commit with backoff (daemon.service).
+        self.db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+        )
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -58,8 +65,25 @@ class Store:
         return [_record_decoder.decode(r[0]) for r in rows]
 
     def commit(self, records: Iterable[TicketRecord], events: list[Event]) -> list[Event]:
-        """Persist records and events in one transaction; return the events with ids."""
+        """Persist records and events in one transaction; return the events with ids.
+
+        Raises:
+            sqlite3.Error: the database is busy (locked by another process beyond
+                :data:`BUSY_TIMEOUT_S`), the disk is full...; nothing was written
+                and ``last_event_id`` is unchanged, so the same call can be retried.
+        """
         numbered = []
+        first_id = self.last_event_id
+        try:
+            self._write(records, events, numbered)
+        except BaseException:
+            self.last_event_id = first_id
+            raise
+        return numbered
+
+    def _write(
+        self, records: Iterable[TicketRecord], events: list[Event], numbered: list[Event]
+    ) -> None:
         with self._transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO tickets (id, seq, data) VALUES (?, ?, ?)",
@@ -74,17 +98,17 @@ class Store:
             self.db.executemany(
                 "INSERT INTO events (id, ts, kind, ticket, data) VALUES (?, ?, ?, ?, ?)", rows
             )
-        return numbered
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def events(self, since_id: int = 0, since_ts: float = 0.0) -> Iterator[Event]:
         """Persisted events with id > since_id and ts >= since_ts, oldest first."""

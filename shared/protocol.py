@@ -38,6 +38,9 @@ class EventKind(enum.StrEnum):
 
     DAEMON_STARTED = "daemon.started"
     DAEMON_STOPPING = "daemon.stopping"
+    DAEMON_DEGRADED = "daemon.degraded"
+    """The state database cannot be written (busy, disk full); retried, not persisted."""
+    DAEMON_RECOVERED = "daemon.recovered"
     TICKET_QUEUED = "ticket.queued"
     TICKET_STATE = "ticket.state"
     TICKET_WAITING = "ticket.waiting"

@@ -5,7 +5,11 @@ Each test fails on 7e9918c (the daemon hung, crashed, leaked or accepted)."""
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,3 +90,53 @@ def test_ci_notify_checks_the_sha_and_stays_in_ci_status(make_project):
     reply = project.send(P.CINotify(sha="b" * 40))
     assert reply.ok  # it exists; it is refused with a warning, not read
     assert project.send(P.Status()).ok
+
+
+def test_a_busy_state_database_degrades_and_loses_nothing(make_project):
+    project = make_project(workers=1)
+    holder = sqlite3.connect(project.home.state_db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the lock for 12 s
+    try:
+        project.ticket("during", description="write a.txt a")
+        log_file = project.root / "daemon.log"
+        deadline = time.monotonic() + 20
+        while "degraded: cannot write the state database" not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()[-2000:]
+            time.sleep(0.1)
+        time.sleep(12)
+        assert project.proc is not None and project.proc.poll() is None, "the daemon died"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    project.wait_state("during", "running", "ci_running", "awaiting_approval")
+    deadline = time.monotonic() + 30
+    while "writable again" not in log_file.read_text():
+        assert time.monotonic() < deadline, log_file.read_text()[-2000:]
+        time.sleep(0.1)
+    project.stop()
+    project.start()  # what was accepted while degraded was persisted afterwards
+    assert "during" in project.states()
+
+
+def test_an_unusable_home_is_one_line_and_exit_2(make_project):
+    project = make_project(workers=1, start=False)
+    project.home.state_db.mkdir()  # not a database: nothing the daemon can fix
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "daemon", "--config", str(project.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot use the project home" in result.stderr
+
+
+def test_sighup_takes_the_graceful_path(make_project):
+    project = make_project(workers=1)
+    assert project.proc is not None
+    project.proc.send_signal(signal.SIGHUP)
+    assert project.proc.wait(timeout=60) == 0
+    project.proc = None
+    assert not project.home.socket_path.exists()
+    assert "daemon stopped" in (project.root / "daemon.log").read_text()

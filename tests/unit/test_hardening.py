@@ -224,3 +224,64 @@ def test_overlap_is_conservative(a, b, name):
     """Two patterns that both match a name always overlap."""
     if fnmatch.fnmatchcase(name, a) and fnmatch.fnmatchcase(name, b):
         assert lockspec.locks_overlap(a, b)
+
+
+# --- restarts: a person's decisions survive ---------------------------------------
+
+
+def _restart(sim):
+    """A new Core restored from the persisted records (msgspec round trip), as at start."""
+    from orchestrator.daemon import core as C
+    from tests.unit.coresim import Sim
+
+    raw = [msgspec.json.encode(r) for r in sim.core.tickets.values()]
+    records = [msgspec.json.decode(r, type=C.TicketRecord) for r in raw]
+    new = Sim(C.Core(sim.core.config, {w: f"/wt/{w}" for w in sim.core.workers}), now=sim.now)
+    out = new.core.restore(records, new.now)
+    new.effects += out.effects
+    new.events += out.events
+    return new
+
+
+def test_priority_override_survives_restart_and_unchanged_files_are_not_changes():
+    from tests.unit.coresim import Sim, ticket
+
+    sim = Sim.new(workers=1)
+    sim.add(ticket("busy"))
+    original = ticket("t", priority=3)
+    sim.add(original)
+    sim.command("priority", "t", priority=0)
+    assert sim.rec("t").ticket.priority == 0
+    sim = _restart(sim)
+    sim.events.clear()
+    sim.add(original)  # intake reads every file again at start
+    assert sim.rec("t").ticket.priority == 0
+    assert not [e for e in sim.events if "ticket file changed" in e.message]
+    edited = ticket("t", priority=3, locks=["src/"])
+    sim.add(edited)  # a real edit applies, the person's priority stays
+    assert sim.rec("t").ticket.locks == ["src/"]
+    assert sim.rec("t").ticket.priority == 0
+
+
+def test_continue_on_a_failed_ticket_is_never_attempt_3_of_2():
+    from orchestrator.daemon import core as C
+    from tests.unit.coresim import Sim, ticket
+
+    sim = Sim.new(workers=1)
+    t = ticket("t", max_attempts=2)
+    sim.add(t)
+    for _ in range(2):
+        (eff,) = sim.take(C.StartAgent)
+        sim.start(eff)
+        sim.exit(eff, code=1)
+    assert sim.state("t") == "failed"
+    sim.command("continue", "t")
+    sim = _restart(sim)
+    sim.add(t)  # the unchanged file, read again at start
+    sim.add(ticket("t", max_attempts=2, locks=["src/"]))  # and a real edit
+    (eff,) = sim.take(C.StartAgent)
+    assert (eff.attempt, sim.rec("t").max_attempts) == (3, 3)
+    sim.start(eff)
+    sim.exit(eff, code=1)
+    assert sim.state("t") == "failed"
+    assert "(attempt 3 of 3)" in sim.rec("t").reason
