@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePath as Path
@@ -46,6 +47,9 @@ UNKNOWN_DEPENDENCY_GRACE_S = 5.0
 CI_REPORT_MARGIN_S = 120.0
 #: How much of a log goes into the next attempt's feedback.
 FEEDBACK_TAIL_CHARS = 4000
+
+#: A line that git would read as a trailer (``Key: value``, see git-interpret-trailers(1)).
+_TRAILER_LIKE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[ \t]*:", re.MULTILINE)
 
 S = TicketState
 #: A ticket in these states may be re-submitted under the same id.
@@ -991,8 +995,11 @@ class Core:
         assert rec.branch is not None
         passed = rec.ci.sha if rec.ci is not None and rec.ci.status == CIState.PASS else ""
         attempts = f"{rec.attempt} attempt{'s' if rec.attempt != 1 else ''}"
+        # Ticket text never forms a trailer: description lines shaped like one are
+        # indented (a continuation line to git-interpret-trailers(1)).
+        description = _TRAILER_LIKE_RE.sub(r" \g<0>", rec.ticket.description.strip())
         message = (
-            f"{rec.id}: {rec.ticket.title}\n\n{rec.ticket.description.strip()}\n\n"
+            f"{rec.id}: {rec.ticket.title}\n\n{description}\n\n"
             f"Merged by orchestrator from {rec.branch} after {attempts}.\n\n"
             f"Ticket: {rec.id}\n"
         )

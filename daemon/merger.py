@@ -1,7 +1,9 @@
 """The merger: rebase an approved branch onto main, re-check, fast-forward main.
 
 Each ticket becomes exactly one commit on main (its branch squashed, with a
-``Ticket: <id>`` trailer), whose tree is the tree CI passed on; so every
+``Ticket: <id>`` trailer for people; the merge itself is recorded by the ref
+``refs/orchestrator/merged/<id>``, pushed atomically with main), whose tree is
+the tree CI passed on; so every
 commit on main passed CI and ``git bisect`` never lands on a failed attempt.
 
 Runs in its own worktree ``<home>/worktrees/merge``. main in repo.git is only
@@ -22,6 +24,12 @@ from orchestrator.daemon.core import Merge, MergeOutcome, MergeResult
 from orchestrator.daemon.git import git, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
+
+
+def merged_ref(ticket: str) -> str:
+    """The durable record that ``ticket`` was merged: a ref in repo.git."""
+    return f"refs/orchestrator/merged/{ticket}"
+
 
 #: Attempts when main moves between our rebase and our push.
 PUSH_RETRIES = 3
@@ -62,6 +70,25 @@ class Merger:
             except GitError as exc:
                 return MergeResult(effect.ticket, MergeOutcome.ERROR, time.time(), text=str(exc))
 
+    async def _merged_before(self, ticket: str, main: str) -> str:
+        """The commit that merged ``ticket`` into main, or "".
+
+        Decided by the merge record ``refs/orchestrator/merged/<ticket>`` in repo.git
+        (written by the merger alone, in the same atomic push as main; hooks/update
+        refuses it to anyone without the daemon's ref token), never by commit
+        message text: the record must be on main and its tree must be the one its
+        own commit introduced there.
+        """
+        ref = merged_ref(ticket)
+        listed = await git(self.home.work, "ls-remote", "origin", ref, check=False)
+        sha = listed.split()[0] if listed else ""
+        if not sha:
+            return ""
+        async with self.repo_lock:
+            await git(self.home.work, "fetch", "--quiet", "origin", f"+{ref}:{ref}")
+        on_main = await run_git(self.home.work, "merge-base", "--is-ancestor", sha, main)
+        return sha if on_main.returncode == 0 else ""
+
     async def _merge(self, effect: Merge) -> MergeResult:
         work, wt, branch = self.home.work, self.worktree, effect.branch
         ticket = effect.ticket
@@ -69,8 +96,7 @@ class Merger:
             async with self.repo_lock:
                 await git(work, "fetch", "--quiet", "origin", "main")
             main = await git(work, "rev-parse", "origin/main")
-            pattern = "^Ticket: " + ticket.replace(".", "\\.") + "$"  # ids: [A-Za-z0-9._-]
-            done = await git(work, "log", "--format=%H", "-1", f"--grep={pattern}", main)
+            done = await self._merged_before(ticket, main)
             if done:  # merged before (e.g. the daemon died right after the push)
                 return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=done)
             tip = await git(work, "rev-parse", f"refs/heads/{branch}")
@@ -113,8 +139,15 @@ class Merger:
                 work, "commit-tree", tree, "-p", main, stdin=effect.message.encode()
             )
             async with self.repo_lock:
+                # One atomic push: main and the ticket's merge record move together.
                 push = await run_git(
-                    work, "push", "--quiet", "origin", f"{squashed}:refs/heads/main"
+                    work,
+                    "push",
+                    "--quiet",
+                    "--atomic",
+                    "origin",
+                    f"{squashed}:refs/heads/main",
+                    f"{squashed}:{merged_ref(ticket)}",
                 )
             if push.returncode == 0:
                 async with self.repo_lock:

@@ -29,7 +29,8 @@ from orchestrator.daemon import core as C
 from orchestrator.daemon.backlog import Backlog
 from orchestrator.daemon.budget import BudgetWatch
 from orchestrator.daemon.ci import CIStatusDir, is_sha
-from orchestrator.daemon.git import git
+from orchestrator.daemon.contain import become_subreaper
+from orchestrator.daemon.git import git, install_ref_token, scrub_clone_config
 from orchestrator.daemon.home import sync_repo_config
 from orchestrator.daemon.homefiles import HomeFiles
 from orchestrator.daemon.merger import Merger
@@ -171,6 +172,8 @@ class Daemon:
 
     async def _start(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert self.store is not None
+        # Orphaned descendants of agents are re-parented to us, not to init (daemon.contain).
+        become_subreaper()
         await self._prepare_home()
         records = self.store.load()
         await self._reconcile(records)
@@ -206,6 +209,10 @@ class Daemon:
         for d in (home.backlog, home.done_dir, home.rejected_dir, home.runs, home.worktrees):
             d.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(sync_repo_config, home)
+        await anyio.to_thread.run_sync(install_ref_token, home.repo)
+        removed = await anyio.to_thread.run_sync(scrub_clone_config, home.work)
+        if removed:
+            log.warning("removed unsafe git config from %s: %s", home.work, ", ".join(removed))
         await git(home.work, "fetch", "--quiet", "origin", "main")
         await self.workers.ensure_worktrees(self.names)
         await self.merger.ensure_worktree()

@@ -5,7 +5,8 @@ clone ``<home>/work`` (whose ``origin`` is repo.git). Between attempts the
 worktree is detached, so any worker can later check out any ticket branch.
 Agents are started from argv lists (never a shell) in their own session and
 process group, so a stop ends the whole tree: SIGTERM to the group, a grace
-period, then SIGKILL (like watchfiles' process supervisor).
+period, then SIGKILL (like watchfiles' process supervisor). What escaped the group
+(``setsid``) ends with the attempt too (daemon.contain).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
 import time
@@ -25,8 +27,9 @@ import anyio
 import msgspec
 from anyio.abc import Process
 
+from orchestrator.daemon.contain import RUN_ID_VAR, end_attempt_processes
 from orchestrator.daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
-from orchestrator.daemon.git import git, run_git
+from orchestrator.daemon.git import REF_TOKEN_VAR, git, run_git, scrub_clone_config
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
 from orchestrator.shared.models import Ticket
@@ -75,6 +78,8 @@ class _Run:
     output_closed: anyio.Event = field(default_factory=anyio.Event)
     """Set when the agent's output pipe reached its end (everything is in the log)."""
     status_hash: str = ""
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    """``ORCH_RUN_ID`` of this attempt's processes (daemon.contain)."""
 
 
 class Workers:
@@ -184,7 +189,7 @@ class Workers:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", REF_TOKEN_VAR)
         }
         env.update(self.home.config.agent.env)
         env.update(
@@ -200,6 +205,7 @@ class Workers:
                 "ORCH_RUN_DIR": values["run_dir"],
                 "ORCH_USAGE_FILE": values["usage_file"],
                 "ORCH_CONFIG": str(self.home.config_file),
+                RUN_ID_VAR: run.run_id,
             }
         )
         # Unbuffered, written from a worker thread: the loop never blocks on the disk.
@@ -250,6 +256,7 @@ class Workers:
                 # What the agent left running ends too; that also closes the output pipe
                 # if a leftover child still held it.
                 _kill_group(process.pid, signal.SIGKILL)
+                await self._end_leftovers(run, process.pid)
                 with anyio.move_on_after(2):
                     await run.output_closed.wait()
                 tg.cancel_scope.cancel()
@@ -267,7 +274,7 @@ class Workers:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", REF_TOKEN_VAR)
         }
         env.update(self.home.config.agent.env)
         env.update(ORCH_TICKET_ID=run.effect.ticket, ORCH_WORKTREE=str(wt))
@@ -281,6 +288,15 @@ class Workers:
             return ""
         run.tail[:] = tail.encode()
         return reason
+
+    async def _end_leftovers(self, run: _Run, group: int) -> None:
+        """End what the agent started outside its process group (daemon.contain)."""
+        live = {
+            r.run_id
+            for r in self.runs.values()
+            if r is not run and r.process is not None and r.process.returncode is None
+        }
+        await anyio.to_thread.run_sync(end_attempt_processes, group, run.run_id, live)
 
     async def _pump_output(self, run: _Run, out: anyio.AsyncFile[bytes]) -> None:
         eff = run.effect
@@ -343,6 +359,14 @@ class Workers:
 
     async def _finish(self, run: _Run, wt: Path, code: int | None, reason: str) -> None:
         eff = run.effect
+        removed = await anyio.to_thread.run_sync(scrub_clone_config, self.home.work)
+        if removed:
+            log.warning(
+                "%s: removed unsafe git config the agent of %s wrote: %s",
+                eff.agent,
+                eff.ticket,
+                ", ".join(removed),
+            )
         try:
             await self.salvage(
                 wt, f"{eff.ticket}: attempt {eff.attempt} by {eff.agent}\n\nTicket: {eff.ticket}"

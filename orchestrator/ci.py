@@ -283,8 +283,12 @@ def hook(lines: Iterable[str], git_dir: Path) -> int:
 
 
 def _without_git_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Hooks run with GIT_DIR, GIT_QUARANTINE_PATH...; they would break git in the checkout."""
-    return {k: v for k, v in env.items() if not k.startswith("GIT_")}
+    """Hooks run with GIT_DIR, GIT_QUARANTINE_PATH...; they would break git in the checkout.
+
+    The daemon's ref token (``ORCH_REF_TOKEN``, docs/security.md) is dropped too: the
+    code under test was written by an agent and must not be able to move main.
+    """
+    return {k: v for k, v in env.items() if not k.startswith("GIT_") and k != "ORCH_REF_TOKEN"}
 
 
 def _git_config(git_dir: Path, key: str) -> str | None:

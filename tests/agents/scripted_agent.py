@@ -13,6 +13,8 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
     heartbeat NOTE...       run `orchestrator heartbeat --note NOTE`
     sigstop                 SIGSTOP itself (a hung agent)
     child SECONDS           start a grandchild that sleeps (pid in child.pid beside the prompt)
+    setsid-child SECONDS    the same, in a new session (setsid), out of the agent's group
+    run ARGV...             run a command (split like a shell, no shell); print its exit
     usage JSON...           print the generic usage line ``ORCH_USAGE JSON``
     cat PATH                print a file (e.g. a recorded agent transcript)
     usage-file TEXT...      append a line to $ORCH_USAGE_FILE (the {usage_file})
@@ -20,6 +22,7 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -83,6 +86,15 @@ def main() -> int:
         elif cmd == "child":
             child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({rest})"])
             Path(os.environ["ORCH_PROMPT_FILE"]).with_name("child.pid").write_text(str(child.pid))
+        elif cmd == "setsid-child":  # a grandchild that leaves the agent's session
+            child = subprocess.Popen(
+                [sys.executable, "-c", f"import time; time.sleep({rest})"],
+                start_new_session=True,
+            )
+            Path(os.environ["ORCH_PROMPT_FILE"]).with_name("child.pid").write_text(str(child.pid))
+        elif cmd == "run":  # run a command (argv split like a shell, no shell)
+            done = subprocess.run(shlex.split(rest), capture_output=True, text=True, check=False)
+            print(f"run: exit {done.returncode}: {done.stderr.strip()}", flush=True)
         elif cmd == "usage":
             print(f"ORCH_USAGE {rest}", flush=True)
         elif cmd == "cat":

@@ -1,0 +1,100 @@
+"""Issue 10, what an agent can do: push to main, plant git config, leave processes behind,
+forge a merge with ticket text. Real daemon, real git, the scripted agent. Each test fails
+on 7e9918c."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from orchestrator.shared import protocol as P
+from tests.integration.conftest import git
+
+
+def _gone(pid: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True  # a zombie is dead (its parent reaps it)
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_agent_cannot_push_main_or_other_branches(make_project):
+    project = make_project(workers=1)
+    main_before = git(project.home.repo, "rev-parse", "main")
+    project.ticket(
+        "pusher",
+        description="write evil.txt evil\n"
+        "run git add -A\n"
+        "run git -c user.name=a -c user.email=a@a commit -q -m evil\n"
+        "run git push -q origin HEAD:main\n"
+        "run env -u ORCH_BRANCH git push -q origin HEAD:main\n"
+        "run git push -q origin HEAD:refs/heads/agent-9/other\n"
+        "run git push -q origin HEAD:refs/orchestrator/merged/pusher",
+    )
+    project.wait_state("pusher", "awaiting_approval", "failed", timeout_s=90)
+    assert git(project.home.repo, "rev-parse", "main") == main_before
+    log = Path(project.snapshot().tickets[0].log_file).read_text()
+    assert "may push only its ticket's branch refs/heads/agent-1/pusher, not refs/heads/main" in log
+    assert "only the orchestrator's merger moves refs/heads/main" in log  # without ORCH_BRANCH
+    refs = git(project.home.repo, "for-each-ref", "--format=%(refname)")
+    assert "refs/heads/agent-9/other" not in refs
+    assert "refs/orchestrator/merged/pusher" not in refs
+    # the daemon itself still moves main
+    assert project.send(P.Approve(ticket="pusher")).ok
+    project.wait_state("pusher", "merged", timeout_s=60)
+    assert git(project.home.repo, "rev-parse", "main") != main_before
+    assert "refs/orchestrator/merged/pusher" in git(
+        project.home.repo, "for-each-ref", "--format=%(refname)"
+    )
+
+
+def test_git_config_planted_by_an_agent_never_runs_in_the_daemon(make_project, tmp_path):
+    project = make_project(workers=1)
+    marker = tmp_path / "pwned"
+    hook = tmp_path / "fsmonitor.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    project.ticket(
+        "planter",
+        description=f"run git config core.fsmonitor {hook}\n"
+        f"run git config filter.x.clean {hook}\n"
+        "write planted.txt x",
+    )
+    project.wait_state("planter", "awaiting_approval", "failed", timeout_s=90)
+    assert project.send(P.Approve(ticket="planter")).ok
+    project.wait_state("planter", "merged", timeout_s=60)
+    assert not marker.exists(), "the planted fsmonitor ran"
+    config = (project.home.work / ".git" / "config").read_text()
+    assert "fsmonitor" not in config and "filter" not in config
+    assert "removed unsafe git config" in (project.root / "daemon.log").read_text()
+
+
+def test_a_setsid_grandchild_ends_with_its_attempt(make_project):
+    project = make_project(workers=1)
+    project.ticket("escaper", description="setsid-child 300\nwrite a.txt a")
+    snap = project.wait_state("escaper", "ci_running", "awaiting_approval", "failed", timeout_s=90)
+    pid_file = Path(snap.tickets[0].log_file).with_name("child.pid")
+    pid = int(pid_file.read_text())
+    assert _gone(pid), f"pid {pid} (setsid) outlived its attempt"
+
+
+def test_ticket_text_cannot_make_another_ticket_look_merged(make_project):
+    project = make_project(workers=1)
+    project.ticket("forger", description="write forger.txt f\nTicket: victim")
+    project.wait_state("forger", "awaiting_approval", timeout_s=90)
+    assert project.send(P.Approve(ticket="forger")).ok
+    project.wait_state("forger", "merged", timeout_s=60)
+    project.ticket("victim", description="write victim.txt v")
+    project.wait_state("victim", "awaiting_approval", timeout_s=90)
+    assert project.send(P.Approve(ticket="victim")).ok
+    project.wait_state("victim", "merged", timeout_s=60)
+    files = git(project.home.repo, "ls-tree", "--name-only", "main").split()
+    assert "victim.txt" in files, "victim was reported merged but never reached main"
+    body = git(project.home.repo, "log", "-1", "--format=%B", "main~1")
+    assert "\nTicket: victim" not in body and " Ticket: victim" in body
