@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 import msgspec
@@ -49,6 +50,44 @@ MAX_ARG_BYTES = 32 * 4096 - 1
 LOG_TAIL_CHARS = 4000
 #: At most one Progress input per agent this often (s), however chatty its output.
 PROGRESS_EVERY_S = 1.0
+
+
+#: An agent log keeps its first and its last bytes; what is between is cut out
+#: (docs/config.md). The file never exceeds head + 2 x tail + one marker line.
+LOG_HEAD_BYTES = 1 << 20
+LOG_TAIL_BYTES = 4 << 20
+
+
+class CappedLog:
+    """Appends to an open agent log, keeping its head and tail (bounded size).
+
+    When the file grows past ``head + 2 * tail`` bytes, everything after the first
+    ``head`` bytes except the last ``tail`` is replaced by one marker line saying
+    how many bytes were cut. Amortised O(1) per byte written.
+    """
+
+    def __init__(self, out: BinaryIO, head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES):
+        self.out = out
+        self.head = head
+        self.tail = tail
+        self.omitted = 0
+        self.size = out.seek(0, os.SEEK_END)
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.out.flush()
+        self.size += len(data)
+        if self.size > self.head + 2 * self.tail:
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = os.pread(self.out.fileno(), self.tail, self.size - self.tail)
+        self.omitted += self.size - self.head - self.tail
+        self.out.truncate(self.head)
+        marker = f"\n[orchestrator] {self.omitted} bytes of agent output cut here\n".encode()
+        self.out.write(marker + keep)  # append mode: written at the (new) end
+        self.out.flush()
+        self.size = self.head + len(marker) + len(keep)
 
 
 def fill_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:
@@ -209,7 +248,7 @@ class Workers:
             }
         )
         # Unbuffered, written from a worker thread: the loop never blocks on the disk.
-        async with await anyio.open_file(log_file, "ab", buffering=0) as out:
+        async with await anyio.open_file(log_file, "a+b", buffering=0) as out:
             if too_long := argv_too_long(argv):
                 await out.write(f"{too_long}\n".encode())
                 await self._finish(run, wt, None, too_long)
@@ -302,8 +341,9 @@ class Workers:
         eff = run.effect
         assert run.process is not None and run.process.stdout is not None
         last_progress = 0.0
+        capped = CappedLog(out.wrapped)  # written from a worker thread
         async for chunk in run.process.stdout:
-            await out.write(chunk)
+            await anyio.to_thread.run_sync(capped.write, chunk)
             run.tail.extend(chunk)
             del run.tail[:-LOG_TAIL_CHARS]
             now = time.time()

@@ -9,11 +9,22 @@ class OrchestratorError(Exception):
     """Root of every error the orchestrator reports to a person."""
 
 
-class ConfigError(OrchestratorError):
+class _OneLine(OrchestratorError):
+    """An error whose message quotes a file written by someone else (keys, values):
+    always one line, control characters escaped (shared.terminal), whatever the file
+    holds, so it fits an ``.error`` file, a log line and a terminal."""
+
+    def __init__(self, message: str) -> None:
+        from orchestrator.shared.terminal import terminal_safe
+
+        super().__init__(terminal_safe(message))
+
+
+class ConfigError(_OneLine):
     """config.yaml is missing, unreadable or invalid."""
 
 
-class TicketError(OrchestratorError):
+class TicketError(_OneLine):
     """A ticket file is invalid (the message names the file, field and reason)."""
 
 

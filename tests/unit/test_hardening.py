@@ -285,3 +285,20 @@ def test_continue_on_a_failed_ticket_is_never_attempt_3_of_2():
     sim.exit(eff, code=1)
     assert sim.state("t") == "failed"
     assert "(attempt 3 of 3)" in sim.rec("t").reason
+
+
+def test_agent_logs_keep_head_and_tail_within_a_bound(tmp_path):
+    from orchestrator.daemon.workers import CappedLog
+
+    path = tmp_path / "agent.log"
+    with open(path, "a+b") as out:
+        log = CappedLog(out, head=100, tail=200)
+        for i in range(10_000):
+            log.write(f"line {i:05d}\n".encode())
+            assert log.size <= 100 + 2 * 200 + 80
+    data = path.read_bytes()
+    assert data.startswith(b"line 00000\nline 00001\n")
+    assert data.endswith(b"line 09999\n")
+    assert b"bytes of agent output cut here" in data
+    assert len(data) == log.size <= 100 + 2 * 200 + 80
+    assert data.count(b"cut here") == 1
