@@ -89,6 +89,9 @@ def test_fuzz_socket_lines(make_project):
     conn: dict[str, object] = {}
 
     def connect() -> None:
+        if conn:
+            conn["reader"].close()  # type: ignore[attr-defined]
+            conn["sock"].close()  # type: ignore[attr-defined]
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(30)  # a hang fails the example
         sock.connect(path)
@@ -117,6 +120,8 @@ def test_fuzz_socket_lines(make_project):
         counts["examples"] += 1
 
     one()
+    conn["reader"].close()  # type: ignore[attr-defined]
+    conn["sock"].close()  # type: ignore[attr-defined]
     assert counts["examples"] > 0
     assert project.proc is not None and project.proc.poll() is None, "the daemon died"
     assert project.send(P.Status()).ok
