@@ -65,18 +65,20 @@ UNSAFE_CONFIG_RE = re.compile(
 #: at each start, passed to git in ``$ORCH_REF_TOKEN``, never to agents; repo.git
 #: keeps only its SHA-256 (:func:`install_ref_token`).
 REF_TOKEN = secrets.token_hex(32)
+REF_TOKEN_FILE = "orchestrator-ref-token.sha256"  # noqa: S105 (a file name)
 REF_TOKEN_VAR = "ORCH_REF_TOKEN"  # noqa: S105 (a variable name, not a secret)
 
 
 def install_ref_token(repo: Path) -> None:
-    """Write this process's token hash to ``repo/orchestrator/ref-token.sha256`` (0600).
+    """Write this process's token hash to ``repo/orchestrator-ref-token.sha256`` (0600).
 
     Raises:
         OSError: repo.git is not writable.
     """
     digest = hashlib.sha256(REF_TOKEN.encode()).hexdigest()
-    (repo / "orchestrator").mkdir(mode=0o700, exist_ok=True)
-    atomic_write(repo / "orchestrator" / "ref-token.sha256", digest + "\n", mode=0o600)
+    # A file, not a directory named "orchestrator": hooks run with repo.git as their
+    # working directory, where such a directory would shadow the package.
+    atomic_write(repo / REF_TOKEN_FILE, digest + "\n", mode=0o600)
 
 
 def scrub_clone_config(work: Path) -> list[str]:
