@@ -60,7 +60,7 @@ class ProcInfo:
 def _processes() -> list[ProcInfo]:
     """Processes of our uid, from /proc (vanishing ones skipped)."""
     uid = os.getuid()
-    out = []
+    out: list[ProcInfo] = []
     try:
         names = os.listdir("/proc")
     except OSError:

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 T = TypeVar("T")
 
 
-class _StrictLoader(_Base):  # type: ignore[misc,valid-type]
+class _StrictLoader(_Base):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value in node.value:
@@ -37,7 +37,7 @@ class _StrictLoader(_Base):  # type: ignore[misc,valid-type]
                     f"duplicate key {str(key)!r} (line {key_node.start_mark.line + 1})"
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
 def decode_yaml(data: bytes, type: type[T]) -> T:
