@@ -2,26 +2,27 @@
 
 An agent runs in its own session and process group, which a stop or the end of
 the attempt SIGKILLs. A descendant that calls ``setsid`` (a daemonising
-``nohup ... &``, a double fork) leaves that group. Three things catch it:
+``nohup ... &``, a double fork) leaves that group; what still finds it is its
+environment: every attempt's environment carries a unique ``ORCH_RUN_ID``,
+inherited by everything the agent starts. At the end of an attempt,
+:func:`end_attempt_processes` SIGKILLs every process of the daemon's uid that is
+in the attempt's process group or session or carries its ``ORCH_RUN_ID``.
 
-* the daemon is a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``, see
-  prctl(2)), so an orphaned descendant is re-parented to the daemon instead of
-  to init, where the daemon can see it and reap it;
-* every attempt's environment carries a unique ``ORCH_RUN_ID``, inherited by
-  everything it starts (unless a process clears its environment);
-* at the end of an attempt, :func:`end_attempt_processes` SIGKILLs every
-  process of the daemon's uid that is in the attempt's process group or
-  session, or carries its ``ORCH_RUN_ID``, and every child adopted by the
-  daemon (a session other than the daemon's) that belongs to no attempt
-  still running; then it reaps the adopted ones.
+The daemon is deliberately *not* a child subreaper (prctl(2),
+``PR_SET_CHILD_SUBREAPER``): CI jobs are started detached by repo.git's
+post-receive hook from the daemon's own pushes, so they would be re-parented to
+the daemon, where they must neither be killed as strays nor left as zombies
+(asyncio reaps only the children it started). ``orchestrator ci hook`` drops
+``ORCH_RUN_ID`` from a CI job's environment for the same reason: a CI job
+started by an agent's own push belongs to the hook, not to the attempt.
 
-Linux only (``/proc``, prctl); elsewhere the process-group kill is all there is.
-docs/security.md lists what this does not cover.
+Linux only (``/proc``); elsewhere the process-group kill is all there is.
+docs/security.md lists what this does not cover (a process that both leaves
+the session and clears its environment).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import select
@@ -30,22 +31,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-PR_SET_CHILD_SUBREAPER = 36
 #: Environment variable naming an attempt's processes.
 RUN_ID_VAR = "ORCH_RUN_ID"
-
-
-def become_subreaper() -> bool:
-    """Make this process a child subreaper; False where prctl is unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: %s", os.strerror(ctypes.get_errno()))
-            return False
-    except (OSError, AttributeError) as exc:
-        log.warning("cannot become a child subreaper: %s", exc)
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -90,28 +77,20 @@ def _processes() -> list[ProcInfo]:
     return out
 
 
-def end_attempt_processes(group: int, run_id: str, live_run_ids: set[str]) -> list[int]:
+def end_attempt_processes(group: int, run_id: str) -> list[int]:
     """SIGKILL what is left of one attempt; return the pids killed.
 
     Args:
         group: the agent's pid, which is its process group and session id.
         run_id: the attempt's ``ORCH_RUN_ID``.
-        live_run_ids: ``ORCH_RUN_ID`` of the attempts still running (their
-            processes are left alone when adopted).
     """
     me = os.getpid()
-    my_session = os.getsid(0)
     mark = f"{RUN_ID_VAR}={run_id}".encode()
-    live_marks = {f"{RUN_ID_VAR}={r}".encode() for r in live_run_ids}
     killed = []
     for proc in _processes():
         if proc.pid == me:
             continue
-        ours = proc.pgrp == group or proc.session == group or mark in proc.environ
-        adopted_stray = (
-            proc.ppid == me and proc.session != my_session and not (live_marks & proc.environ)
-        )
-        if ours or adopted_stray:
+        if proc.pgrp == group or proc.session == group or mark in proc.environ:
             try:
                 os.kill(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -125,7 +104,7 @@ def end_attempt_processes(group: int, run_id: str, live_run_ids: set[str]) -> li
 
 
 def _reap(pid: int, timeout_s: float = 2.0) -> None:
-    """Collect an adopted child after SIGKILL so it does not stay a zombie.
+    """Collect a direct child after SIGKILL so it does not stay a zombie.
 
     Waits on a pidfd (pidfd_open(2)) for its exit, at most ``timeout_s``.
     """

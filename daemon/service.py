@@ -29,7 +29,6 @@ from orchestrator.daemon import core as C
 from orchestrator.daemon.backlog import Backlog
 from orchestrator.daemon.budget import BudgetWatch
 from orchestrator.daemon.ci import CIStatusDir, is_sha
-from orchestrator.daemon.contain import become_subreaper
 from orchestrator.daemon.git import git, install_ref_token, scrub_clone_config
 from orchestrator.daemon.home import sync_repo_config
 from orchestrator.daemon.homefiles import HomeFiles
@@ -172,8 +171,6 @@ class Daemon:
 
     async def _start(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert self.store is not None
-        # Orphaned descendants of agents are re-parented to us, not to init (daemon.contain).
-        become_subreaper()
         await self._prepare_home()
         records = self.store.load()
         await self._reconcile(records)

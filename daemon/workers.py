@@ -330,12 +330,7 @@ class Workers:
 
     async def _end_leftovers(self, run: _Run, group: int) -> None:
         """End what the agent started outside its process group (daemon.contain)."""
-        live = {
-            r.run_id
-            for r in self.runs.values()
-            if r is not run and r.process is not None and r.process.returncode is None
-        }
-        await anyio.to_thread.run_sync(end_attempt_processes, group, run.run_id, live)
+        await anyio.to_thread.run_sync(end_attempt_processes, group, run.run_id)
 
     async def _pump_output(self, run: _Run, out: anyio.AsyncFile[bytes]) -> None:
         eff = run.effect

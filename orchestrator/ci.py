@@ -286,9 +286,12 @@ def _without_git_env(env: Mapping[str, str]) -> dict[str, str]:
     """Hooks run with GIT_DIR, GIT_QUARANTINE_PATH...; they would break git in the checkout.
 
     The daemon's ref token (``ORCH_REF_TOKEN``, docs/security.md) is dropped too: the
-    code under test was written by an agent and must not be able to move main.
+    code under test was written by an agent and must not be able to move main. So is
+    an agent's ``ORCH_RUN_ID``: the job belongs to the hook, and must not end with the
+    attempt whose push started it (daemon/contain.py).
     """
-    return {k: v for k, v in env.items() if not k.startswith("GIT_") and k != "ORCH_REF_TOKEN"}
+    dropped = ("ORCH_REF_TOKEN", "ORCH_RUN_ID")
+    return {k: v for k, v in env.items() if not k.startswith("GIT_") and k not in dropped}
 
 
 def _git_config(git_dir: Path, key: str) -> str | None:
