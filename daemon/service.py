@@ -184,12 +184,12 @@ class Daemon:
             self._commit_and_publish(outcome)
             await tg.start(self.files.run)
             await tg.start(self.budget.run)
+            await tg.start(self._signals)
             await tg.start(self.server.serve)
             await tg.start(self.backlog.run)
             await tg.start(self.ci.run)
             tg.start_soon(self._loop)
             tg.start_soon(self._ticker)
-            tg.start_soon(self._signals)
             self._execute(outcome.effects)
             self.notice(
                 f"daemon started (pid {os.getpid()}, {len(self.names)} workers, "
@@ -456,10 +456,13 @@ class Daemon:
             sd_notify("WATCHDOG=1")
             await anyio.sleep(interval)
 
-    async def _signals(self) -> None:
+    async def _signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         # SIGHUP (the terminal of `orchestrator daemon &` closing) takes the same graceful
         # path as SIGTERM: agents stopped with their work committed, socket removed.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()  # handlers installed before the socket answers
             async for signum in signals:
                 log.info(
                     "received %s: stopping agents (work is committed), then exiting",
