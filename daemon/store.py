@@ -72,7 +72,7 @@ class Store:
                 :data:`BUSY_TIMEOUT_S`), the disk is full...; nothing was written
                 and ``last_event_id`` is unchanged, so the same call can be retried.
         """
-        numbered = []
+        numbered: list[Event] = []
         first_id = self.last_event_id
         try:
             self._write(records, events, numbered)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import anyio
 import msgspec
@@ -66,7 +66,7 @@ class CappedLog:
     how many bytes were cut. Amortised O(1) per byte written.
     """
 
-    def __init__(self, out: BinaryIO, head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES):
+    def __init__(self, out: IO[bytes], head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES):
         self.out = out
         self.head = head
         self.tail = tail

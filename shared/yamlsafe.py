@@ -18,12 +18,12 @@ import yaml
 try:
     from yaml import CSafeLoader as _Base
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    from yaml import SafeLoader as _Base  # type: ignore[assignment]
+    from yaml import SafeLoader as _Base  # type: ignore[assignment,unused-ignore]
 
 T = TypeVar("T")
 
 
-class _StrictLoader(_Base):
+class _StrictLoader(_Base):  # type: ignore[misc,unused-ignore]
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value in node.value:
@@ -37,7 +37,8 @@ class _StrictLoader(_Base):
                     f"duplicate key {str(key)!r} (line {key_node.start_mark.line + 1})"
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 def decode_yaml(data: bytes, type: type[T]) -> T:

@@ -59,7 +59,13 @@ def test_every_string_a_client_decodes_is_sanitised():
     assert event.message == "m\\x1b[H"
     assert event.text == "line1\nline2\\x1b[2J"
     assert event.ticket_view is not None and "\x1b" not in event.ticket_view.title
-    snapshot = {"version": 2, "last_event_id": 0, "tickets": [view], "agents": [], "leases": []}
+    snapshot = {
+        "version": P.PROTOCOL_VERSION,
+        "last_event_id": 0,
+        "tickets": [view],
+        "agents": [],
+        "leases": [],
+    }
     reply = P.decode_server(
         msgspec.json.encode({"type": "status_reply", "ok": True, "snapshot": snapshot})
     )
