@@ -4,7 +4,10 @@
 working directory (the worktree) and exits 0, so the daemon commits, pushes
 and waits for CI. ``python benchmarks/agent.py chatty RATE`` prints RATE lines
 per second, evenly paced, until it is stopped, so the daemon streams
-``agent.output`` events. Stdlib only.
+``agent.output`` events. ``python benchmarks/agent.py work SECONDS`` works
+SECONDS (sleeps), then writes ``bench/<ticket id>.txt``; for a ticket whose id
+starts with ``fail`` its first attempt writes ``FAIL`` there, which the
+throughput benchmark's test suite rejects. Stdlib only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ def main(argv: list[str]) -> int:
         out = Path("bench") / f"{ticket}.txt"
         out.parent.mkdir(exist_ok=True)
         out.write_text(f"work for {ticket}\n")
+        return 0
+    if mode == "work":
+        time.sleep(float(argv[1]))
+        ticket = os.environ.get("ORCH_TICKET_ID", "ticket")
+        attempt = int(os.environ.get("ORCH_ATTEMPT", "1"))
+        out = Path("bench") / f"{ticket}.txt"
+        out.parent.mkdir(exist_ok=True)
+        bad = ticket.startswith("fail") and attempt == 1
+        out.write_text("FAIL\n" if bad else f"work for {ticket}, attempt {attempt}\n")
         return 0
     if mode == "chatty":
         rate = float(argv[1])

@@ -33,6 +33,7 @@ BENCHMARKS = [
     "commands",
     "tui",
     "patterns",
+    "throughput",
 ]
 
 

@@ -73,12 +73,21 @@ class StopReason(enum.StrEnum):
     """The ticket spent more than its budget: the ticket ends ``stopped``."""
 
 
+class StackOutcome(enum.StrEnum):
+    """What :class:`Stack` did (see :class:`Stacked`)."""
+
+    STACKED = "stacked"
+    MERGED = "merged"
+    CONFLICT = "conflict"
+    EMPTY = "empty"
+    ERROR = "error"
+
+
 class MergeOutcome(enum.StrEnum):
-    """What :class:`Merge` did (see :class:`MergeResult`)."""
+    """What :class:`FastForward` did (see :class:`MergeResult`)."""
 
     MERGED = "merged"
-    RECHECK = "recheck"
-    CONFLICT = "conflict"
+    MOVED = "moved"
     ERROR = "error"
 
 
@@ -106,6 +115,16 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     """The next attempt starts its branch afresh from main (after a merge conflict)."""
     stop_requested: StopReason = StopReason.NONE
     """Why the running agent is being stopped (empty: it is not)."""
+    approved_at: float = 0.0
+    """Unix time (s) it entered the merge queue (its order among equal priorities)."""
+    verified_sha: str = ""
+    """The pushed branch commit CI passed on (manual approval), else empty."""
+    queue_sha: str = ""
+    """Its merge queue commit (net change stacked on ``queue_parent``); empty: not stacked."""
+    queue_parent: str = ""
+    """The commit ``queue_sha`` is built on: main or the commit of the entry ahead."""
+    queue_gen: int = 0
+    """Bumped whenever its stack is discarded, so late results for it are ignored."""
     merged_sha: str | None = None
     log_file: str = ""
     feedback_file: str = ""
@@ -220,9 +239,30 @@ class CIResult:
 
 
 @dataclass(frozen=True)
+class Stacked:
+    """A :class:`Stack` effect's result for generation ``gen`` of a queue entry.
+
+    ``outcome``: ``stacked`` (``sha`` is the new commit on ``parent``; ``verified``
+    when its tree is the tree CI already passed on), ``merged`` (the merger's record
+    ``refs/orchestrator/merged/<id>`` is in main: merged before, ``sha``), ``conflict``
+    (``text`` names the files), ``empty`` (changes nothing on ``parent``) or ``error``.
+    """
+
+    ticket: str
+    gen: int
+    outcome: StackOutcome
+    now: float
+    sha: str = ""
+    parent: str = ""
+    verified: bool = False
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class MergeResult:
-    """``outcome``: ``merged`` (main is at ``sha``), ``recheck`` (rebased to ``sha``,
-    pushed for CI), ``conflict`` or ``error`` (``text`` says why)."""
+    """A :class:`FastForward` effect's result. ``outcome``: ``merged`` (main is at
+    ``sha``), ``moved`` (main is not the entry's parent: moved outside the queue) or
+    ``error`` (``text`` says why)."""
 
     ticket: str
     outcome: MergeOutcome
@@ -274,6 +314,7 @@ Input = (
     | AgentExited
     | Pushed
     | CIResult
+    | Stacked
     | MergeResult
     | Progress
     | Tick
@@ -304,22 +345,40 @@ class StopAgent:
 
 @dataclass(frozen=True)
 class Push:
+    """Push ``branch`` to repo.git; ``ci`` False asks the hook not to run CI on it (the
+    merge queue run will be its CI)."""
+
     agent: str
     ticket: str
     attempt: int
     branch: str
+    ci: bool = True
 
 
 @dataclass(frozen=True)
-class Merge:
-    """Rebase ``branch`` onto main and fast-forward main, if CI passed on exactly the
-    rebased commit (``verified_sha``); otherwise push the rebased commit for CI first."""
+class Stack:
+    """Build a merge queue commit: the net change of ``branch`` (its tip against its
+    merge base with main) applied onto ``parent`` (empty: main as it is now), with
+    ``message``; push it to ``refs/orchestrator/queue/<ticket>`` (the hook runs CI)
+    unless its tree equals ``verified_sha``'s tree. Answered by :class:`Stacked`."""
 
     ticket: str
+    gen: int
     branch: str
+    parent: str = ""
     verified_sha: str = ""
     message: str = ""
-    """The commit message of the one commit the ticket becomes on main."""
+
+
+@dataclass(frozen=True)
+class FastForward:
+    """Fast-forward main from ``parent`` to ``sha`` (CI passed on exactly its tree) and
+    record ``refs/orchestrator/merged/<ticket>``, in one atomic push. Answered by
+    :class:`MergeResult`."""
+
+    ticket: str
+    sha: str
+    parent: str
 
 
 @dataclass(frozen=True)
@@ -333,7 +392,7 @@ class MoveFile:
     error: str = ""
 
 
-Effect = StartAgent | StopAgent | Push | Merge | MoveFile
+Effect = StartAgent | StopAgent | Push | Stack | FastForward | MoveFile
 
 
 @dataclass
@@ -370,6 +429,15 @@ class Core:
         """Queued tickets that named a dependency nobody had submitted yet."""
         self.accepting = True
         """False during shutdown: nothing new is assigned."""
+        self.merge_queue: list[str] = []
+        """Ids of ``merging`` tickets in merge order (docs/scheduling.md, merge queue)."""
+        self.inflight: set[str] = set()
+        """Ids of tickets in ``ci_running``, ``awaiting_approval`` or ``merging``."""
+        self._stacking: str | None = None
+        """The entry whose Stack effect is out (stacking is sequential: each entry
+        needs the commit of the one ahead)."""
+        self._fast_forwarding: str | None = None
+        """The entry whose FastForward effect is out."""
 
     # --- public -----------------------------------------------------------
 
@@ -377,9 +445,11 @@ class Core:
         """Load persisted records after a restart and reconcile what was in flight.
 
         Running attempts are requeued on their branch (the attempt is re-run,
-        not counted again); CI, approval and merges resume with their worker.
-        The shell must stop any agent process that outlived the old daemon and
-        commit its work before feeding further inputs.
+        not counted again); CI and approval resume without a worker, taking their
+        leases again; the merge queue is rebuilt in its order and every entry is
+        stacked and tested afresh (nothing reaches main on a result from before
+        the restart). The shell must stop any agent process that outlived the old
+        daemon and commit its work before feeding further inputs.
         """
         self._out = Outcome()
         for rec in sorted(records, key=lambda r: r.seq):
@@ -399,16 +469,15 @@ class Core:
                 rec.reason = "daemon restarted while the agent ran; its work is on the branch"
                 self._set_state(rec, S.QUEUED, now)
             elif rec.state in ACTIVE_STATES:
-                worker = self.workers.get(rec.agent or "")
-                if worker is None or worker.ticket is not None or not self._take_locks(rec, now):
-                    rec.reason = "requeued after restart (its worker or locks changed)"
+                rec.agent = None
+                if not self._take_locks(rec, now):
+                    rec.reason = "requeued after restart (its locks are held by another ticket)"
                     self._set_state(rec, S.QUEUED, now)
-                    continue
-                worker.ticket = rec.id
-                worker.state_since = rec.state_since
-                if rec.state == S.MERGING:
-                    assert rec.branch is not None
-                    self._effect(self._merge_effect(rec))
+                else:
+                    self.inflight.add(rec.id)
+                    if rec.state == S.MERGING:
+                        self._reset_entry(rec)
+                        self.merge_queue.append(rec.id)
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
                 if rec.reserved:
@@ -418,7 +487,9 @@ class Core:
                         rec.reserved = False
             if rec.state == S.MERGED and Path(rec.file).parent.name != "done":
                 self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
+        self.merge_queue.sort(key=self._queue_key)
         self._schedule(now)
+        self._advance_queue(now)
         return self._take()
 
     def handle(self, event: Input) -> Outcome:
@@ -443,6 +514,8 @@ class Core:
                 self._on_pushed(event)
             case CIResult():
                 self._on_ci(event)
+            case Stacked():
+                self._on_stacked(event)
             case MergeResult():
                 self._on_merge(event)
             case Progress():
@@ -453,7 +526,9 @@ class Core:
                 self._on_budget(event)
             case Command():
                 self._on_command(event)
-        self._schedule(getattr(event, "now", 0.0))
+        now = getattr(event, "now", 0.0)
+        self._schedule(now)
+        self._advance_queue(now)
         return self._take()
 
     # --- views ------------------------------------------------------------
@@ -490,7 +565,18 @@ class Core:
             file=rec.file,
             log_file=rec.log_file,
             feedback_file=rec.feedback_file,
+            **self._queue_fields(rec),
         )
+
+    def _queue_fields(self, rec: TicketRecord) -> dict[str, object]:
+        if rec.state != S.MERGING or rec.id not in self.merge_queue:
+            return {}
+        k = self.merge_queue.index(rec.id)
+        fields: dict[str, object] = {"queue_position": k + 1}
+        if rec.queue_sha:
+            fields["queue_sha"] = rec.queue_sha
+            fields["stacked_on"] = self.merge_queue[k - 1] if k else "main"
+        return fields
 
     def agent_view(self, worker: Worker) -> AgentView:
         rec = self.tickets.get(worker.ticket) if worker.ticket else None
@@ -498,14 +584,8 @@ class Core:
             state = AgentState.IDLE
         elif rec.stop_requested:
             state = AgentState.STOPPING
-        elif rec.state == S.RUNNING:
-            state = AgentState.STALE if worker.stale_since is not None else AgentState.RUNNING
-        elif rec.state == S.CI_RUNNING:
-            state = AgentState.WAITING_CI
-        elif rec.state == S.AWAITING_APPROVAL:
-            state = AgentState.AWAITING_APPROVAL
         else:
-            state = AgentState.MERGING
+            state = AgentState.STALE if worker.stale_since is not None else AgentState.RUNNING
         return AgentView(
             name=worker.name,
             state=state,
@@ -755,7 +835,8 @@ class Core:
                     self._emit(K.TICKET_WAITING, f"{rec.id}: {reason}", rec, now=now)
                 self._parked.setdefault(blocker, set()).add(rec.id)
                 continue
-            self._assign(rec, idle.pop(0), now)
+            if self._assign(rec, idle[0], now):
+                idle.pop(0)
         for entry in again:
             heapq.heappush(self._heap, entry)
 
@@ -786,14 +867,30 @@ class Core:
             return False
         return True
 
-    def _assign(self, rec: TicketRecord, worker: Worker, now: float) -> None:
+    def _assign(self, rec: TicketRecord, worker: Worker, now: float) -> bool:
+        """Give ``rec`` its leases and ``worker``; False when the worker stays free (a
+        ticket resumed into approval or the merge queue needs no agent)."""
         rec.agent = worker.name
         if not self._take_locks(rec, now):  # cannot happen after _ineligible; keep queued
             rec.agent = None
-            return
+            return False
         rec.reserved = False
         if rec.branch is None:
             rec.branch = f"{worker.name}/{rec.id}"
+        if rec.resume in (S.AWAITING_APPROVAL, S.MERGING):
+            resume, rec.resume = rec.resume, ""
+            rec.agent = None
+            self._emit_leases(rec, now)
+            if resume == S.MERGING:
+                self._enter_queue(rec, now, "resumed into the merge queue")
+            elif rec.ci is not None and rec.ci.status == CIState.PASS:
+                rec.reason = "resumed; CI passed; awaiting approval"
+                self._set_state(rec, S.AWAITING_APPROVAL, now)
+            else:  # cannot happen: a stop in awaiting_approval came after a CI pass
+                rec.reason = "resumed"
+                self._set_state(rec, S.QUEUED, now)
+                self._push_heap(rec)
+            return False
         worker.ticket = rec.id
         worker.state_since = now
         worker.last_activity = now
@@ -801,14 +898,15 @@ class Core:
         worker.note = ""
         worker.pid = None
         resume, rec.resume = rec.resume, ""
-        if resume == S.AWAITING_APPROVAL and rec.ci is not None and rec.ci.status == CIState.PASS:
-            rec.reason = "resumed; CI passed; awaiting approval"
-            self._set_state(rec, S.AWAITING_APPROVAL, now)
-        elif resume == S.CI_RUNNING and rec.branch:
+        if resume == S.CI_RUNNING and rec.branch:
             self._set_state(rec, S.RUNNING, now, message=f"{rec.id}: resumed; CI again")
-            self._effect(Push(worker.name, rec.id, rec.attempt, rec.branch))
+            self._effect(Push(worker.name, rec.id, rec.attempt, rec.branch, self._branch_ci(rec)))
         else:
             self._start_attempt(rec, worker, now)
+        self._emit_leases(rec, now)
+        return True
+
+    def _emit_leases(self, rec: TicketRecord, now: float) -> None:
         self._emit(
             K.LEASE_ACQUIRED,
             f"{rec.id}: holds {', '.join(rec.ticket.locks) or 'no locks'}",
@@ -817,12 +915,17 @@ class Core:
             leases=True,
         )
 
+    def _branch_ci(self, rec: TicketRecord) -> bool:
+        """True when a person approves this ticket, so CI runs on its branch first."""
+        return (rec.ticket.approval or self.config.approval) == "manual"
+
     def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
         rec.attempt += 1
         rec.stop_requested = StopReason.NONE
         rec.reason = ""
         rec.ci = None
         rec.ci_sha = None
+        rec.verified_sha = ""
         self._set_state(rec, S.RUNNING, now)
         assert rec.branch is not None
         self._effect(
@@ -915,7 +1018,7 @@ class Core:
                     now=ev.now,
                 )
             assert rec.branch is not None
-            self._effect(Push(ev.agent, rec.id, rec.attempt, rec.branch))
+            self._effect(Push(ev.agent, rec.id, rec.attempt, rec.branch, self._branch_ci(rec)))
             self._emit(
                 K.AGENT_EXITED,
                 f"{ev.agent}: {rec.id} attempt {rec.attempt} done; pushing",
@@ -926,33 +1029,49 @@ class Core:
 
     def _on_pushed(self, ev: Pushed) -> None:
         rec = self.tickets.get(ev.ticket)
-        if rec is None or rec.attempt != ev.attempt:
+        if rec is None or rec.attempt != ev.attempt or rec.state != S.RUNNING:
             return
         if ev.error:
             self._fail_attempt(rec, f"push failed: {ev.error}", "", ev.now)
             return
-        if rec.state not in (S.RUNNING, S.MERGING):
-            return
-        rec.ci_sha = rec.pushed_sha = ev.sha
-        rec.ci = CIView(sha=ev.sha)
-        rec.ci_started = ev.now
+        rec.pushed_sha = ev.sha
         stop, rec.stop_requested = rec.stop_requested, StopReason.NONE
-        if rec.state == S.RUNNING and stop == StopReason.STOP:  # asked to stop while it was pushing
-            rec.resume = S.CI_RUNNING
+        branch_ci = self._branch_ci(rec)
+        if stop == StopReason.STOP:  # asked to stop while it was pushing
+            rec.resume = S.CI_RUNNING if branch_ci else S.MERGING
             rec.reason = f"stopped by request; pushed {ev.sha[:10]}, work on {rec.branch}"
-            rec.ci_sha = None
             self._release(rec, S.STOPPED, ev.now)
             return
-        if rec.state == S.RUNNING:
+        # The agent slot is free now; the ticket keeps its leases until it is merged.
+        self._free_worker(rec, ev.now)
+        if branch_ci:
+            rec.ci_sha = ev.sha
+            rec.ci = CIView(sha=ev.sha)
+            rec.ci_started = ev.now
             self._set_state(
                 rec, S.CI_RUNNING, ev.now, message=f"{rec.id}: pushed {ev.sha[:10]}, CI running"
             )
+        else:
+            self._enter_queue(rec, ev.now, f"pushed {ev.sha[:10]}; auto-approved")
+
+    def _free_worker(self, rec: TicketRecord, now: float) -> None:
+        """Release the ticket's worker (agent slot), not its leases."""
+        worker = self._worker_of(rec)
+        rec.agent = None
+        rec.agent_pid = None
+        if worker is None:
+            return
+        worker.ticket = None
+        worker.pid = None
+        worker.stale_since = None
+        worker.state_since = now
+        self._emit(K.AGENT_STATE, f"{worker.name}: idle", agent=worker, now=now)
 
     def _on_ci(self, ev: CIResult) -> None:
         rec = next(
             (
                 r
-                for r in self.tickets.values()
+                for r in (self.tickets[i] for i in self.inflight)
                 if r.ci_sha == ev.sha and r.state in (S.CI_RUNNING, S.MERGING)
             ),
             None,
@@ -966,90 +1085,261 @@ class Core:
             log_tail=ev.log_tail[-FEEDBACK_TAIL_CHARS:],
         )
         rec.ci_sha = None
+        where = "its merge queue commit" if rec.state == S.MERGING else "its branch"
         self._emit(
             K.CI_RESULT,
-            f"{rec.id}: CI {ev.status} on {ev.sha[:10]}",
+            f"{rec.id}: CI {ev.status} on {where} {ev.sha[:10]}",
             rec,
             now=ev.now,
             text=ev.log_tail[-2000:],
         )
         if ev.status == CIVerdict.PASS:
-            if rec.state == S.MERGING:
-                assert rec.branch is not None
-                self._effect(self._merge_effect(rec))
-            elif self.config.approval == "auto":
-                self._approve(rec, ev.now, auto=True)
-            else:
-                rec.reason = "CI passed"
-                self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
-        else:
-            what = "after rebase onto main " if rec.state == S.MERGING else ""
-            self._fail_attempt(
+            if rec.state == S.CI_RUNNING:
+                rec.verified_sha = ev.sha
+                if self._branch_ci(rec):
+                    rec.reason = "CI passed"
+                    self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+                else:
+                    self._enter_queue(rec, ev.now, "CI passed; auto-approved")
+            return
+        if rec.state == S.MERGING:
+            behind = self._leave_queue(rec, ev.now)
+            self._retry(
                 rec,
-                f"CI {ev.status} {what}(exit {ev.exit_code})",
+                f"CI {ev.status} in the merge queue (exit {ev.exit_code}){behind}",
+                "CI failed on your change applied on top of main"
+                + (" and the merge queue entries ahead of it" if rec.queue_parent else "")
+                + f". Its output ended with:\n{ev.log_tail}",
+                ev.now,
+            )
+        else:
+            self._retry(
+                rec,
+                f"CI {ev.status} (exit {ev.exit_code})",
                 f"CI failed on your branch. Its output ended with:\n{ev.log_tail}",
                 ev.now,
             )
 
-    def _merge_effect(self, rec: TicketRecord) -> Merge:
-        assert rec.branch is not None
-        passed = rec.ci.sha if rec.ci is not None and rec.ci.status == CIState.PASS else ""
+    # --- the merge queue ----------------------------------------------------
+
+    def _queue_key(self, ticket_id: str) -> tuple[int, float, int]:
+        """Merge order: priority, then approval time (then arrival)."""
+        rec = self.tickets[ticket_id]
+        return (rec.ticket.priority, rec.approved_at, rec.seq)
+
+    def _started(self, rec: TicketRecord) -> bool:
+        """Whether the entry's CI has started (it is stacked or being stacked)."""
+        return bool(rec.queue_sha) or self._stacking == rec.id
+
+    def _enter_queue(self, rec: TicketRecord, now: float, reason: str) -> None:
+        """Approve: put the ticket into the merge queue at its place.
+
+        Rule (docs/scheduling.md): entries whose CI has started keep their places;
+        among the others the order is priority, then approval time. So a
+        higher-priority ticket approved later goes ahead of every entry not yet
+        stacked, and never restarts CI that is running.
+        """
+        rec.approved_at = now
+        rec.reason = reason
+        rec.ci_sha = None
+        self._reset_entry(rec)
+        self._set_state(rec, S.MERGING, now)
+        self._place(rec)
+        self._emit(
+            K.MERGE_QUEUED,
+            f"{rec.id}: merge queue position {self.merge_queue.index(rec.id) + 1}",
+            rec,
+            now=now,
+        )
+
+    def _place(self, rec: TicketRecord) -> None:
+        queue = self.merge_queue
+        if rec.id in queue:
+            queue.remove(rec.id)
+        key = self._queue_key(rec.id)
+        k = 0
+        while k < len(queue) and self._started(self.tickets[queue[k]]):
+            k += 1
+        while k < len(queue) and self._queue_key(queue[k]) <= key:
+            k += 1
+        queue.insert(k, rec.id)
+
+    def _reset_entry(self, rec: TicketRecord) -> None:
+        """Discard the entry's stacked commit (and the CI running on it)."""
+        rec.queue_gen += 1
+        if rec.queue_sha and rec.ci is not None and rec.ci.sha == rec.queue_sha:
+            rec.ci = None
+        rec.queue_sha = ""
+        rec.queue_parent = ""
+        if rec.state == S.MERGING:
+            rec.ci_sha = None
+        if self._stacking == rec.id:
+            self._stacking = None
+
+    def _leave_queue(self, rec: TicketRecord, now: float) -> str:
+        """Take ``rec`` out of the merge queue; the entries behind it are stacked again
+        without it (those ahead are untouched). Returns a note for the reason."""
+        if rec.id not in self.merge_queue:
+            return ""
+        k = self.merge_queue.index(rec.id)
+        self.merge_queue.pop(k)
+        self._reset_entry(rec)
+        behind = [self.tickets[t] for t in self.merge_queue[k:]]
+        restacked = [r for r in behind if r.queue_sha or self._stacking == r.id]
+        for other in restacked:
+            self._reset_entry(other)
+            other.reason = f"restacked without {rec.id}"
+            self._emit(K.MERGE_RESTACKED, f"{other.id}: {other.reason}", other, now=now)
+        return f"; {len(restacked)} entr{'y' if len(restacked) == 1 else 'ies'} behind restacked"
+
+    def _advance_queue(self, now: float) -> None:
+        """Fast-forward main to a passed head; stack the next entry within the depth."""
+        queue = self.merge_queue
+        if not queue:
+            return
+        head = self.tickets[queue[0]]
+        if (
+            self._fast_forwarding is None
+            and head.queue_sha
+            and head.ci is not None
+            and head.ci.sha == head.queue_sha
+            and head.ci.status == CIState.PASS
+        ):
+            self._fast_forwarding = head.id
+            self._effect(FastForward(head.id, head.queue_sha, head.queue_parent))
+        if self._stacking is not None or not self.accepting:
+            return
+        testing = sum(
+            1 for t in queue[: self.config.merge.depth] if self.tickets[t].ci_sha is not None
+        )
+        for k, ticket_id in enumerate(queue[: self.config.merge.depth]):
+            rec = self.tickets[ticket_id]
+            if rec.queue_sha:
+                continue
+            if testing >= self.config.ci.parallel:
+                return
+            parent = self.tickets[queue[k - 1]].queue_sha if k else ""
+            assert rec.branch is not None
+            self._stacking = rec.id
+            self._effect(
+                Stack(
+                    rec.id,
+                    rec.queue_gen,
+                    rec.branch,
+                    parent,
+                    rec.verified_sha,
+                    self._merge_message(rec),
+                )
+            )
+            return
+
+    def _on_stacked(self, ev: Stacked) -> None:
+        rec = self.tickets.get(ev.ticket)
+        if self._stacking == ev.ticket:
+            self._stacking = None
+        if rec is None or rec.state != S.MERGING or ev.gen != rec.queue_gen:
+            return  # discarded meanwhile (restacked, stopped, failed)
+        if ev.outcome == StackOutcome.STACKED:
+            rec.queue_sha, rec.queue_parent = ev.sha, ev.parent
+            k = self.merge_queue.index(rec.id)
+            on = self.merge_queue[k - 1] if k else "main"
+            if ev.verified:
+                rec.ci = CIView(
+                    sha=ev.sha,
+                    status=CIState.PASS,
+                    log_tail="same tree as the branch commit CI passed on; not run again\n",
+                )
+                rec.reason = f"stacked on {on}; CI passed on this tree already"
+            else:
+                rec.ci_sha = ev.sha
+                rec.ci = CIView(sha=ev.sha)
+                rec.ci_started = ev.now
+                rec.reason = f"stacked on {on}; CI running on {ev.sha[:10]}"
+            self._emit(K.MERGE_STACKED, f"{rec.id}: {rec.reason}", rec, now=ev.now)
+        elif ev.outcome == StackOutcome.MERGED:
+            self._merged(rec, ev.sha, ev.now, "merged before the restart")
+        elif ev.outcome == StackOutcome.CONFLICT:
+            behind = self._leave_queue(rec, ev.now)
+            rec.rebuild = True
+            self._retry(
+                rec,
+                f"conflict in the merge queue{behind}",
+                "Applying your change on top of main and the merge queue entries ahead of "
+                f"it conflicted:\n{ev.text}\nYour branch starts again from the current main; "
+                "redo the change on top of it.",
+                ev.now,
+            )
+        elif ev.outcome == StackOutcome.EMPTY:
+            self._leave_queue(rec, ev.now)
+            self._retry(
+                rec,
+                "the change is empty on top of main",
+                "Your branch changes nothing on top of main (its change is already there).",
+                ev.now,
+            )
+        else:
+            self._leave_queue(rec, ev.now)
+            rec.reason = f"merge queue error: {ev.text}; approve to try again"
+            self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+
+    def _merge_message(self, rec: TicketRecord) -> str:
         attempts = f"{rec.attempt} attempt{'s' if rec.attempt != 1 else ''}"
         # Ticket text never forms a trailer: description lines shaped like one are
         # indented (a continuation line to git-interpret-trailers(1)).
         description = _TRAILER_LIKE_RE.sub(r" \g<0>", rec.ticket.description.strip())
-        message = (
+        return (
             f"{rec.id}: {rec.ticket.title}\n\n{description}\n\n"
             f"Merged by orchestrator from {rec.branch} after {attempts}.\n\n"
             f"Ticket: {rec.id}\n"
         )
-        return Merge(rec.id, rec.branch, passed, message)
-
-    def _approve(self, rec: TicketRecord, now: float, auto: bool = False) -> None:
-        rec.reason = "auto-approved" if auto else "approved"
-        self._set_state(rec, S.MERGING, now)
-        assert rec.branch is not None
-        self._effect(self._merge_effect(rec))
 
     def _on_merge(self, ev: MergeResult) -> None:
+        if self._fast_forwarding == ev.ticket:
+            self._fast_forwarding = None
         rec = self.tickets.get(ev.ticket)
         if rec is None or rec.state != S.MERGING:
             return
         if ev.outcome == MergeOutcome.MERGED:
-            rec.merged_sha = ev.sha
-            rec.reason = f"main fast-forwarded to {ev.sha[:10]}"
-            self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
-            self._release(rec, S.MERGED, ev.now)
-            self._refresh_blocked(ev.now, rec.id)
-        elif ev.outcome == MergeOutcome.RECHECK:
-            rec.ci_sha = ev.sha
-            rec.ci = CIView(sha=ev.sha)
-            rec.ci_started = ev.now
-            rec.reason = f"main moved; CI runs again on rebased {ev.sha[:10]}"
-            self._emit(K.MERGE_RECHECK, f"{rec.id}: {rec.reason}", rec, now=ev.now)
-        elif ev.outcome == MergeOutcome.CONFLICT:
-            rec.rebuild = True
-            self._fail_attempt(
-                rec,
-                "rebase onto main conflicted",
-                f"Rebasing your branch onto main conflicted:\n{ev.text}\n"
-                "Your branch starts again from the current main; redo the change "
-                "on top of it.",
-                ev.now,
+            self._merged(rec, ev.sha, ev.now, f"main fast-forwarded to {ev.sha[:10]}")
+        elif ev.outcome == MergeOutcome.MOVED:
+            self._emit(
+                K.WARNING,
+                "main moved outside the merge queue; every entry is stacked again",
+                now=ev.now,
             )
+            for ticket_id in self.merge_queue:
+                self._reset_entry(self.tickets[ticket_id])
         else:
-            rec.reason = f"merge failed: {ev.text}"
+            self._leave_queue(rec, ev.now)
+            rec.reason = f"fast-forward failed: {ev.text}; approve to try again"
             self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+
+    def _merged(self, rec: TicketRecord, sha: str, now: float, reason: str) -> None:
+        if self.merge_queue and self.merge_queue[0] == rec.id:
+            self.merge_queue.pop(0)  # the entries behind are built on it: untouched
+        else:
+            self._leave_queue(rec, now)
+        rec.merged_sha = sha
+        rec.reason = reason
+        rec.ci_sha = None
+        self._effect(MoveFile(path=rec.file, dest="done", ticket=rec.id))
+        self._release(rec, S.MERGED, now)
+        self._refresh_blocked(now, rec.id)
+
+    # --- failures -----------------------------------------------------------
 
     def _fail_attempt(self, rec: TicketRecord, reason: str, feedback: str, now: float) -> None:
         """An attempt failed: run again with feedback on the same worker, or fail."""
+        worker = self._worker_of(rec)
+        if worker is None:
+            self._retry(rec, reason, feedback, now)
+            return
         rec.reason = reason
         rec.feedback = f"Attempt {rec.attempt} failed: {reason}\n{feedback[-FEEDBACK_TAIL_CHARS:]}"
-        worker = self._worker_of(rec)
         self._emit(
             K.ATTEMPT_FAILED, f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec, now=now
         )
-        if rec.attempt >= rec.max_attempts or worker is None:
+        if rec.attempt >= rec.max_attempts:
             rec.reason = f"{reason} (attempt {rec.attempt} of {rec.max_attempts})"
             self._release(rec, S.FAILED, now)
             self._refresh_blocked(now, rec.id)
@@ -1062,6 +1352,24 @@ class Core:
         worker.last_activity = now
         self._start_attempt(rec, worker, now)
         rec.reason = reason
+
+    def _retry(self, rec: TicketRecord, reason: str, feedback: str, now: float) -> None:
+        """A ticket without a worker failed (CI, rejection, conflict): it goes back to the
+        scheduler on its own branch, keeping its leases and its age, for the next free
+        worker; or it fails when its attempts are used up."""
+        rec.reason = reason
+        rec.feedback = f"Attempt {rec.attempt} failed: {reason}\n{feedback[-FEEDBACK_TAIL_CHARS:]}"
+        rec.ci_sha = None
+        self._emit(
+            K.ATTEMPT_FAILED, f"{rec.id}: attempt {rec.attempt} failed: {reason}", rec, now=now
+        )
+        if rec.attempt >= rec.max_attempts:
+            rec.reason = f"{reason} (attempt {rec.attempt} of {rec.max_attempts})"
+            self._release(rec, S.FAILED, now)
+            self._refresh_blocked(now, rec.id)
+            return
+        self._set_state(rec, S.QUEUED, now)
+        self._push_heap(rec)
 
     def _requeue(self, rec: TicketRecord, now: float, feedback: str) -> None:
         if feedback:
@@ -1117,27 +1425,24 @@ class Core:
 
     def _on_tick(self, now: float) -> None:
         cfg = self.config
+        # The daemon is the heartbeat of every ticket holding leases: while it runs, the
+        # leases live; whether an agent makes progress is judged below (stale_after_s).
+        for owner in self.locks.owners():
+            self.locks.renew(owner, now, cfg.lease_ttl_s)
+        for ticket_id in sorted(self.inflight):
+            rec = self.tickets[ticket_id]
+            if rec.ci_sha and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S:
+                self._on_ci(
+                    CIResult(
+                        sha=rec.ci_sha,
+                        status=CIVerdict.ERROR,
+                        now=now,
+                        log_tail="CI did not report a result in time",
+                    )
+                )
         for worker in self.workers.values():
             rec = self.tickets.get(worker.ticket) if worker.ticket else None
-            if rec is None:
-                continue
-            # The daemon is the heartbeat of every active ticket: while it runs, the lease
-            # lives; whether the agent makes progress is judged below (stale_after_s).
-            self.locks.renew(rec.id, now, cfg.lease_ttl_s)
-            if rec.state != S.RUNNING:
-                if (
-                    rec.state in (S.CI_RUNNING, S.MERGING)
-                    and rec.ci_sha
-                    and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S
-                ):
-                    self._on_ci(
-                        CIResult(
-                            sha=rec.ci_sha,
-                            status=CIVerdict.ERROR,
-                            now=now,
-                            log_tail="CI did not report a result in time",
-                        )
-                    )
+            if rec is None or rec.state != S.RUNNING:
                 continue
             if rec.stop_requested:
                 continue
@@ -1220,8 +1525,8 @@ class Core:
     def _cmd_approve(self, rec: TicketRecord, _cmd: P.TicketCommand, now: float) -> None:
         st = rec.state
         if st == S.AWAITING_APPROVAL:
-            self._approve(rec, now)
-            self._reply(True, f"{rec.id}: approved; merging")
+            self._enter_queue(rec, now, "approved")
+            self._reply(True, f"{rec.id}: approved; {self._position(rec)}")
         elif st in (S.MERGING, S.MERGED):
             self._reply(True, f"{rec.id}: already approved ({st})")
         else:
@@ -1254,18 +1559,25 @@ class Core:
 
     def _cmd_reject(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
         assert isinstance(cmd, P.Reject)
-        if rec.state != S.AWAITING_APPROVAL:
-            self._reply(False, f"{rec.id} is {rec.state}; only awaiting_approval can be rejected")
+        if rec.state not in (S.AWAITING_APPROVAL, S.MERGING):
+            self._reply(
+                False,
+                f"{rec.id} is {rec.state}; only awaiting_approval or merging can be rejected",
+            )
             return
+        if self._fast_forwarding == rec.id:
+            self._reply(False, f"{rec.id}: main is being fast-forwarded to it")
+            return
+        self._leave_queue(rec, now)
         rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
         rec.granted_attempts = rec.max_attempts
-        self._fail_attempt(
+        self._retry(
             rec,
             "rejected by reviewer",
             f"The reviewer rejected the change:\n{cmd.feedback}",
             now,
         )
-        self._reply(True, f"{rec.id}: sent back with feedback (attempt {rec.attempt})")
+        self._reply(True, f"{rec.id}: sent back with feedback for attempt {rec.attempt + 1}")
 
     def _cmd_priority(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
         assert isinstance(cmd, P.SetPriority)
@@ -1277,6 +1589,8 @@ class Core:
         self._dirty(rec)
         if rec.state == S.QUEUED:
             self._push_heap(rec)
+        elif rec.state == S.MERGING and not self._started(rec):
+            self._place(rec)
         self._emit(K.TICKET_UPDATED, f"{rec.id}: priority P{cmd.priority}", rec, now=now)
         self._reply(True, f"{rec.id}: priority P{cmd.priority}")
 
@@ -1324,9 +1638,13 @@ class Core:
             self._effect(StopAgent(worker.name, rec.id, StopReason.STOP))
             self._emit(K.AGENT_STOPPING, f"{worker.name}: stopping {rec.id}", rec, worker, now=now)
             self._reply(True, f"{rec.id}: stopping; its work will be committed on {rec.branch}")
-        elif st in (S.QUEUED, S.BLOCKED, S.CI_RUNNING, S.AWAITING_APPROVAL):
+        elif st == S.MERGING and self._fast_forwarding == rec.id:
+            self._reply(False, f"{rec.id}: main is being fast-forwarded to it; it cannot stop")
+        elif st in (S.QUEUED, S.BLOCKED, S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
             rec.reason = f"stopped by request while {st}"
-            if st in (S.CI_RUNNING, S.AWAITING_APPROVAL):
+            if st == S.MERGING:
+                self._leave_queue(rec, now)
+            if st in (S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
                 rec.resume = st
             self.locks.unreserve(rec.id)
             rec.ci_sha = None
@@ -1336,6 +1654,9 @@ class Core:
             self._reply(True, f"{rec.id}: already stopped")
         else:
             self._reply(False, f"{rec.id} is {st}; it cannot be stopped now")
+
+    def _position(self, rec: TicketRecord) -> str:
+        return f"merge queue position {self.merge_queue.index(rec.id) + 1}"
 
     def stop_all(self, now: float) -> Outcome:
         """Shutdown: stop every running agent (work committed, ticket requeued)."""
@@ -1360,12 +1681,26 @@ class Core:
     ) -> None:
         rec.state = state
         rec.state_since = now
+        if state in (S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
+            self.inflight.add(rec.id)
+        else:
+            self.inflight.discard(rec.id)
         self._unpark(rec.id)
         if state == S.QUEUED and kind == K.TICKET_STATE:
             rec.reserved = False
         text = message or f"{rec.id}: {state}" + (f" ({rec.reason})" if rec.reason else "")
         worker = self._worker_of(rec)
         self._emit(kind, text, rec, worker, now=now)
+        if state not in ACTIVE_STATES and state != S.QUEUED:
+            released = self.locks.release(rec.id)  # e.g. cancelled or blocked after a retry
+            if released:
+                self._emit(
+                    K.LEASE_RELEASED,
+                    f"{rec.id}: released {len(released)} lock(s)",
+                    rec,
+                    now=now,
+                    leases=True,
+                )
 
     def _emit(
         self,

@@ -194,6 +194,8 @@ def sync_repo_config(home: Home) -> None:
         ("core.logAllRefUpdates", "always"),
         # ci.setup: the CI job copies worktree.copy and runs worktree.setup first.
         ("orchestrator.ciSetup", _ci_setup_json(home)),
+        # `git push -o ci=skip` reaches hooks/post-receive (no branch CI under auto approval).
+        ("receive.advertisePushOptions", "true"),
     ):
         git_sync(home.repo, "config", key, value)
     sync_worktree_excludes(home)

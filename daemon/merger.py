@@ -1,161 +1,149 @@
-"""The merger: rebase an approved branch onto main, re-check, fast-forward main.
+"""The merger: builds merge queue commits and fast-forwards main to them.
 
-Each ticket becomes exactly one commit on main (its branch squashed, with a
-``Ticket: <id>`` trailer for people; the merge itself is recorded by the ref
-``refs/orchestrator/merged/<id>``, pushed atomically with main), whose tree is
-the tree CI passed on; so every
-commit on main passed CI and ``git bisect`` never lands on a failed attempt.
+Each ticket becomes exactly one commit on main: its *net change* (the diff
+from the merge base of its branch and main to its branch tip) applied on top
+of main and the merge queue entries ahead of it, with a ``Ticket: <id>``
+trailer. Because only the net change is applied, commits of earlier attempts
+that a later attempt reverted can never conflict. The core decides what to
+stack on what (docs/scheduling.md, "The merge queue"); this module only does
+git:
 
-Runs in its own worktree ``<home>/worktrees/merge``. main in repo.git is only
-ever updated by a plain (non-forced) push, and repo.git's
-``update`` hook (hooks/update) refuses anything but a fast-forward of main. A rebase that
-conflicts is aborted; nothing reaches main. Running a merge twice is safe: a
-branch already contained in main reports ``merged`` without a new commit.
+- :meth:`Merger.stack` answers a :class:`Stack` effect: a 3-way merge of the
+  parent commit and the branch squashed onto its merge base (``git merge-tree
+  --write-tree``, no worktree needed), ``git commit-tree`` on the parent, and a
+  push to ``refs/orchestrator/queue/<ticket>`` so that repo.git's post-receive
+  hook runs the real CI on exactly that tree (skipped when the tree is the one
+  CI already passed on, ``verified_sha``).
+- :meth:`Merger.fast_forward` answers a :class:`FastForward`: one atomic push
+  of ``<sha>:refs/heads/main`` and ``<sha>:refs/orchestrator/merged/<ticket>``.
+  The second ref is the merger's record of the merge: after a crash, a ticket
+  whose record is in main is known to be merged (never inferred from commit
+  messages), so no ticket is merged twice.
+
+main in repo.git is only ever updated by a plain (non-forced) push, and
+repo.git's ``update`` hook (hooks/update) refuses anything but a fast-forward.
+Neither method raises: git failures become ``error`` results.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import anyio
 
-from orchestrator.daemon.core import Merge, MergeOutcome, MergeResult
+from orchestrator.daemon.core import (
+    FastForward,
+    MergeOutcome,
+    MergeResult,
+    Stack,
+    Stacked,
+    StackOutcome,
+)
 from orchestrator.daemon.git import git, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
 
-
-def merged_ref(ticket: str) -> str:
-    """The durable record that ``ticket`` was merged: a ref in repo.git."""
-    return f"refs/orchestrator/merged/{ticket}"
-
-
-#: Attempts when main moves between our rebase and our push.
-PUSH_RETRIES = 3
+#: Where the merger records each merged ticket (in repo.git), and where queue commits go.
+MERGED_REF = "refs/orchestrator/merged/"
+QUEUE_REF = "refs/orchestrator/queue/"
 
 
 class Merger:
     def __init__(self, home: Home, repo_lock: anyio.Lock) -> None:
         self.home = home
         self.repo_lock = repo_lock
-        self._one_at_a_time = anyio.Lock()
 
-    @property
-    def worktree(self) -> Path:
-        return self.home.worktrees / "merge"
+    async def _main(self) -> str:
+        async with self.repo_lock:
+            await git(self.home.work, "fetch", "--quiet", "origin", "main")
+        return await git(self.home.work, "rev-parse", "origin/main")
 
-    async def ensure_worktree(self) -> None:
-        if not (self.worktree / ".git").exists():
-            await git(
-                self.home.work,
-                "worktree",
-                "add",
-                "--detach",
-                "--force",
-                str(self.worktree),
-                "origin/main",
-            )
-
-    async def merge(self, effect: Merge) -> MergeResult:
-        """Merge a ticket's branch into main; never raises (errors become ``error``).
-
-        main is fast-forwarded to one new commit whose tree is exactly the tree
-        CI passed on (``effect.verified_sha``) and whose parent is main; anything
-        else (main moved, a restart mid-merge) is first pushed for CI again.
-        """
-        async with self._one_at_a_time:
-            try:
-                return await self._merge(effect)
-            except GitError as exc:
-                return MergeResult(effect.ticket, MergeOutcome.ERROR, time.time(), text=str(exc))
-
-    async def _merged_before(self, ticket: str, main: str) -> str:
-        """The commit that merged ``ticket`` into main, or "".
-
-        Decided by the merge record ``refs/orchestrator/merged/<ticket>`` in repo.git
-        (written by the merger alone, in the same atomic push as main; hooks/update
-        refuses it to anyone without the daemon's ref token), never by commit
-        message text: the record must be on main and its tree must be the one its
-        own commit introduced there.
-        """
-        ref = merged_ref(ticket)
-        listed = await git(self.home.work, "ls-remote", "origin", ref, check=False)
-        sha = listed.split()[0] if listed else ""
+    async def _recorded(self, ticket: str, main: str) -> str:
+        """The commit recorded as ``ticket``'s merge if main contains it, else ""."""
+        repo = self.home.repo
+        found = await run_git(repo, "rev-parse", "--verify", "--quiet", MERGED_REF + ticket)
+        sha = found.stdout.decode().strip() if found.returncode == 0 else ""
         if not sha:
             return ""
-        async with self.repo_lock:
-            await git(self.home.work, "fetch", "--quiet", "origin", f"+{ref}:{ref}")
-        on_main = await run_git(self.home.work, "merge-base", "--is-ancestor", sha, main)
-        return sha if on_main.returncode == 0 else ""
+        inside = await run_git(repo, "merge-base", "--is-ancestor", sha, main)
+        return sha if inside.returncode == 0 else ""
 
-    async def _merge(self, effect: Merge) -> MergeResult:
-        work, wt, branch = self.home.work, self.worktree, effect.branch
-        ticket = effect.ticket
-        for _ in range(PUSH_RETRIES):
-            async with self.repo_lock:
-                await git(work, "fetch", "--quiet", "origin", "main")
-            main = await git(work, "rev-parse", "origin/main")
-            done = await self._merged_before(ticket, main)
-            if done:  # merged before (e.g. the daemon died right after the push)
-                return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=done)
-            tip = await git(work, "rev-parse", f"refs/heads/{branch}")
-            await git(wt, "checkout", "--quiet", "--detach", tip)
-            rebase = await run_git(wt, "rebase", "--quiet", main)
-            if rebase.returncode != 0:
-                conflicted = await git(wt, "diff", "--name-only", "--diff-filter=U", check=False)
-                await run_git(wt, "rebase", "--abort")
-                await git(wt, "checkout", "--quiet", "--detach", main)
-                text = "conflicting files: " + (", ".join(conflicted.split()) or "(unknown)")
-                return MergeResult(ticket, MergeOutcome.CONFLICT, time.time(), text=text)
-            rebased = await git(wt, "rev-parse", "HEAD")
-            await git(wt, "checkout", "--quiet", "--detach", main)
-            tree = await git(work, "rev-parse", f"{rebased}^{{tree}}")
-            if tree == await git(work, "rev-parse", f"{main}^{{tree}}"):
-                return MergeResult(
-                    ticket,
-                    MergeOutcome.ERROR,
-                    time.time(),
-                    text="the branch changes nothing on top of main",
-                )
-            verified = ""
-            if effect.verified_sha:
-                verified = await git(work, "rev-parse", f"{effect.verified_sha}^{{tree}}")
-            if tree != verified:
-                # main moved since CI ran on the branch: run CI on the rebased commit first.
-                async with self.repo_lock:
-                    if rebased != tip:
-                        await git(work, "update-ref", f"refs/heads/{branch}", rebased, tip)
-                    await git(
-                        work,
-                        "push",
-                        "--quiet",
-                        "--force",
-                        "origin",
-                        f"refs/heads/{branch}:refs/heads/{branch}",
-                    )
-                return MergeResult(ticket, MergeOutcome.RECHECK, time.time(), sha=rebased)
-            squashed = await git(
-                work, "commit-tree", tree, "-p", main, stdin=effect.message.encode()
+    async def stack(self, effect: Stack) -> Stacked:
+        """Build (and push for CI) the queue commit of ``effect.ticket``; never raises."""
+        try:
+            return await self._stack(effect)
+        except GitError as exc:
+            return Stacked(
+                effect.ticket, effect.gen, StackOutcome.ERROR, time.time(), text=str(exc)
             )
-            async with self.repo_lock:
-                # One atomic push: main and the ticket's merge record move together.
-                push = await run_git(
-                    work,
-                    "push",
-                    "--quiet",
-                    "--atomic",
-                    "origin",
-                    f"{squashed}:refs/heads/main",
-                    f"{squashed}:{merged_ref(ticket)}",
-                )
-            if push.returncode == 0:
-                async with self.repo_lock:
-                    await run_git(work, "fetch", "--quiet", "origin", "main")
-                return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=squashed)
-        return MergeResult(
-            ticket,
-            MergeOutcome.ERROR,
-            time.time(),
-            text=f"main kept moving; gave up after {PUSH_RETRIES} tries",
+
+    async def _stack(self, effect: Stack) -> Stacked:
+        work, ticket = self.home.work, effect.ticket
+
+        def result(outcome: StackOutcome, **kw: object) -> Stacked:
+            return Stacked(ticket, effect.gen, outcome, time.time(), **kw)  # type: ignore[arg-type]
+
+        main = await self._main()
+        recorded = await self._recorded(ticket, main)
+        if recorded:  # merged before (the daemon died right after the fast-forward)
+            return result(StackOutcome.MERGED, sha=recorded)
+        parent = effect.parent or main
+        tip = await git(work, "rev-parse", f"refs/heads/{effect.branch}")
+        base = await git(work, "merge-base", tip, main)
+        # The net change as one commit on the merge base; merging it into the parent is
+        # a 3-way merge with that base, i.e. the net change applied onto the parent.
+        net = await git(work, "commit-tree", f"{tip}^{{tree}}", "-p", base, stdin=b"net change\n")
+        merged = await run_git(
+            work, "merge-tree", "--write-tree", "--name-only", "--no-messages", parent, net
         )
+        lines = merged.stdout.decode(errors="replace").splitlines()
+        if merged.returncode == 1:
+            files = ", ".join(line for line in lines[1:] if line) or "(unknown)"
+            return result(StackOutcome.CONFLICT, text=f"conflicting files: {files}")
+        if merged.returncode != 0 or not lines:
+            raise GitError(f"git merge-tree failed: {merged.stderr.decode(errors='replace')}")
+        tree = lines[0]
+        if tree == await git(work, "rev-parse", f"{parent}^{{tree}}"):
+            return result(StackOutcome.EMPTY, parent=parent)
+        sha = await git(work, "commit-tree", tree, "-p", parent, stdin=effect.message.encode())
+        verified = bool(effect.verified_sha) and tree == await git(
+            work, "rev-parse", f"{effect.verified_sha}^{{tree}}"
+        )
+        if not verified:
+            async with self.repo_lock:
+                await git(
+                    work, "push", "--quiet", "--force", "origin", f"{sha}:{QUEUE_REF}{ticket}"
+                )
+        return result(StackOutcome.STACKED, sha=sha, parent=parent, verified=verified)
+
+    async def fast_forward(self, effect: FastForward) -> MergeResult:
+        """Fast-forward main to ``effect.sha`` and record the merge; never raises."""
+        try:
+            return await self._fast_forward(effect)
+        except GitError as exc:
+            return MergeResult(effect.ticket, MergeOutcome.ERROR, time.time(), text=str(exc))
+
+    async def _fast_forward(self, effect: FastForward) -> MergeResult:
+        ticket = effect.ticket
+        main = await self._main()
+        if main == effect.parent:
+            async with self.repo_lock:
+                push = await run_git(
+                    self.home.work,
+                    "push",
+                    "--atomic",
+                    "--quiet",
+                    "origin",
+                    f"{effect.sha}:refs/heads/main",
+                    f"{effect.sha}:{MERGED_REF}{ticket}",
+                )
+            main = await self._main()
+            if push.returncode != 0 and main != effect.sha:
+                recorded = await self._recorded(ticket, main)
+                if not recorded and main == effect.parent:
+                    text = push.stderr.decode(errors="replace").strip()
+                    return MergeResult(ticket, MergeOutcome.ERROR, time.time(), text=text[-500:])
+        recorded = await self._recorded(ticket, main)
+        if recorded:
+            return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=recorded)
+        return MergeResult(ticket, MergeOutcome.MOVED, time.time(), sha=main)

@@ -212,7 +212,6 @@ class Daemon:
             log.warning("removed unsafe git config from %s: %s", home.work, ", ".join(removed))
         await git(home.work, "fetch", "--quiet", "origin", "main")
         await self.workers.ensure_worktrees(self.names)
-        await self.merger.ensure_worktree()
 
     async def _reconcile(self, records: list[C.TicketRecord]) -> None:
         """After a crash: end agents that outlived the old daemon and commit their work."""
@@ -383,8 +382,10 @@ class Daemon:
                     )
                 case C.Push():
                     self._tg.start_soon(self._guarded, self._push(effect))
-                case C.Merge():
-                    self._tg.start_soon(self._guarded, self._merge(effect))
+                case C.Stack():
+                    self._tg.start_soon(self._guarded, self._stack(effect))
+                case C.FastForward():
+                    self._tg.start_soon(self._guarded, self._fast_forward(effect))
                 case C.MoveFile():
                     self._move(effect)
 
@@ -400,8 +401,8 @@ class Daemon:
         rec = self.core.tickets.get(effect.ticket)
         checks = list(rec.ticket.acceptance) if rec is not None else []
         await anyio.to_thread.run_sync(self._write_acceptance, effect.ticket, checks)
-        sha = await self.workers.push(effect.ticket, effect.attempt, effect.branch)
-        if sha:
+        sha = await self.workers.push(effect.ticket, effect.attempt, effect.branch, effect.ci)
+        if sha and effect.ci:
             await self.ci.read_now(sha)  # CI may have finished before (or ran for it earlier)
 
     def _write_acceptance(self, ticket: str, checks: list[AcceptanceCheck]) -> None:
@@ -413,11 +414,14 @@ class Daemon:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, msgspec.json.encode(checks))
 
-    async def _merge(self, effect: C.Merge) -> None:
-        result = await self.merger.merge(effect)
+    async def _stack(self, effect: C.Stack) -> None:
+        result = await self.merger.stack(effect)
         self.submit([result])
-        if result.outcome == C.MergeOutcome.RECHECK:
-            await self.ci.read_now(result.sha)
+        if result.outcome == C.StackOutcome.STACKED and not result.verified:
+            await self.ci.read_now(result.sha)  # CI may have finished already
+
+    async def _fast_forward(self, effect: C.FastForward) -> None:
+        self.submit([await self.merger.fast_forward(effect)])
 
     def _move(self, effect: C.MoveFile) -> None:
         src = Path(effect.path)

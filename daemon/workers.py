@@ -511,9 +511,10 @@ class Workers:
                 self.submit([Progress(agent, time.time(), note="worktree changed")])
             run.status_hash = digest
 
-    async def push(self, ticket: str, attempt: int, branch: str) -> str:
-        """Push the branch to repo.git (post-receive starts CI); feed Pushed; return the sha
-        ("" when the push failed)."""
+    async def push(self, ticket: str, attempt: int, branch: str, ci: bool = True) -> str:
+        """Push the branch to repo.git (post-receive starts CI unless ``ci`` is False: push
+        option ``ci=skip``); feed Pushed; return the sha ("" when the push failed)."""
+        options = [] if ci else ["-o", "ci=skip"]
         try:
             async with self.repo_lock:
                 await git(
@@ -521,6 +522,7 @@ class Workers:
                     "push",
                     "--quiet",
                     "--force",
+                    *options,
                     "origin",
                     f"refs/heads/{branch}:refs/heads/{branch}",
                 )

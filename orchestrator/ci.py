@@ -4,7 +4,9 @@ Both shipped scripts are thin shell that run ``<python> -m orchestrator ci ...``
 with the interpreter recorded in repo.git's git config (``orchestrator.python``):
 
 - ``ci hook`` (hooks/post-receive): reads git's ``<old> <new> <ref>`` lines and,
-  for every pushed ``refs/heads/agent-*``, starts ``ci job`` detached (own
+  for every pushed ``refs/heads/agent-*`` (unless the push carries the push
+  option ``ci=skip``) and ``refs/orchestrator/queue/*`` (merge queue commits),
+  starts ``ci job`` detached (own
   session, output to ``ci-status/<sha>.log``), so ``git push`` returns at once.
 - ``ci job GIT_DIR SHA REF``: throw-away checkout of the sha, runs ci.sh in it,
   writes an ``error`` status itself when ci.sh could not, then ``ci_notify``\\ s
@@ -245,26 +247,44 @@ def notify(socket_path: Path, sha: str, timeout_s: float = NOTIFY_TIMEOUT_S) -> 
 
 # --- ci hook / ci job (hooks/post-receive) ------------------------------------
 
+#: Merge queue commits, pushed by the daemon's merger (daemon/merger.py).
+QUEUE_REFS = "refs/orchestrator/queue/"
+
+
+def push_options(env: Mapping[str, str]) -> list[str]:
+    """The ``git push -o`` options as git hands them to hooks (githooks(5))."""
+    try:
+        count = int(env.get("GIT_PUSH_OPTION_COUNT", "0"))
+    except ValueError:
+        return []
+    return [env.get(f"GIT_PUSH_OPTION_{i}", "") for i in range(count)]
+
 
 def _log(text: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"[{stamp}] {text}", flush=True)
 
 
-def hook(lines: Iterable[str], git_dir: Path) -> int:
-    """post-receive: start one detached CI job per pushed agent branch; returns 0.
+def hook(lines: Iterable[str], git_dir: Path, push_options: Iterable[str] = ()) -> int:
+    """post-receive: start one detached CI job per pushed agent branch or merge queue
+    commit; returns 0.
 
-    ``lines`` are git's ``<old> <new> <ref>`` lines. Refs other than
-    ``refs/heads/agent-*``, deletions and malformed lines are skipped. Ref names
-    are only ever passed as arguments, never as code.
+    ``lines`` are git's ``<old> <new> <ref>`` lines; ``push_options`` the push's
+    ``-o`` options (``GIT_PUSH_OPTION_<i>``). Tested: ``refs/heads/agent-*`` unless
+    an option is ``ci=skip`` (the daemon's push under auto approval, whose merge
+    queue run is its CI), and ``refs/orchestrator/queue/*``. Other refs, deletions
+    and malformed lines are skipped. Ref names are only ever passed as arguments,
+    never as code.
     """
+    skip_branches = "ci=skip" in push_options
     status_dir = git_dir / "ci-status"
     for line in lines:
         parts = line.split()
         if len(parts) != 3:
             continue
         _old, new, ref = parts
-        if not ref.startswith("refs/heads/agent-") or not _SHA_RE.match(new):
+        branch = ref.startswith("refs/heads/agent-") and not skip_branches
+        if not (branch or ref.startswith(QUEUE_REFS)) or not _SHA_RE.match(new):
             continue
         if set(new) == {"0"}:
             continue  # a branch deletion
@@ -278,7 +298,8 @@ def hook(lines: Iterable[str], git_dir: Path) -> int:
                 start_new_session=True,  # detached: survives the end of `git push`
                 env=_without_git_env(os.environ),
             )
-        print(f"orchestrator: CI started for {ref.removeprefix('refs/heads/')} ({new[:12]})")
+        name = ref.removeprefix("refs/heads/").removeprefix("refs/orchestrator/")
+        print(f"orchestrator: CI started for {name} ({new[:12]})")
     return 0
 
 
@@ -407,9 +428,11 @@ def _run_script(
 
 def _acceptance_file(git_dir: Path, ref: str) -> Path | None:
     """``<home>/runs/<ticket>/acceptance.json`` for a pushed ``refs/heads/agent-K/<ticket>``
-    (written by the daemon before it pushes), when it exists."""
+    or merge queue commit ``refs/orchestrator/queue/<ticket>`` (written by the daemon
+    before it pushes the branch), when it exists."""
     parts = ref.split("/")
-    if len(parts) != 4 or parts[:2] != ["refs", "heads"]:
+    queue = parts[:3] == ["refs", "orchestrator", "queue"]
+    if len(parts) != 4 or not (parts[:2] == ["refs", "heads"] or queue):
         return None
     path = git_dir.parent / "runs" / parts[3] / "acceptance.json"
     return path if path.is_file() else None

@@ -154,6 +154,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{t.id:<24} {t.state:<18} P{t.priority:<4} {t.effective_priority:>6.2f} "
             f"{t.agent or '-':<9} {age:>6}  {reason}"
         )
+    queue = sorted(
+        (t for t in snapshot.tickets if t.queue_position is not None),
+        key=lambda t: t.queue_position or 0,
+    )
+    if queue:
+        print()
+        print(f"{'MERGE QUEUE':<24} {'STACKED ON':<24} {'COMMIT':<12} CI")
+        for t in queue:
+            ci = t.ci.status if t.ci is not None and t.ci.sha == t.queue_sha else "-"
+            print(
+                f"{t.queue_position}. {t.id:<21} {t.stacked_on or '(waiting)':<24} "
+                f"{(t.queue_sha or '-')[:10]:<12} {ci}"
+            )
     return 0
 
 
@@ -407,7 +420,8 @@ def cmd_ci(args: argparse.Namespace) -> int:
     if args.action == "run":
         return ci.run(os.environ)
     if args.action == "hook":
-        return ci.hook(sys.stdin, Path(os.environ.get("GIT_DIR", ".")).resolve())
+        git_dir = Path(os.environ.get("GIT_DIR", ".")).resolve()
+        return ci.hook(sys.stdin, git_dir, ci.push_options(os.environ))
     if args.action == "job":
         return ci.job(Path(args.git_dir), args.sha, args.ref)
     socket_path = Path(args.socket) if args.socket else _config(args).socket_path

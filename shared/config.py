@@ -42,6 +42,13 @@ class CIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
     setup: bool = False
     """Run ``worktree.copy`` and ``worktree.setup`` in the CI checkout before the command."""
+    parallel: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    """How many merge queue entries may run CI at once (docs/ci.md)."""
+
+
+class MergeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    depth: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    """How many merge queue entries are stacked (and tested) ahead of main at once."""
 
 
 class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -102,6 +109,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approval: Literal["manual", "auto"] = "manual"
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     ci: CIConfig = msgspec.field(default_factory=CIConfig)
+    merge: MergeConfig = msgspec.field(default_factory=MergeConfig)
     lock_policy: Literal["reject", "warn"] = "reject"
     heartbeat_interval_s: Interval = 5.0
     lease_ttl_s: Interval = 60.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -92,6 +92,9 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
         max_attempts: overrides the project's ``max_attempts`` for this ticket.
         budget: overrides the project's ``budget.max_cost_usd`` for this ticket.
         acceptance: checks run in the CI checkout after the CI command.
+        approval: overrides the project's ``approval`` for this ticket: ``auto``
+            (merge when the merge queue's CI passes) or ``manual`` (CI on the
+            branch, then a person approves).
 
     Frozen: a ticket is a value; derive changed copies with ``msgspec.structs.replace``.
     """
@@ -127,6 +130,13 @@ class Ticket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             "{run: [argv]}, {file_exists: PATH}, {contains: {path: PATH, text: TEXT}}"
         ),
     ] = msgspec.field(default_factory=list)
+    approval: Annotated[
+        Literal["auto", "manual"] | None,
+        _doc(
+            "overrides the project's approval for this ticket: auto (merged when the merge "
+            "queue's CI passes) or manual (CI on the branch, then a person approves)"
+        ),
+    ] = None
 
 
 def ticket_schema() -> dict[str, Any]:
@@ -271,11 +281,12 @@ class TicketState(enum.StrEnum):
     RUNNING = "running"
     """An agent works on it in a worktree."""
     CI_RUNNING = "ci_running"
-    """Its branch was pushed; CI runs on the pushed commit."""
+    """Its branch was pushed; CI runs on the pushed commit (manual approval only)."""
     AWAITING_APPROVAL = "awaiting_approval"
     """CI passed; waits for a person to approve (``c``)."""
     MERGING = "merging"
-    """Being rebased onto main, re-checked and fast-forwarded."""
+    """Approved, in the merge queue: stacked on main and the entries ahead, CI on the
+    stacked commit, then main is fast-forwarded to it."""
     MERGED = "merged"
     """Fast-forwarded into main. Final."""
     STOPPED = "stopped"
@@ -290,7 +301,8 @@ class TicketState(enum.StrEnum):
 
 #: States from which nothing more happens without a person.
 FINAL_STATES = frozenset({TicketState.MERGED, TicketState.REJECTED, TicketState.CANCELLED})
-#: States in which a ticket holds a worker.
+#: States of a ticket in flight: it holds its leases (path locks). Only ``running``
+#: holds a worker (an agent slot); see docs/architecture.md.
 ACTIVE_STATES = frozenset(
     {
         TicketState.RUNNING,
@@ -310,8 +322,9 @@ class AgentState(enum.StrEnum):
     STALE = "stale"
     """The agent process shows no progress for ``stale_after_s``."""
     STOPPING = "stopping"
+    # The three below are no longer reported: a worker is free once its ticket's work is
+    # pushed (issue 9). Kept so that older clients and the TUI still decode them.
     WAITING_CI = "ci_running"
-    """Its ticket's branch is in CI; the worker stays with the ticket."""
     AWAITING_APPROVAL = "awaiting_approval"
     MERGING = "merging"
 
@@ -370,6 +383,13 @@ class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     log_file: str = ""
     """The current attempt's agent output log."""
     feedback_file: str = ""
+    queue_position: int | None = None
+    """1-based place in the merge queue (``merging`` only; 1 merges next)."""
+    stacked_on: str | None = None
+    """What its merge queue commit is built on: ``main`` or the id of the entry ahead;
+    None while not stacked yet."""
+    queue_sha: str | None = None
+    """Its commit in the merge queue (pushed as ``refs/orchestrator/queue/<id>``)."""
 
 
 class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):

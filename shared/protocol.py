@@ -60,7 +60,11 @@ class EventKind(enum.StrEnum):
     AGENT_EXITED = "agent.exited"
     ATTEMPT_FAILED = "attempt.failed"
     CI_RESULT = "ci.result"
+    MERGE_QUEUED = "merge.queued"
+    MERGE_STACKED = "merge.stacked"
+    MERGE_RESTACKED = "merge.restacked"
     MERGE_RECHECK = "merge.recheck"
+    """No longer sent (before the merge queue); kept so old event logs decode."""
     DECISION = "decision"
     """A person's command, applied or refused (the audit trail)."""
 

@@ -186,9 +186,11 @@ def make_project(
         extra: str = "",
         agent: list[str] | None = None,
         start: bool = True,
+        ci_prefix: str = "",
     ) -> Project:
+        """``ci_prefix`` runs before the test suite in the CI command (e.g. ``sleep 2 &&``)."""
         root = tmp_path / f"home{len(projects)}"
-        ci = f"{shlex.quote(sys.executable)} -m unittest discover -s tests -q"
+        ci = ci_prefix + f"{shlex.quote(sys.executable)} -m unittest discover -s tests -q"
         config = init_home(
             root,
             str(source_repo),

@@ -102,3 +102,48 @@ def test_the_daemon_never_imports_textual():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_kill_9_with_a_merge_queue_stack_in_flight(make_project):
+    """Crashes while entries are stacked, in CI or being fast-forwarded: main only moves
+    to trees that passed CI, each ticket is merged exactly once, nothing is lost."""
+    from tests.integration.test_merge_queue import assert_every_main_commit_passed_ci, main_order
+
+    rng = random.Random(SEED)
+    project = make_project(
+        workers=3, approval="auto", ci_prefix="sleep 1 && ", extra="max_attempts: 6\n"
+    )
+    ids = [f"q{i}" for i in range(6)]
+    for i, tid in enumerate(ids):
+        script = [f"spin {rng.uniform(0.1, 0.6):.2f}", f"write src/q{i}.py V = {i}\\n"]
+        if i == 3:  # fails in the queue once, in the middle of a stack
+            script += [f"a1: write tests/test_q3.py {BROKEN}", f"write tests/test_q3.py {FIXED}"]
+        locks = [f"src/q{i}.py", "tests/test_q3.py"] if i == 3 else [f"src/q{i}.py"]
+        project.ticket(tid, priority=rng.randint(0, 2), locks=locks, description="\n".join(script))
+    # wait until the queue holds a stack, then crash repeatedly while it drains
+    project.wait_for(
+        lambda s: sum(t.state == "merging" and t.queue_sha is not None for t in s.tickets) >= 2,
+        60,
+        "a stack of two entries",
+    )
+    for _ in range(max(3, ROUNDS)):
+        project.kill9()
+        project.start()
+        time.sleep(rng.uniform(0.3, 2.0))
+    snap = project.wait_for(
+        lambda s: all(t.state == "merged" for t in s.tickets) and len(s.tickets) == len(ids),
+        150,
+        f"every ticket merged (seed {SEED})",
+    )
+    assert sorted(t.id for t in snap.tickets) == ids
+    assert sorted(main_order(project)) == ids, f"each ticket exactly once on main (seed {SEED})"
+    assert_every_main_commit_passed_ci(project)
+    repo = project.home.repo
+    moves = git(repo, "reflog", "--format=%H", "main").split()
+    for new, old in zip(moves, moves[1:], strict=False):
+        ok = subprocess.run(
+            ["git", "-C", str(repo), "merge-base", "--is-ancestor", old, new], check=False
+        )
+        assert ok.returncode == 0, f"main moved {old} -> {new} without a fast-forward"
+    project.stop()
+    assert _agent_processes(project.home.root) == [], "no orphan agent processes"

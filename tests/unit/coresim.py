@@ -46,6 +46,9 @@ class Sim:
     events: list = field(default_factory=list)
     shas: int = 0
     heads: int = 0
+    main: str = "0" * 40
+    merged: list[str] = field(default_factory=list)
+    """Ticket ids in the order main was fast-forwarded to them."""
 
     @classmethod
     def new(cls, workers: int = 3, **config: object) -> Sim:
@@ -122,6 +125,48 @@ class Sim:
     def ci(self, sha: str, status: str = "pass", tail: str = "") -> None:
         self.feed(C.CIResult(sha=sha, status=status, now=self.now, exit_code=0, log_tail=tail))
 
+    def stack(self, eff: C.Stack, outcome: str = "stacked", verified: bool = False) -> str:
+        """Answer a Stack effect as the merger would; returns the new commit."""
+        self.shas += 1
+        sha = f"{self.shas:040x}"
+        self.feed(
+            C.Stacked(
+                eff.ticket,
+                eff.gen,
+                outcome,
+                self.now,
+                sha=sha,
+                parent=eff.parent or self.main,
+                verified=verified,
+                text="conflicting files: a.py" if outcome == "conflict" else "",
+            )
+        )
+        return sha
+
+    def fast_forward(self, eff: C.FastForward, outcome: str = "merged") -> None:
+        """Answer a FastForward as the merger would (``moved`` when main is elsewhere)."""
+        if outcome == "merged" and eff.parent != self.main:
+            outcome = "moved"
+        if outcome == "merged":
+            self.main = eff.sha
+            self.merged.append(eff.ticket)
+        self.feed(C.MergeResult(eff.ticket, outcome, self.now, sha=eff.sha))
+
+    def settle(self, fail: frozenset[str] = frozenset(), rounds: int = 100) -> None:
+        """Run the merge queue to rest: stack, CI (``fail`` ids fail), fast-forward."""
+        for _ in range(rounds):
+            stacks, ffs = self.take(C.Stack), self.take(C.FastForward)
+            if not stacks and not ffs:
+                return
+            for eff in stacks:
+                self.stack(eff)
+            for rec in list(self.core.tickets.values()):
+                if rec.state == TicketState.MERGING and rec.ci_sha:
+                    self.ci(rec.ci_sha, "fail" if rec.id in fail else "pass")
+            for ff in ffs:
+                self.fast_forward(ff)
+        raise AssertionError("the merge queue did not settle")
+
     def run_to_ci(self, eff: C.StartAgent) -> str:
         """Start + successful exit + push; returns the pushed sha."""
         self.start(eff)
@@ -139,18 +184,52 @@ def check_invariants(core: C.Core) -> None:
         for b in leases[i + 1 :]:
             assert a.owner == b.owner or not locks_overlap(a.path, b.path), (a, b)
     for lease in leases:
-        assert core.tickets[lease.owner].state in ACTIVE_STATES, lease
+        state = core.tickets[lease.owner].state
+        assert state in ACTIVE_STATES or state == TicketState.QUEUED, lease
     holders = {w.ticket: w.name for w in core.workers.values() if w.ticket}
     assert len(holders) == sum(1 for w in core.workers.values() if w.ticket)
     for rec in core.tickets.values():
-        if rec.state in ACTIVE_STATES:
+        # only an agent holds a worker (agent slots); the rest of the flight holds none
+        if rec.state == TicketState.RUNNING:
             assert holders.get(rec.id) == rec.agent, (rec.id, rec.state, holders)
         else:
             assert rec.id not in holders, (rec.id, rec.state)
         assert isinstance(rec.state, TicketState)
+    check_queue(core)
     # nothing eligible is left waiting while a worker is idle (parking loses no ticket)
     if core.accepting and any(w.ticket is None for w in core.workers.values()):
         for rec in core.tickets.values():
             if rec.state == TicketState.QUEUED:
                 reason, _ = core._ineligible(rec)
                 assert reason, f"{rec.id} is eligible but waits while a worker is idle"
+
+
+def check_queue(core: C.Core) -> None:
+    """The merge queue's rules (docs/scheduling.md, merge queue)."""
+    queue = core.merge_queue
+    merging = {r.id for r in core.tickets.values() if r.state == TicketState.MERGING}
+    assert len(queue) == len(set(queue)) and set(queue) == merging, (queue, merging)
+    inflight = {
+        r.id
+        for r in core.tickets.values()
+        if r.state in (TicketState.CI_RUNNING, TicketState.AWAITING_APPROVAL, TicketState.MERGING)
+    }
+    assert core.inflight == inflight
+    started = [bool(core.tickets[t].queue_sha) or core._stacking == t for t in queue]
+    # entries whose CI started form a prefix, no deeper than merge.depth
+    assert started == sorted(started, reverse=True), started
+    assert sum(started) <= core.config.merge.depth
+    # each stacked entry is built on the commit of the entry ahead of it
+    for k in range(1, len(queue)):
+        rec = core.tickets[queue[k]]
+        if rec.queue_sha:
+            assert rec.queue_parent == core.tickets[queue[k - 1]].queue_sha, (queue, k)
+    # the rest wait in priority, then approval order
+    waiting = [core._queue_key(t) for t, s in zip(queue, started, strict=True) if not s]
+    assert waiting == sorted(waiting), waiting
+    # main is fast-forwarded only to the head, only after CI passed on its commit
+    ff = core._fast_forwarding
+    if ff is not None and ff in core.tickets and core.tickets[ff].state == TicketState.MERGING:
+        head = core.tickets[ff]
+        assert queue and queue[0] == ff
+        assert head.ci is not None and head.ci.status == "pass" and head.ci.sha == head.queue_sha

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from orchestrator.daemon import core as C
 from orchestrator.shared.models import TicketState as S
 from tests.unit.coresim import Sim, check_invariants, ticket
@@ -56,9 +58,12 @@ def test_dependency_waits_for_merge_then_runs():
     sha = sim.run_to_ci(eff)
     sim.ci(sha)
     sim.command("approve", "parent")
-    (merge,) = sim.take(C.Merge)
+    (stack,) = sim.take(C.Stack)
+    assert stack.verified_sha == sha
+    sim.stack(stack, verified=True)  # same tree as the branch CI pass: no second run
     assert sim.take(C.StartAgent) == []
-    sim.feed(C.MergeResult("parent", "merged", sim.now, sha=sha))
+    (ff,) = sim.take(C.FastForward)
+    sim.fast_forward(ff)
     assert sim.state("parent") == S.MERGED
     (child,) = sim.take(C.StartAgent)
     assert child.ticket == "child"
@@ -78,10 +83,11 @@ def test_ci_failure_retries_with_feedback_then_passes_and_merges():
     sim.ci(sha2, "pass")
     assert sim.state("t") == S.AWAITING_APPROVAL
     reply = sim.command("approve", "t")
-    assert reply.ok
-    (merge,) = sim.take(C.Merge)
-    assert merge.branch == "agent-1/t"
-    sim.feed(C.MergeResult("t", "merged", sim.now, sha=sha2))
+    assert reply.ok and "merge queue position 1" in reply.message
+    (stack,) = sim.take(C.Stack)
+    assert stack.branch == "agent-1/t"
+    sim.effects.append(stack)
+    sim.settle()
     assert sim.state("t") == S.MERGED
     (move,) = sim.take(C.MoveFile)
     assert move.dest == "done"
@@ -163,7 +169,7 @@ def test_commands_are_idempotent():
     assert sim.command("approve", "t").ok
     second = sim.command("approve", "t")
     assert second.ok and "already approved" in second.message
-    assert len(sim.take(C.Merge)) == 1
+    assert len(sim.take(C.Stack)) == 1
     assert not sim.command("approve", "nope").ok
 
 
@@ -172,6 +178,7 @@ def test_reject_sends_back_with_feedback():
     sim.add(ticket("t"))
     (eff,) = sim.take(C.StartAgent)
     sim.ci(sim.run_to_ci(eff))
+    assert sim.core.workers["agent-1"].ticket is None  # the slot was freed at the push
     out = sim.command("reject", "t", feedback="please add a test")
     assert out.ok
     (retry,) = sim.take(C.StartAgent)
@@ -184,32 +191,52 @@ def test_merge_conflict_rebuilds_the_branch_with_feedback():
     (eff,) = sim.take(C.StartAgent)
     sim.ci(sim.run_to_ci(eff))
     sim.command("approve", "t")
-    sim.take(C.Merge)
-    sim.feed(C.MergeResult("t", "conflict", sim.now, text="conflicting files: a.py"))
+    (stack,) = sim.take(C.Stack)
+    sim.stack(stack, "conflict")
     (retry,) = sim.take(C.StartAgent)
     assert retry.rebuild and "a.py" in retry.feedback
 
 
-def test_merge_recheck_waits_for_ci_on_the_rebased_commit():
+def test_queue_ci_runs_when_main_moved_since_the_branch_ci():
     sim = Sim.new(workers=1)
     sim.add(ticket("t"))
     (eff,) = sim.take(C.StartAgent)
     sim.ci(sim.run_to_ci(eff))
     sim.command("approve", "t")
-    sim.take(C.Merge)
-    sim.feed(C.MergeResult("t", "recheck", sim.now, sha="b" * 40))
-    assert sim.state("t") == S.MERGING
-    sim.ci("b" * 40, "pass")
-    assert len(sim.take(C.Merge)) == 1
+    (stack,) = sim.take(C.Stack)
+    stacked = sim.stack(stack, verified=False)
+    assert sim.state("t") == S.MERGING and sim.rec("t").ci_sha == stacked
+    assert sim.take(C.FastForward) == []
+    sim.ci(stacked, "pass")
+    (ff,) = sim.take(C.FastForward)
+    assert ff.sha == stacked
 
 
-def test_auto_approval_merges_without_a_person():
+def test_auto_approval_merges_without_a_person_and_one_ci_run():
     sim = Sim.new(workers=1, approval="auto")
     sim.add(ticket("t"))
     (eff,) = sim.take(C.StartAgent)
-    sim.ci(sim.run_to_ci(eff))
+    sim.start(eff)
+    sim.exit(eff)
+    (push,) = sim.take(C.Push)
+    assert push.ci is False  # no branch CI: the merge queue run is its CI
+    sim.push(push)
     assert sim.state("t") == S.MERGING
-    assert len(sim.take(C.Merge)) == 1
+    assert sim.core.workers["agent-1"].ticket is None
+    sim.settle()
+    assert sim.state("t") == S.MERGED and sim.merged == ["t"]
+
+
+def test_ticket_approval_overrides_the_config():
+    sim = Sim.new(workers=1, approval="auto")
+    sim.add(msgspec.structs.replace(ticket("t"), approval="manual"))
+    (eff,) = sim.take(C.StartAgent)
+    sim.start(eff)
+    sim.exit(eff)
+    (push,) = sim.take(C.Push)
+    assert push.ci is True
+    sim.ci(sim.push(push))
+    assert sim.state("t") == S.AWAITING_APPROVAL
 
 
 def test_bad_tickets_are_rejected_with_a_reason():

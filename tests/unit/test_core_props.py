@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.daemon import core as C
+from orchestrator.shared.config import CIConfig, MergeConfig
 from orchestrator.shared.models import TicketState as S
 from tests.unit.coresim import Sim, check_invariants, ticket
 
@@ -24,12 +25,18 @@ op = st.one_of(
     st.tuples(st.just("exit"), st.integers(0, 2), st.booleans()),
     st.tuples(st.just("push"), st.booleans()),
     st.tuples(st.just("ci"), st.sampled_from(["pass", "fail", "error"])),
-    st.tuples(st.just("merge"), st.sampled_from(["merged", "recheck", "conflict", "error"])),
+    st.tuples(
+        st.just("stack"),
+        st.sampled_from(["stacked", "stacked", "conflict", "empty", "error", "merged"]),
+        st.booleans(),
+    ),
+    st.tuples(st.just("ff"), st.sampled_from(["merged", "merged", "moved", "error"])),
     st.tuples(
         st.just("cmd"),
         st.sampled_from(["approve", "stop", "continue", "reject"]),
         st.sampled_from(IDS),
     ),
+    st.tuples(st.just("priority"), st.sampled_from(IDS), st.integers(0, 4)),
     st.tuples(st.just("progress"), st.integers(1, 3)),
     st.tuples(st.just("gone"), st.sampled_from(IDS)),
 )
@@ -61,12 +68,18 @@ def play(sim: Sim, step: tuple) -> None:
         waiting = [r for r in sim.core.tickets.values() if r.ci_sha]
         if waiting:
             sim.ci(waiting[0].ci_sha or "", step[1])
-    elif kind == "merge":
-        merges = sim.take(C.Merge)
-        sim.effects += merges[1:]
-        if merges:
-            sim.shas += 1
-            sim.feed(C.MergeResult(merges[0].ticket, step[1], sim.now, sha=f"{sim.shas:040x}"))
+    elif kind == "stack":
+        stacks = sim.take(C.Stack)
+        sim.effects += stacks[1:]
+        if stacks:
+            sim.stack(stacks[0], step[1], verified=step[2] and bool(stacks[0].verified_sha))
+    elif kind == "ff":
+        ffs = sim.take(C.FastForward)
+        sim.effects += ffs[1:]
+        if ffs:
+            sim.fast_forward(ffs[0], step[1])
+    elif kind == "priority":
+        sim.command("priority", step[1], priority=step[2])
     elif kind == "cmd":
         sim.command(step[1], step[2], **({"feedback": "fb"} if step[1] == "reject" else {}))
     elif kind == "progress":
@@ -89,10 +102,13 @@ def play(sim: Sim, step: tuple) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(op, max_size=60))
-def test_invariants_hold_for_any_sequence(steps):
+@given(st.lists(op, max_size=60), st.sampled_from(["manual", "auto"]), st.integers(1, 3))
+def test_invariants_hold_for_any_sequence(steps, approval, depth):
     sim = Sim.new(
         workers=3,
+        approval=approval,
+        merge=MergeConfig(depth=depth),
+        ci=CIConfig(parallel=2),
         stale_after_s=300.0,
         stale_grace_s=100.0,
         lease_ttl_s=200.0,
@@ -107,6 +123,10 @@ def test_invariants_hold_for_any_sequence(steps):
         check_invariants(sim.core)
         # no ticket lost: every valid intake is known, in exactly one state
         assert added <= set(sim.core.tickets) | _rejected_ids(sim)
+        # each ticket reaches main at most once, and only by its merge queue commit
+        assert len(sim.merged) == len(set(sim.merged)), sim.merged
+        for tid in sim.merged:
+            assert sim.state(tid) == S.MERGED, tid
     restored = Sim.new(workers=3)
     restored.core.restore(list(sim.core.tickets.values()), sim.now)
     check_invariants(restored.core)
@@ -138,9 +158,8 @@ def test_p4_finishes_under_a_steady_p0_load(workers, p0_per_round):
             sim.start(eff)
             sim.exit(eff)
         for push in sim.take(C.Push):
-            sim.ci(sim.push(push))
-        for merge in sim.take(C.Merge):
-            sim.feed(C.MergeResult(merge.ticket, "merged", sim.now, sha="f" * 40))
+            sim.push(push)
+        sim.settle()
         check_invariants(sim.core)
         if sim.state("slow") == S.MERGED:
             return
