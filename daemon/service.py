@@ -33,9 +33,10 @@ from orchestrator.daemon.git import git, install_ref_token, scrub_clone_config
 from orchestrator.daemon.home import sync_repo_config
 from orchestrator.daemon.homefiles import HomeFiles
 from orchestrator.daemon.merger import Merger
+from orchestrator.daemon.runner import is_our_agent, kill_group
 from orchestrator.daemon.server import PEER_USER, Server
 from orchestrator.daemon.store import Store
-from orchestrator.daemon.workers import Workers, _kill_group, is_our_agent
+from orchestrator.daemon.workers import Workers
 from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import HomeError, OrchestratorError, TicketError
@@ -219,7 +220,7 @@ class Daemon:
             if rec.state != TicketState.RUNNING:
                 continue
             if rec.agent_pid and is_our_agent(rec.agent_pid, rec.id):
-                _kill_group(rec.agent_pid, signal.SIGKILL)
+                kill_group(rec.agent_pid, signal.SIGKILL)
             if rec.agent:
                 wt = self.workers.worktree(rec.agent)
                 try:

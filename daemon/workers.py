@@ -3,10 +3,12 @@
 Each worker ``agent-K`` owns the worktree ``<home>/worktrees/agent-K`` of the
 clone ``<home>/work`` (whose ``origin`` is repo.git). Between attempts the
 worktree is detached, so any worker can later check out any ticket branch.
-Agents are started from argv lists (never a shell) in their own session and
-process group, so a stop ends the whole tree: SIGTERM to the group, a grace
-period, then SIGKILL (like watchfiles' process supervisor). What escaped the group
-(``setsid``) ends with the attempt too (daemon.contain).
+Agents are started from argv lists (never a shell) by an ``AgentRunner``
+(daemon/runner.py; today local processes in their own session and process
+group), so a stop ends the whole tree: SIGTERM, a grace period, then SIGKILL
+(like watchfiles' process supervisor). A worker is an agent slot: it is busy
+from the worktree preparation to the push of the attempt's work. What escaped
+the group (``setsid``) ends with the attempt too (daemon.contain).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from anyio.abc import Process
 from orchestrator.daemon.contain import RUN_ID_VAR, end_attempt_processes
 from orchestrator.daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
 from orchestrator.daemon.git import REF_TOKEN_VAR, git, run_git, scrub_clone_config
+from orchestrator.daemon.runner import AgentProcess, AgentRunner, LocalAgent, LocalRunner
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
 from orchestrator.shared.models import Ticket
@@ -111,7 +113,7 @@ def argv_too_long(argv: list[str]) -> str:
 @dataclass
 class _Run:
     effect: StartAgent
-    process: Process | None = None
+    process: AgentProcess | None = None
     stop_reason: str = ""
     tail: bytearray = field(default_factory=bytearray)
     output_closed: anyio.Event = field(default_factory=anyio.Event)
@@ -129,6 +131,7 @@ class Workers:
         submit: hands inputs to the core (non-blocking).
         publish: sends non-persisted events (agent output) to socket clients.
         repo_lock: serialises git operations that update refs in the shared clone.
+        runner: where agent processes run (daemon/runner.py); local processes by default.
     """
 
     def __init__(
@@ -137,8 +140,10 @@ class Workers:
         submit: Callable[[list[Input]], None],
         publish: Callable[[list[Event]], None],
         repo_lock: anyio.Lock,
+        runner: AgentRunner | None = None,
     ) -> None:
         self.home = home
+        self.runner: AgentRunner = runner or LocalRunner()
         self.submit = submit
         self.publish = publish
         self.repo_lock = repo_lock
@@ -151,7 +156,7 @@ class Workers:
         """SIGKILL every agent still running (last step of a shutdown)."""
         for run in self.runs.values():
             if run.process is not None and run.process.returncode is None:
-                _kill_group(run.process.pid, signal.SIGKILL)
+                run.process.signal(signal.SIGKILL)
 
     def worktree(self, agent: str) -> Path:
         return self.home.worktrees / agent
@@ -178,7 +183,7 @@ class Workers:
         except Exception as exc:  # a bug here must not strand the ticket in `running`
             log.exception("%s: attempt of %s failed", effect.agent, effect.ticket)
             if run.process is not None:
-                _kill_group(run.process.pid, signal.SIGKILL)
+                run.process.signal(signal.SIGKILL)
             self._exited(effect, None, reason=f"internal error: {exc}")
         finally:
             self.runs.pop(effect.agent, None)
@@ -255,15 +260,7 @@ class Workers:
                 return
             await out.write(f"$ {' '.join(argv)}\n".encode())
             try:
-                run.process = await anyio.open_process(
-                    argv,
-                    cwd=wt,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+                run.process = await self.runner.start(argv, wt, env)
             except OSError as exc:
                 reason = (
                     f"agent command not found: {argv[0]}"
@@ -294,7 +291,7 @@ class Workers:
                 code = await process.wait()
                 # What the agent left running ends too; that also closes the output pipe
                 # if a leftover child still held it.
-                _kill_group(process.pid, signal.SIGKILL)
+                process.signal(signal.SIGKILL)
                 await self._end_leftovers(run, process.pid)
                 with anyio.move_on_after(2):
                     await run.output_closed.wait()
@@ -319,7 +316,7 @@ class Workers:
         env.update(ORCH_TICKET_ID=run.effect.ticket, ORCH_WORKTREE=str(wt))
 
         def started(process: Process) -> None:
-            run.process = process
+            run.process = LocalAgent(process)  # the setup runs locally; a stop ends it too
 
         reason, tail = await setup.run_setup(self.home, wt, attempt_dir / "setup.log", env, started)
         run.process = None
@@ -334,10 +331,10 @@ class Workers:
 
     async def _pump_output(self, run: _Run, out: anyio.AsyncFile[bytes]) -> None:
         eff = run.effect
-        assert run.process is not None and run.process.stdout is not None
+        assert run.process is not None
         last_progress = 0.0
         capped = CappedLog(out.wrapped)  # written from a worker thread
-        async for chunk in run.process.stdout:
+        async for chunk in run.process.output():
             await anyio.to_thread.run_sync(capped.write, chunk)
             run.tail.extend(chunk)
             del run.tail[:-LOG_TAIL_CHARS]
@@ -487,8 +484,8 @@ class Workers:
             return
         pid = run.process.pid
         log.info("%s: stopping pid %d (%s): SIGTERM", agent, pid, run.stop_reason)
-        _kill_group(pid, signal.SIGTERM)
-        _kill_group(pid, signal.SIGCONT)  # a SIGSTOPped agent must see the SIGTERM
+        run.process.signal(signal.SIGTERM)
+        run.process.signal(signal.SIGCONT)  # a SIGSTOPped agent must see the SIGTERM
         with anyio.move_on_after(self.home.config.agent.stop_grace_s):
             await run.process.wait()
             return
@@ -498,7 +495,7 @@ class Workers:
             pid,
             self.home.config.agent.stop_grace_s,
         )
-        _kill_group(pid, signal.SIGKILL)
+        run.process.signal(signal.SIGKILL)
 
     async def check_worktrees(self) -> None:
         """Feed Progress for agents whose worktree changed since the last check."""
@@ -537,19 +534,3 @@ class Workers:
 async def _branch_exists(repo: Path, branch: str) -> bool:
     result = await run_git(repo, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}")
     return result.returncode == 0
-
-
-def is_our_agent(pid: int, ticket: str) -> bool:
-    """Is ``pid`` still the agent we started for ``ticket``? (pids are reused after a reboot)."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return f"ORCH_TICKET_ID={ticket}".encode() in environ.split(b"\0")
-
-
-def _kill_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
