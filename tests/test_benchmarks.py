@@ -44,6 +44,8 @@ REQUIRED = {
     "tui.cpu_idle": ("%", 2.0),
     "tui.status_json": ("s", 1.0),
     "tui.locks_json": ("s", 1.0),
+    "throughput.quick.efficiency": ("ratio", 0.8),
+    "throughput.quick.ci_runs_per_merge": ("runs", 1.3),
 }
 
 
