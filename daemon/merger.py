@@ -54,9 +54,13 @@ class Merger:
         self.repo_lock = repo_lock
 
     async def _main(self) -> str:
-        async with self.repo_lock:
-            await git(self.home.work, "fetch", "--quiet", "origin", "main")
-        return await git(self.home.work, "rev-parse", "origin/main")
+        """main as repo.git has it now (read there: no fetch, no lock). Its objects are
+        normally in the work clone already (the merger made them); else main is fetched."""
+        main = await git(self.home.repo, "rev-parse", "refs/heads/main")
+        if (await run_git(self.home.work, "cat-file", "-e", f"{main}^{{commit}}")).returncode:
+            async with self.repo_lock:
+                await git(self.home.work, "fetch", "--quiet", "origin", "main")
+        return main
 
     async def _recorded(self, ticket: str, main: str) -> str:
         """The commit recorded as ``ticket``'s merge if main contains it, else ""."""
@@ -109,11 +113,8 @@ class Merger:
         verified = bool(effect.verified_sha) and tree == await git(
             work, "rev-parse", f"{effect.verified_sha}^{{tree}}"
         )
-        if not verified:
-            async with self.repo_lock:
-                await git(
-                    work, "push", "--quiet", "--force", "origin", f"{sha}:{QUEUE_REF}{ticket}"
-                )
+        if not verified:  # updates no ref of the work clone: no lock needed
+            await git(work, "push", "--quiet", "--force", "origin", f"{sha}:{QUEUE_REF}{ticket}")
         return result(StackOutcome.STACKED, sha=sha, parent=parent, verified=verified)
 
     async def fast_forward(self, effect: FastForward) -> MergeResult:
