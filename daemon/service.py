@@ -416,13 +416,24 @@ class Daemon:
         atomic_write(path, msgspec.json.encode(checks))
 
     async def _stack(self, effect: C.Stack) -> None:
-        result = await self.merger.stack(effect)
+        try:
+            result = await self.merger.stack(effect)
+        except Exception as exc:  # the queue must always get an answer, or it would stall
+            log.exception("stacking %s failed", effect.ticket)
+            result = C.Stacked(
+                effect.ticket, effect.gen, C.StackOutcome.ERROR, time.time(), text=repr(exc)
+            )
         self.submit([result])
         if result.outcome == C.StackOutcome.STACKED and not result.verified:
             await self.ci.read_now(result.sha)  # CI may have finished already
 
     async def _fast_forward(self, effect: C.FastForward) -> None:
-        self.submit([await self.merger.fast_forward(effect)])
+        try:
+            result = await self.merger.fast_forward(effect)
+        except Exception as exc:  # the queue must always get an answer, or it would stall
+            log.exception("fast-forward to %s failed", effect.ticket)
+            result = C.MergeResult(effect.ticket, C.MergeOutcome.ERROR, time.time(), text=repr(exc))
+        self.submit([result])
 
     def _move(self, effect: C.MoveFile) -> None:
         src = Path(effect.path)
