@@ -24,7 +24,9 @@ def test_every_decision_is_recorded_with_user_and_client(make_project):
         "t1",
         description="a1: append app.py # t1\na2: append app.py # commented\n",
     )
-    project.ticket("t2", description="sleep 30\n", locks=["other.txt"])
+    # t2 waits for t1: a worker is free while t1 awaits approval (agent slots), and t2
+    # must still be running when it is stopped below
+    project.ticket("t2", description="sleep 30\n", locks=["other.txt"], depends_on=["t1"])
     project.wait_state("t1", "awaiting_approval")
 
     assert project.cli("priority", "t2", "0").returncode == 0
