@@ -45,6 +45,8 @@ from orchestrator.shared.protocol import EventKind as K
 UNKNOWN_DEPENDENCY_GRACE_S = 5.0
 #: CI that has not reported this long after its time limit counts as an error.
 CI_REPORT_MARGIN_S = 120.0
+#: Stacking attempts after a git error before the ticket waits for a person.
+QUEUE_ERROR_RETRIES = 3
 #: How much of a log goes into the next attempt's feedback.
 FEEDBACK_TAIL_CHARS = 4000
 
@@ -125,6 +127,9 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     """The commit ``queue_sha`` is built on: main or the commit of the entry ahead."""
     queue_gen: int = 0
     """Bumped whenever its stack is discarded, so late results for it are ignored."""
+    queue_errors: int = 0
+    """Stacking errors in a row (a git failure); after ``QUEUE_ERROR_RETRIES`` a person
+    looks (``awaiting_approval``)."""
     merged_sha: str | None = None
     log_file: str = ""
     feedback_file: str = ""
@@ -433,9 +438,10 @@ class Core:
         """Ids of ``merging`` tickets in merge order (docs/scheduling.md, merge queue)."""
         self.inflight: set[str] = set()
         """Ids of tickets in ``ci_running``, ``awaiting_approval`` or ``merging``."""
-        self._stacking: str | None = None
-        """The entry whose Stack effect is out (stacking is sequential: each entry
-        needs the commit of the one ahead)."""
+        self._stacking: tuple[str, int] | None = None
+        """(ticket, gen) of the one Stack effect out (stacking is sequential: each entry
+        needs the commit of the one ahead). Cleared only by its answer, even when that
+        entry was discarded meanwhile, so two pushes of one queue ref never overlap."""
         self._fast_forwarding: str | None = None
         """The entry whose FastForward effect is out."""
 
@@ -1129,7 +1135,7 @@ class Core:
 
     def _started(self, rec: TicketRecord) -> bool:
         """Whether the entry's CI has started (it is stacked or being stacked)."""
-        return bool(rec.queue_sha) or self._stacking == rec.id
+        return bool(rec.queue_sha) or self._stacking == (rec.id, rec.queue_gen)
 
     def _enter_queue(self, rec: TicketRecord, now: float, reason: str) -> None:
         """Approve: put the ticket into the merge queue at its place.
@@ -1173,8 +1179,6 @@ class Core:
         rec.queue_parent = ""
         if rec.state == S.MERGING:
             rec.ci_sha = None
-        if self._stacking == rec.id:
-            self._stacking = None
 
     def _leave_queue(self, rec: TicketRecord, now: float) -> str:
         """Take ``rec`` out of the merge queue; the entries behind it are stacked again
@@ -1185,7 +1189,7 @@ class Core:
         self.merge_queue.pop(k)
         self._reset_entry(rec)
         behind = [self.tickets[t] for t in self.merge_queue[k:]]
-        restacked = [r for r in behind if r.queue_sha or self._stacking == r.id]
+        restacked = [r for r in behind if self._started(r)]
         for other in restacked:
             self._reset_entry(other)
             other.reason = f"restacked without {rec.id}"
@@ -1220,7 +1224,7 @@ class Core:
                 return
             parent = self.tickets[queue[k - 1]].queue_sha if k else ""
             assert rec.branch is not None
-            self._stacking = rec.id
+            self._stacking = (rec.id, rec.queue_gen)
             self._effect(
                 Stack(
                     rec.id,
@@ -1235,11 +1239,12 @@ class Core:
 
     def _on_stacked(self, ev: Stacked) -> None:
         rec = self.tickets.get(ev.ticket)
-        if self._stacking == ev.ticket:
+        if self._stacking == (ev.ticket, ev.gen):
             self._stacking = None
         if rec is None or rec.state != S.MERGING or ev.gen != rec.queue_gen:
             return  # discarded meanwhile (restacked, stopped, failed)
         if ev.outcome == StackOutcome.STACKED:
+            rec.queue_errors = 0
             rec.queue_sha, rec.queue_parent = ev.sha, ev.parent
             k = self.merge_queue.index(rec.id)
             on = self.merge_queue[k - 1] if k else "main"
@@ -1276,6 +1281,15 @@ class Core:
                 "the change is empty on top of main",
                 "Your branch changes nothing on top of main (its change is already there).",
                 ev.now,
+            )
+        elif rec.queue_errors < QUEUE_ERROR_RETRIES:  # e.g. a push that raced: try again
+            rec.queue_errors += 1
+            self._reset_entry(rec)
+            self._emit(
+                K.WARNING,
+                f"{rec.id}: merge queue error, stacking again: {ev.text}",
+                rec,
+                now=ev.now,
             )
         else:
             self._leave_queue(rec, ev.now)

@@ -215,7 +215,7 @@ def check_queue(core: C.Core) -> None:
         if r.state in (TicketState.CI_RUNNING, TicketState.AWAITING_APPROVAL, TicketState.MERGING)
     }
     assert core.inflight == inflight
-    started = [bool(core.tickets[t].queue_sha) or core._stacking == t for t in queue]
+    started = [core._started(core.tickets[t]) for t in queue]
     # entries whose CI started form a prefix, no deeper than merge.depth
     assert started == sorted(started, reverse=True), started
     assert sum(started) <= core.config.merge.depth

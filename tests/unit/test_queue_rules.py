@@ -250,3 +250,32 @@ def test_every_ticket_merges_exactly_once_in_a_valid_chain(plan, depth, parallel
         if all(sim.state(t) == S.MERGED for t in ids):
             break
     assert sorted(sim.merged) == sorted(ids) and len(sim.merged) == len(ids)
+
+
+def test_one_stack_at_a_time_even_when_its_entry_was_discarded_meanwhile():
+    """Two pushes of one queue ref never overlap: a restacked entry waits for the answer
+    to its discarded Stack before it is stacked again."""
+    sim = Sim.new(workers=3, approval="auto")
+    approved(sim, "a", "b")
+    (first,) = sim.take(C.Stack)
+    sim.stack(first)
+    (out,) = sim.take(C.Stack)  # b is being stacked on a
+    assert out.ticket == "b"
+    sim.ci(sim.rec("a").queue_sha, "fail")  # a leaves: b is restacked, its Stack still out
+    assert sim.take(C.Stack) == []
+    sim.stack(out)  # the late answer is ignored, and frees the way
+    (again,) = sim.take(C.Stack)
+    assert (again.ticket, again.parent) == ("b", "") and again.gen > out.gen
+    assert not sim.rec("b").queue_sha
+
+
+def test_a_stacking_error_is_retried_then_waits_for_a_person():
+    sim = Sim.new(workers=1, approval="auto")
+    approved(sim, "a")
+    for _ in range(C.QUEUE_ERROR_RETRIES):
+        (eff,) = sim.take(C.Stack)
+        sim.stack(eff, "error")
+        assert sim.state("a") == S.MERGING
+    (eff,) = sim.take(C.Stack)
+    sim.stack(eff, "error")
+    assert sim.state("a") == S.AWAITING_APPROVAL and "merge queue error" in sim.rec("a").reason
