@@ -62,7 +62,10 @@ def test_every_decision_is_recorded_with_user_and_client(make_project):
     tasks = project.home.tasks_file
 
     def board_ready(_snap) -> bool:
-        return tasks.exists() and "## Merged (1)" in tasks.read_text()
+        if not tasks.exists():
+            return False
+        text = tasks.read_text()  # rewritten after a debounce: wait for t2's last change too
+        return "## Merged (1)" in text and ("## Queued (1)" in text or "## Running (1)" in text)
 
     project.wait_for(board_ready, timeout_s=30, what="TASKS.md")
     text = tasks.read_text()
