@@ -551,6 +551,7 @@ class Core:
     def ticket_view(self, rec: TicketRecord, now: float | None = None) -> TicketView:
         t = rec.ticket
         age_s = max(0.0, (now if now is not None else rec.state_since) - rec.queued_at)
+        position, stacked_on = self._queue_place(rec)
         return TicketView(
             id=rec.id,
             title=t.title,
@@ -571,18 +572,19 @@ class Core:
             file=rec.file,
             log_file=rec.log_file,
             feedback_file=rec.feedback_file,
-            **self._queue_fields(rec),
+            queue_position=position,
+            stacked_on=stacked_on,
+            queue_sha=(rec.queue_sha or None) if position else None,
         )
 
-    def _queue_fields(self, rec: TicketRecord) -> dict[str, object]:
+    def _queue_place(self, rec: TicketRecord) -> tuple[int | None, str | None]:
+        """(1-based merge queue position, what its commit is stacked on) or (None, None)."""
         if rec.state != S.MERGING or rec.id not in self.merge_queue:
-            return {}
+            return None, None
         k = self.merge_queue.index(rec.id)
-        fields: dict[str, object] = {"queue_position": k + 1}
-        if rec.queue_sha:
-            fields["queue_sha"] = rec.queue_sha
-            fields["stacked_on"] = self.merge_queue[k - 1] if k else "main"
-        return fields
+        if not rec.queue_sha:
+            return k + 1, None
+        return k + 1, self.merge_queue[k - 1] if k else "main"
 
     def agent_view(self, worker: Worker) -> AgentView:
         rec = self.tickets.get(worker.ticket) if worker.ticket else None
@@ -1455,9 +1457,10 @@ class Core:
                     )
                 )
         for worker in self.workers.values():
-            rec = self.tickets.get(worker.ticket) if worker.ticket else None
-            if rec is None or rec.state != S.RUNNING:
+            held = self.tickets.get(worker.ticket) if worker.ticket else None
+            if held is None or held.state != S.RUNNING:
                 continue
+            rec = held
             if rec.stop_requested:
                 continue
             idle_s = now - worker.last_activity
