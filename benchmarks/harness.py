@@ -219,7 +219,9 @@ class Project:
         ci_command: str = "true",
         approval: str = "manual",
         config: dict[str, str] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
+        """``files``: extra files (relative path -> text) in the project's first commit."""
         self.base = Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
         self.staging = self.base / "staging"
         self.staging.mkdir()
@@ -227,6 +229,9 @@ class Project:
         source.mkdir()
         git(source, "init", "--quiet", "--initial-branch=main")
         (source / "README.md").write_text("benchmark project\n")
+        for rel, text in (files or {}).items():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            (source / rel).write_text(text)
         git(source, "add", "-A")
         git(source, "commit", "--quiet", "-m", "initial")
         self.config_file = init_home(

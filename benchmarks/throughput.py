@@ -3,8 +3,8 @@
 N tickets with disjoint locks are dropped at once into a real daemon with W
 workers. The agent (``benchmarks/agent.py work A``) works A seconds and writes
 ``bench/<id>.txt``; the CI command sleeps C seconds, then runs a small real
-test suite (``python -m unittest`` over ``bench_tests/``, committed on main
-before the daemon starts) that fails when a ``bench/*.txt`` file says ``FAIL``.
+test suite (``python -m unittest`` over ``bench_tests/``, in the project's
+first commit) that fails when a ``bench/*.txt`` file says ``FAIL``.
 The real post-receive hook and ci.sh run every CI job.
 
 Figures per scenario (``throughput.<scenario>.<figure>``):
@@ -38,7 +38,6 @@ from benchmarks.harness import (
     Connection,
     Figure,
     Project,
-    git,
     percentile,
     wait_until,
 )
@@ -153,8 +152,8 @@ def _scenario(sc: Scenario) -> list[Figure]:
         agent_command=[sys.executable, str(AGENT), "work", str(sc.agent_s)],
         ci_command=ci,
         approval=sc.approval,
+        files={"bench_tests/test_work.py": TEST_SUITE, "bench/seed.txt": "seed\n"},
     ) as project:
-        _commit_test_suite(project)
         project.start()
         watch = _Watch(sc.approval)
         ids = [
@@ -238,16 +237,3 @@ def _scenario(sc: Scenario) -> list[Figure]:
         ),
         Figure(f"{name}.approval_wait_max", max(waits), "s", None, samples=len(waits)),
     ]
-
-
-def _commit_test_suite(project: Project) -> None:
-    """Put the CI test suite on main in repo.git (before the daemon starts)."""
-    clone = project.base / "suite"
-    git(project.base, "clone", "--quiet", str(project.home.repo), str(clone))
-    (clone / "bench_tests").mkdir()
-    (clone / "bench_tests" / "test_work.py").write_text(TEST_SUITE)
-    (clone / "bench").mkdir()
-    (clone / "bench" / "seed.txt").write_text("seed\n")
-    git(clone, "add", "-A")
-    git(clone, "commit", "--quiet", "-m", "benchmark test suite")
-    git(clone, "push", "--quiet", "origin", "HEAD:refs/heads/main")
