@@ -28,7 +28,7 @@ import msgspec
 from orchestrator.shared.models import AgentView, LeaseView, TicketView
 from orchestrator.shared.terminal import sanitize_message
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 #: Longest line the daemon accepts from a client (bytes); longer lines get an error reply.
 MAX_COMMAND_BYTES = 1 << 20
 
