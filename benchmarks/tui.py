@@ -64,12 +64,12 @@ def _core_snapshot(tickets: int) -> tuple[Any, Any]:
     undo()
     core = bench.core
 
-    def snapshot() -> P.Snapshot:
+    def snapshot(tickets: bool = True) -> P.Snapshot:
         now = time.time()
         return P.Snapshot(
             version=P.PROTOCOL_VERSION,
             last_event_id=0,
-            tickets=[core.ticket_view(r, now) for r in core.ordered()],
+            tickets=[core.ticket_view(r, now) for r in core.ordered()] if tickets else [],
             agents=[core.agent_view(w) for w in core.workers.values()],
             leases=core.lease_views(),
             approval="manual",
@@ -208,7 +208,7 @@ async def _status_phase(base: Path, quick: bool) -> dict[str, Any]:
 
     async def dispatch(command: P.ClientCommand) -> P.Reply:
         if isinstance(command, P.Status):
-            return P.StatusReply(ok=True, message="status", snapshot=build())
+            return P.StatusReply(ok=True, message="status", snapshot=build(command.tickets))
         return P.Reply(ok=True)
 
     server = Server(path, _hello, lambda: P.encode(build()), dispatch)

@@ -523,12 +523,13 @@ class Daemon:
 
     # --- socket ------------------------------------------------------------
 
-    def snapshot(self) -> P.Snapshot:
+    def snapshot(self, tickets: bool = True) -> P.Snapshot:
+        """The whole state as clients see it; ``tickets=False`` leaves the tickets out."""
         now = time.time()
         return P.Snapshot(
             version=P.PROTOCOL_VERSION,
             last_event_id=self.store.last_event_id if self.store else 0,
-            tickets=[self.core.ticket_view(r, now) for r in self.core.ordered()],
+            tickets=[self.core.ticket_view(r, now) for r in self.core.ordered()] if tickets else [],
             agents=[self.core.agent_view(w) for w in self.core.workers.values()],
             leases=self.core.lease_views(),
             approval=self.home.config.approval,
@@ -544,8 +545,8 @@ class Daemon:
 
     async def _dispatch(self, command: P.ClientCommand) -> P.Reply:
         match command:
-            case P.Status():
-                return P.StatusReply(ok=True, message="status", snapshot=self.snapshot())
+            case P.Status(tickets=tickets):
+                return P.StatusReply(ok=True, message="status", snapshot=self.snapshot(tickets))
             case P.CINotify(sha=sha):
                 if not is_sha(sha):
                     return P.Reply(ok=False, message=f"ci_notify: {sha!r} is not a full hex sha")

@@ -215,9 +215,15 @@ class ClientHello(Command, tag=CommandName.HELLO.value, kw_only=True, frozen=Tru
 
 
 class Status(Command, tag=CommandName.STATUS.value, kw_only=True, frozen=True):
-    """Ask for a fresh snapshot; answered with a :class:`StatusReply`."""
+    """Ask for a fresh snapshot; answered with a :class:`StatusReply`.
+
+    Attributes:
+        tickets: False leaves the snapshot's ``tickets`` empty (agents and leases only),
+            so ``orchestrator locks`` costs the same with 10 or 100,000 tickets.
+    """
 
     reply_type: ClassVar[type[Reply]] = StatusReply
+    tickets: bool = True
 
 
 class CINotify(Command, tag=CommandName.CI_NOTIFY.value, kw_only=True, frozen=True):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 
+from orchestrator.shared import protocol as P
+from orchestrator.shared.client import request
 from tests.integration.conftest import git, main_log
 
 PASSING_TEST = (
@@ -90,3 +93,29 @@ def test_priorities_locks_dependency_ci_retry_approval_linear_main(make_project)
     assert status.returncode == 0
     done_files = sorted(p.name for p in project.home.done_dir.iterdir())
     assert done_files == ["a-shared.yaml", "b-shared.yaml", "c-child.yaml", "d-flaky.yaml"]
+
+
+def test_locks_asks_the_daemon_for_leases_only(make_project):
+    project = make_project(workers=1)
+    project.ticket(
+        "holder",
+        priority=0,
+        locks=["src/held.py"],
+        description="spin 20\nwrite src/held.py x = 1\\n",
+    )
+    project.wait_state("holder", "running", timeout_s=20)
+
+    reply = request(project.home.socket_path, P.Status(tickets=False))
+    assert reply.snapshot.tickets == []  # no ticket views built or sent
+    assert len(reply.snapshot.agents) == 1
+    assert [(lease.path, lease.ticket) for lease in reply.snapshot.leases] == [
+        ("src/held.py", "holder")
+    ]
+    assert [t.id for t in project.snapshot().tickets] == ["holder"]  # the default still has them
+
+    done = project.cli("locks", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [(lease["path"], lease["ticket"]) for lease in json.loads(done.stdout)] == [
+        ("src/held.py", "holder")
+    ]
+    assert project.send(P.Stop(ticket="holder")).ok
