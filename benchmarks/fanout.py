@@ -272,7 +272,7 @@ def daemon_like_snapshot(tickets: int) -> tuple[Callable[[], bytes], int]:
         snapshot = P.Snapshot(
             version=P.PROTOCOL_VERSION,
             last_event_id=0,
-            tickets=[core.ticket_view(r, now) for r in core.ordered()],
+            tickets=core.ticket_views(now),
             agents=[core.agent_view(w) for w in core.workers.values()],
             leases=core.lease_views(),
             approval="manual",

@@ -69,7 +69,7 @@ def _core_snapshot(tickets: int) -> tuple[Any, Any]:
         return P.Snapshot(
             version=P.PROTOCOL_VERSION,
             last_event_id=0,
-            tickets=[core.ticket_view(r, now) for r in core.ordered()] if tickets else [],
+            tickets=core.ticket_views(now) if tickets else [],
             agents=[core.agent_view(w) for w in core.workers.values()],
             leases=core.lease_views(),
             approval="manual",

@@ -12,6 +12,7 @@ aging, starvation) and docs/liveness.md (heartbeats, staleness).
 from __future__ import annotations
 
 import enum
+import gc
 import heapq
 import re
 from collections.abc import Callable, Iterable
@@ -576,6 +577,22 @@ class Core:
             stacked_on=stacked_on,
             queue_sha=(rec.queue_sha or None) if position else None,
         )
+
+    def ticket_views(self, now: float) -> list[TicketView]:
+        """Every ticket's view, in queue order (a snapshot's ``tickets``).
+
+        The cyclic garbage collector is paused meanwhile: 100,000 views allocate a
+        few hundred thousand objects, none of them in cycles, and the collections
+        they would trigger (each walking every ticket record) doubled the time of a
+        ``status`` at that size (docs/performance.md).
+        """
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return [self.ticket_view(r, now) for r in self.ordered()]
+        finally:
+            if enabled:
+                gc.enable()
 
     def _queue_place(self, rec: TicketRecord) -> tuple[int | None, str | None]:
         """(1-based merge queue position, what its commit is stacked on) or (None, None)."""

@@ -177,9 +177,7 @@ class Daemon:
         await self._reconcile(records)
         outcome = self.core.restore(records, time.time())
         now = time.time()
-        self.files = HomeFiles(
-            self.home, [self.core.ticket_view(r, now) for r in self.core.ordered()], self.notice
-        )
+        self.files = HomeFiles(self.home, self.core.ticket_views(now), self.notice)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._commit_and_publish(outcome)
@@ -529,7 +527,7 @@ class Daemon:
         return P.Snapshot(
             version=P.PROTOCOL_VERSION,
             last_event_id=self.store.last_event_id if self.store else 0,
-            tickets=[self.core.ticket_view(r, now) for r in self.core.ordered()] if tickets else [],
+            tickets=self.core.ticket_views(now) if tickets else [],
             agents=[self.core.agent_view(w) for w in self.core.workers.values()],
             leases=self.core.lease_views(),
             approval=self.home.config.approval,
