@@ -48,7 +48,7 @@ class DetailPane(VerticalScroll):
         self._body = Text()
 
     def compose(self) -> ComposeResult:
-        yield Static(id="detail-body")
+        yield Static(self._body, id="detail-body")
 
     @property
     def diff_text(self) -> str:
@@ -104,9 +104,13 @@ class DetailPane(VerticalScroll):
         self._update(Text("\n").join(p for p in parts if p.plain))
 
     def _update(self, text: Text) -> None:
-        if text != self._body:
-            self._body = text
-            self.query_one("#detail-body", Static).update(text)
+        if text == self._body:
+            return
+        self._body = text
+        # A highlight can arrive before compose or while the app closes, when the body is
+        # not mounted; compose shows ``self._body`` once it is.
+        for body in self.query("#detail-body").results(Static):
+            body.update(text)
 
     def _maybe_start_diff(
         self, ticket: TicketView, agent: AgentView | None, git_dir: Path | None
