@@ -466,6 +466,8 @@ class OrchestratorApp(App[int]):
 
     def _pick_subject(self) -> None:
         """The subject becomes what is under the cursor of the focused table, now."""
+        if not self.screen_stack:  # a highlight delivered while the app closes
+            return
         table = self._active_table
         key = table.selected_key
         subject: str | None = None
