@@ -357,13 +357,8 @@ def read_metrics(home: Home, now: float | None = None) -> Metrics:
 
 # --- CSV -------------------------------------------------------------------------------
 
-ATTEMPT_COLUMNS = [
-    "ticket",
-    "attempt",
-    "agent",
-    "started_at",
-    "ended_at",
-    "outcome",
+#: The measures shared by a row per attempt and a row per ticket (their sums).
+MEASURE_COLUMNS = [
     "queue_wait_s",
     "agent_s",
     "ci_runs",
@@ -379,6 +374,16 @@ ATTEMPT_COLUMNS = [
     "reason",
 ]
 
+ATTEMPT_COLUMNS = [
+    "ticket",
+    "attempt",
+    "agent",
+    "started_at",
+    "ended_at",
+    "outcome",
+    *MEASURE_COLUMNS,
+]
+
 TICKET_COLUMNS = [
     "ticket",
     "title",
@@ -389,19 +394,7 @@ TICKET_COLUMNS = [
     "enqueued_at",
     "ended_at",
     "total_s",
-    "queue_wait_s",
-    "agent_s",
-    "ci_runs",
-    "ci_s",
-    "review_rounds",
-    "approval_wait_s",
-    "merge_wait_s",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "reason",
+    *MEASURE_COLUMNS,
 ]
 
 
