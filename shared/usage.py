@@ -34,6 +34,7 @@ Lines longer than :data:`MAX_LINE_BYTES` are skipped, as are lines that are not 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
@@ -60,21 +61,32 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """Input written to the cache; default: ``input``."""
 
 
-#: Built-in list prices (USD per million tokens) from the vendors' pricing pages,
-#: as listed in docs/usage.md (Anthropic: claude.com/pricing; OpenAI:
-#: openai.com/api/pricing; Google: ai.google.dev/gemini-api/docs/pricing, the
-#: <= 200k-token prompt tier). A model matches the longest key it starts with, so
-#: ``claude-sonnet-4-5-20250929`` uses ``claude-sonnet-4-5``. Override or extend
-#: them in config.yaml (``usage.prices``).
+#: Built-in list prices (USD per million tokens), as listed in docs/usage.md with
+#: their sources: Anthropic's pricing page (platform.claude.com/docs/en/about-claude/pricing),
+#: openai.com/api/pricing, and ai.google.dev/gemini-api/docs/pricing (the <= 200k-token
+#: prompt tier). A key covers its dated and variant ids (see :func:`find_price`), never
+#: another version: ``claude-opus-4`` prices ``claude-opus-4-20250514`` but not
+#: ``claude-opus-4-5``, which costs a third as much. Override or extend them in
+#: config.yaml (``usage.prices``).
 DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4": Price(input=15.0, output=75.0, cache_read=1.5, cache_write=18.75),
+    "claude-opus-4-1": Price(input=15.0, output=75.0, cache_read=1.5, cache_write=18.75),
+    "claude-opus-4-5": Price(input=5.0, output=25.0, cache_read=0.5, cache_write=6.25),
     "claude-sonnet-4": Price(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
-    "claude-haiku-4": Price(input=1.0, output=5.0, cache_read=0.1, cache_write=1.25),
+    "claude-sonnet-4-5": Price(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75),
+    "claude-haiku-4-5": Price(input=1.0, output=5.0, cache_read=0.1, cache_write=1.25),
+    "claude-3-5-haiku": Price(input=0.8, output=4.0, cache_read=0.08, cache_write=1.0),
     "gpt-5": Price(input=1.25, output=10.0, cache_read=0.125),
     "gpt-5-mini": Price(input=0.25, output=2.0, cache_read=0.025),
+    "gpt-5-nano": Price(input=0.05, output=0.4, cache_read=0.005),
     "gemini-2.5-pro": Price(input=1.25, output=10.0, cache_read=0.31),
     "gemini-2.5-flash": Price(input=0.3, output=2.5, cache_read=0.075),
 }
+
+#: What may follow a price key in a model id it covers: nothing, or a separator and
+#: anything but a short version number. ``-20250514`` (a date), ``-codex-high`` and
+#: ``-latest`` are covered; ``-5`` and ``.1`` are other versions, priced differently.
+_OTHER_VERSION = re.compile(r"[-_.]\d{1,2}(?:\D|$)")
 
 
 class ModelUsage(msgspec.Struct, kw_only=True):
@@ -475,14 +487,30 @@ class UsageParser:
 
 
 def find_price(prices: dict[str, Price], model: str) -> Price | None:
-    """The price of ``model``: an exact key, else the longest key it starts with."""
+    """The price of ``model``, or None when no key covers it (it is then unpriced).
+
+    A ``provider/`` prefix is dropped (``anthropic/claude-sonnet-4-5``). An exact key
+    wins; else the longest key that ``model`` starts with, provided the rest is not
+    another version number (``_OTHER_VERSION``): a new model is left unpriced rather
+    than priced as its predecessor.
+    """
     if not model:
         return None
     if model in prices:
         return prices[model]
-    name = model.rsplit("/", 1)[-1]  # "anthropic/claude-sonnet-4-5" -> "claude-sonnet-4-5"
-    best = max((k for k in prices if name.startswith(k)), key=len, default=None)
+    name = model.rsplit("/", 1)[-1]
+    covering = (
+        k
+        for k in prices
+        if name.startswith(k) and not _OTHER_VERSION.match(name, len(k)) and _boundary(name, k)
+    )
+    best = max(covering, key=len, default=None)
     return prices[best] if best is not None else None
+
+
+def _boundary(name: str, key: str) -> bool:
+    """True if ``key`` ends ``name`` or is followed by a separator (not mid-word)."""
+    return len(name) == len(key) or name[len(key)] in "-_.:@["
 
 
 def cost_of(price: Price, part: _Part | ModelUsage) -> float:

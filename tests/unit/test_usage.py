@@ -136,6 +136,31 @@ def test_price_overrides_and_longest_prefix():
 
 
 @pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        ("claude-opus-4-20250514", "claude-opus-4"),
+        ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+        ("claude-opus-4-5-20251101", "claude-opus-4-5"),
+        ("claude-sonnet-4-5[1m]", "claude-sonnet-4-5"),
+        ("anthropic/claude-haiku-4-5", "claude-haiku-4-5"),
+        ("gpt-5-codex", "gpt-5"),
+        ("gpt-5-nano-2025-08-07", "gpt-5-nano"),
+        # Another version is never priced as its predecessor: it is left unpriced.
+        ("claude-opus-4-6", None),
+        ("claude-opus-5", None),
+        ("gpt-5.1", None),
+        ("gpt-50", None),
+        ("claude-haiku-4", None),
+    ],
+)
+def test_a_key_covers_dated_and_variant_ids_but_never_another_version(
+    model: str, key: str | None
+) -> None:
+    found = U.find_price(U.DEFAULT_PRICES, model)
+    assert found == (U.DEFAULT_PRICES[key] if key else None), model
+
+
+@pytest.mark.parametrize(
     "line",
     [
         b'ORCH_USAGE {"input_tokens": -5}',
