@@ -34,6 +34,7 @@ from orchestrator.shared.models import (
     CIVerdict,
     CIView,
     LeaseView,
+    QuestionView,
     Ticket,
     TicketState,
     TicketView,
@@ -55,6 +56,8 @@ FEEDBACK_TAIL_CHARS = 4000
 _TRAILER_LIKE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[ \t]*:", re.MULTILINE)
 
 S = TicketState
+#: States in which the ticket's agent process may run (it holds a worker).
+AGENT_STATES = frozenset({S.RUNNING, S.NEEDS_INPUT})
 #: A ticket in these states may be re-submitted under the same id.
 REPLACEABLE = frozenset({S.CANCELLED, S.REJECTED})
 
@@ -147,6 +150,14 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     granted_attempts: int = 0
     """The attempt limit a person's ``continue``/``reject`` raised it to; a later
     edit of the file's ``max_attempts`` never lowers the limit below it."""
+    run_id: str = ""
+    """The running agent's ``ORCH_RUN_ID``; only it may ``ask`` (empty: none runs)."""
+    question: str = ""
+    """The open question of its agent (``needs_input``); empty: none."""
+    asked_at: float = 0.0
+    """Unix time (s) ``question`` was asked."""
+    asked_by: str = ""
+    """The worker whose agent asked ``question``."""
 
     @property
     def id(self) -> str:
@@ -203,6 +214,8 @@ class AgentStarted:
     log_file: str
     feedback_file: str
     now: float
+    run_id: str = ""
+    """The attempt's ``ORCH_RUN_ID`` (its agent proves who it is with it in ``ask``)."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +317,16 @@ class BudgetExceeded:
 
 
 @dataclass(frozen=True)
+class AskTimedOut:
+    """An ``ask`` of the agent with ``run_id`` got no answer within its ``timeout_s``
+    (the shell times it); the open question is withdrawn."""
+
+    ticket: str
+    run_id: str
+    now: float
+
+
+@dataclass(frozen=True)
 class Command:
     """A command about one ticket, as received on the socket (approve, stop, continue,
     reject, priority, heartbeat)."""
@@ -325,6 +348,7 @@ Input = (
     | Progress
     | Tick
     | BudgetExceeded
+    | AskTimedOut
     | Command
 )
 
@@ -398,7 +422,19 @@ class MoveFile:
     error: str = ""
 
 
-Effect = StartAgent | StopAgent | Push | Stack | FastForward | MoveFile
+@dataclass(frozen=True)
+class QuestionClosed:
+    """The ticket's question is closed: answer every ``ask`` that waits on it with
+    ``answer`` (a person answered), ``timed_out``, or else ``message`` (why it closed
+    without an answer)."""
+
+    ticket: str
+    answer: str | None = None
+    timed_out: bool = False
+    message: str = ""
+
+
+Effect = StartAgent | StopAgent | Push | Stack | FastForward | MoveFile | QuestionClosed
 
 
 @dataclass
@@ -466,7 +502,7 @@ class Core:
                 self.by_file[rec.file] = rec.id
             self._index_dependencies(rec)
         for rec in sorted(self.tickets.values(), key=lambda r: r.seq):
-            if rec.state == S.RUNNING and rec.stop_requested == StopReason.STOP:
+            if rec.state in AGENT_STATES and rec.stop_requested == StopReason.STOP:
                 rec.stop_requested = StopReason.NONE
                 rec.reason = "stopped (the daemon restarted while stopping); work on its branch"
                 self._set_state(rec, S.STOPPED, now)
@@ -475,6 +511,16 @@ class Core:
                 rec.attempt = max(0, rec.attempt - 1)
                 rec.reason = "daemon restarted while the agent ran; its work is on the branch"
                 self._set_state(rec, S.QUEUED, now)
+            elif rec.state == S.NEEDS_INPUT:  # its agent was ended; the question stays
+                rec.stop_requested = StopReason.NONE
+                rec.agent = None
+                rec.agent_pid = None
+                rec.run_id = ""
+                self._take_locks(rec, now)  # if taken meanwhile: taken again when it runs
+                rec.reason = f"asks: {_one_line(rec.question)} (the daemon restarted; " + (
+                    "the answer goes to its next attempt)"
+                )
+                self._emit(K.QUESTION_ORPHANED, f"{rec.id}: {rec.reason}", rec, now=now)
             elif rec.state in ACTIVE_STATES:
                 rec.agent = None
                 if not self._take_locks(rec, now):
@@ -531,6 +577,8 @@ class Core:
                 self._on_tick(event.now)
             case BudgetExceeded():
                 self._on_budget(event)
+            case AskTimedOut():
+                self._on_ask_timed_out(event)
             case Command():
                 self._on_command(event)
         now = getattr(event, "now", 0.0)
@@ -576,7 +624,26 @@ class Core:
             queue_position=position,
             stacked_on=stacked_on,
             queue_sha=(rec.queue_sha or None) if position else None,
+            question=rec.question or None,
+            asked_at=rec.asked_at if rec.question else None,
         )
+
+    def questions(self) -> list[QuestionView]:
+        """Every open question, oldest first (``orchestrator questions``)."""
+        return [
+            QuestionView(
+                ticket=rec.id,
+                title=rec.ticket.title,
+                question=rec.question,
+                asked_at=rec.asked_at,
+                agent=rec.asked_by,
+                waiting=self._worker_of(rec) is not None,
+            )
+            for rec in sorted(
+                (r for r in self.tickets.values() if r.state == S.NEEDS_INPUT and r.question),
+                key=lambda r: (r.asked_at, r.seq),
+            )
+        ]
 
     def ticket_views(self, now: float) -> list[TicketView]:
         """Every ticket's view, in queue order (a snapshot's ``tickets``).
@@ -609,6 +676,8 @@ class Core:
             state = AgentState.IDLE
         elif rec.stop_requested:
             state = AgentState.STOPPING
+        elif rec.state == S.NEEDS_INPUT:
+            state = AgentState.NEEDS_INPUT
         else:
             state = AgentState.STALE if worker.stale_since is not None else AgentState.RUNNING
         return AgentView(
@@ -972,6 +1041,7 @@ class Core:
         if rec is None or worker is None or rec.attempt != ev.attempt:
             return
         worker.pid = rec.agent_pid = ev.pid
+        rec.run_id = ev.run_id
         worker.last_activity = ev.now
         rec.log_file, rec.feedback_file = ev.log_file, ev.feedback_file
         self._emit(
@@ -985,11 +1055,27 @@ class Core:
     def _on_agent_exited(self, ev: AgentExited) -> None:
         rec = self.tickets.get(ev.ticket)
         worker = self.workers.get(ev.agent)
-        if rec is None or worker is None or rec.attempt != ev.attempt or rec.state != S.RUNNING:
+        if (
+            rec is None
+            or worker is None
+            or rec.attempt != ev.attempt
+            or rec.state not in AGENT_STATES
+        ):
             return
         worker.pid = rec.agent_pid = None
+        rec.run_id = ""
         why = rec.stop_requested
         rec.stop_requested = StopReason.NONE
+        if rec.state == S.NEEDS_INPUT and why not in (StopReason.STOP, StopReason.BUDGET):
+            # Killed, crashed or stopped by a shutdown while it waited: its work is
+            # committed; the question stays open and its answer goes to the next attempt.
+            self._free_worker(rec, ev.now)
+            rec.reason = f"asks: {_one_line(rec.question)} (its agent ended; " + (
+                "the answer goes to its next attempt)"
+            )
+            self._emit(K.QUESTION_ORPHANED, f"{rec.id}: {rec.reason}", rec, now=ev.now)
+            self._effect(QuestionClosed(rec.id, message=f"{rec.id}: the asking agent ended"))
+            return
         if why == StopReason.STOP:
             rec.reason = "stopped by request; work committed on " + (rec.branch or "")
             self._release(rec, S.STOPPED, ev.now)
@@ -1631,11 +1717,113 @@ class Core:
     def _cmd_heartbeat(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
         assert isinstance(cmd, P.Heartbeat)
         worker = self._worker_of(rec)
-        if worker is None or rec.state != S.RUNNING:
+        if worker is None or rec.state not in AGENT_STATES:
             self._reply(False, f"{rec.id} is {rec.state}; no running agent to heartbeat")
             return
         self._on_progress(worker.name, now, cmd.note or "heartbeat")
         self._reply(True, f"{rec.id}: lease renewed")
+
+    def _cmd_ask(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
+        """An agent asks a person: ``running`` -> ``needs_input`` (docs/architecture.md)."""
+        assert isinstance(cmd, P.Ask)
+        question = cmd.question.strip()
+        worker = self._worker_of(rec)
+        if rec.state not in AGENT_STATES or worker is None or worker.pid is None:
+            self._reply(
+                False, f"{rec.id} is {rec.state}; only the agent of a running ticket can ask"
+            )
+        elif not rec.run_id or cmd.run_id != rec.run_id:
+            self._reply(
+                False,
+                f"{rec.id}: ORCH_RUN_ID does not name its running attempt; only the agent "
+                "of that attempt may ask",
+            )
+        elif rec.stop_requested:
+            self._reply(False, f"{rec.id}: its agent is being stopped")
+        elif not question:
+            self._reply(False, "the question is empty")
+        elif len(question) > P.MAX_QUESTION_CHARS:
+            self._reply(False, f"the question is longer than {P.MAX_QUESTION_CHARS} characters")
+        elif rec.state == S.NEEDS_INPUT:
+            if question == rec.question:  # asked again (its first ask was interrupted)
+                self._reply(True, f"{rec.id}: still waiting for the answer")
+            else:
+                self._reply(
+                    False, f"{rec.id}: already asks {_one_line(rec.question)!r}; one at a time"
+                )
+        else:
+            rec.question, rec.asked_at, rec.asked_by = question, now, worker.name
+            rec.reason = f"asks: {_one_line(question)}"
+            worker.stale_since = None
+            self._set_state(
+                rec,
+                S.NEEDS_INPUT,
+                now,
+                kind=K.QUESTION_ASKED,
+                message=f"{rec.id}: {worker.name} asks: {_one_line(question)}",
+                text=question,
+            )
+            self._reply(True, f"{rec.id}: asked; waiting for a person's answer")
+
+    def _cmd_answer(self, rec: TicketRecord, cmd: P.TicketCommand, now: float) -> None:
+        """A person answers: back to ``running`` (its agent waits), else ``queued`` with
+        the answer as the next attempt's feedback."""
+        assert isinstance(cmd, P.Answer)
+        text = cmd.text.strip()
+        if rec.state != S.NEEDS_INPUT:
+            self._reply(False, f"{rec.id} is {rec.state}; it has no open question")
+            return
+        if not text:
+            self._reply(False, "the answer is empty")
+            return
+        if len(text) > P.MAX_QUESTION_CHARS:
+            self._reply(False, f"the answer is longer than {P.MAX_QUESTION_CHARS} characters")
+            return
+        question = rec.question
+        rec.question, rec.asked_at, rec.asked_by = "", 0.0, ""
+        message = f"{rec.id}: answered: {_one_line(text)}"
+        worker = self._worker_of(rec)
+        if worker is not None:
+            self._effect(QuestionClosed(rec.id, answer=text))
+            rec.reason = ""
+            worker.last_activity = now  # the stale clock starts again
+            worker.stale_since = None
+            self._set_state(
+                rec, S.RUNNING, now, kind=K.QUESTION_ANSWERED, message=message, text=text
+            )
+            self._reply(True, f"{rec.id}: answered; its agent continues")
+            return
+        rec.feedback = (
+            f"Your previous attempt asked a person:\n{question}\n\nThe answer:\n{text}\n\n"
+            + rec.feedback
+        ).rstrip()
+        rec.attempt = max(0, rec.attempt - 1)  # the interrupted attempt is run again
+        rec.reason = "answered; the answer goes to its next attempt"
+        self._set_state(rec, S.QUEUED, now, kind=K.QUESTION_ANSWERED, message=message, text=text)
+        self._push_heap(rec)
+        self._reply(True, f"{rec.id}: answered; queued again with the answer as feedback")
+
+    def _on_ask_timed_out(self, ev: AskTimedOut) -> None:
+        rec = self.tickets.get(ev.ticket)
+        if rec is None or rec.state != S.NEEDS_INPUT or rec.run_id != ev.run_id:
+            return  # answered, stopped or ended meanwhile
+        worker = self._worker_of(rec)
+        if worker is None:
+            return
+        question = rec.question
+        rec.question, rec.asked_at, rec.asked_by = "", 0.0, ""
+        self._effect(QuestionClosed(rec.id, timed_out=True))
+        rec.reason = ""
+        worker.last_activity = ev.now
+        worker.stale_since = None
+        self._set_state(
+            rec,
+            S.RUNNING,
+            ev.now,
+            kind=K.QUESTION_WITHDRAWN,
+            message=f"{rec.id}: no answer in time; its agent continues without one "
+            f"(it asked: {_one_line(question)})",
+        )
 
     def _on_budget(self, ev: BudgetExceeded) -> None:
         """Stop the running agent of a ticket that spent more than its budget."""
@@ -1645,7 +1833,7 @@ class Core:
             rec is None
             or worker is None
             or worker.pid is None  # not started, or already exited: nothing to stop
-            or rec.state != S.RUNNING
+            or rec.state not in AGENT_STATES
             or rec.attempt != ev.attempt
             or rec.stop_requested
         ):
@@ -1662,7 +1850,7 @@ class Core:
 
     def _stop(self, rec: TicketRecord, now: float) -> None:
         st = rec.state
-        if st == S.RUNNING:
+        if st == S.RUNNING or (st == S.NEEDS_INPUT and self._worker_of(rec) is not None):
             worker = self._worker_of(rec)
             if rec.stop_requested:
                 self._reply(True, f"{rec.id}: already stopping")
@@ -1674,8 +1862,17 @@ class Core:
             self._reply(True, f"{rec.id}: stopping; its work will be committed on {rec.branch}")
         elif st == S.MERGING and self._fast_forwarding == rec.id:
             self._reply(False, f"{rec.id}: main is being fast-forwarded to it; it cannot stop")
-        elif st in (S.QUEUED, S.BLOCKED, S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
+        elif st in (
+            S.QUEUED,
+            S.BLOCKED,
+            S.CI_RUNNING,
+            S.AWAITING_APPROVAL,
+            S.MERGING,
+            S.NEEDS_INPUT,
+        ):
             rec.reason = f"stopped by request while {st}"
+            if st == S.NEEDS_INPUT:
+                rec.reason += f" (it asked: {_one_line(rec.question)})"
             if st == S.MERGING:
                 self._leave_queue(rec, now)
             if st in (S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
@@ -1698,7 +1895,7 @@ class Core:
         self.accepting = False
         for rec in self.tickets.values():
             worker = self._worker_of(rec)
-            if rec.state == S.RUNNING and worker is not None and not rec.stop_requested:
+            if rec.state in AGENT_STATES and worker is not None and not rec.stop_requested:
                 rec.stop_requested = StopReason.SHUTDOWN
                 self._effect(StopAgent(worker.name, rec.id, StopReason.SHUTDOWN))
         return self._take()
@@ -1712,7 +1909,13 @@ class Core:
         now: float,
         kind: K = K.TICKET_STATE,
         message: str = "",
+        text: str | None = None,
     ) -> None:
+        if rec.question and state != S.NEEDS_INPUT:  # closed without an answer
+            rec.question, rec.asked_at, rec.asked_by = "", 0.0, ""
+            self._effect(
+                QuestionClosed(rec.id, message=f"the question was closed: {rec.id} is {state}")
+            )
         rec.state = state
         rec.state_since = now
         if state in (S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
@@ -1722,9 +1925,9 @@ class Core:
         self._unpark(rec.id)
         if state == S.QUEUED and kind == K.TICKET_STATE:
             rec.reserved = False
-        text = message or f"{rec.id}: {state}" + (f" ({rec.reason})" if rec.reason else "")
+        message = message or f"{rec.id}: {state}" + (f" ({rec.reason})" if rec.reason else "")
         worker = self._worker_of(rec)
-        self._emit(kind, text, rec, worker, now=now)
+        self._emit(kind, message, rec, worker, now=now, text=text)
         if state not in ACTIVE_STATES and state != S.QUEUED:
             released = self.locks.release(rec.id)  # e.g. cancelled or blocked after a retry
             if released:
@@ -1789,4 +1992,12 @@ _COMMANDS: dict[type[P.TicketCommand], CommandHandler] = {
     P.Reject: Core._cmd_reject,
     P.SetPriority: Core._cmd_priority,
     P.Heartbeat: Core._cmd_heartbeat,
+    P.Ask: Core._cmd_ask,
+    P.Answer: Core._cmd_answer,
 }
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` on one line (whitespace runs become one space), cut to ``limit`` chars."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -47,6 +47,7 @@ TASKS_ROWS_PER_STATE = 200
 S = TicketState
 #: TASKS.md sections, in this order.
 BOARD_ORDER = [
+    (S.NEEDS_INPUT, "Needs input"),
     (S.RUNNING, "Running"),
     (S.CI_RUNNING, "In CI"),
     (S.AWAITING_APPROVAL, "Awaiting approval"),

@@ -8,7 +8,8 @@ replayed), the ``tickets`` table, and ``runs/<ticket>/<attempt>/agent.log`` plus
 Definitions (docs/metrics.md):
 
 - ``queue_wait_s``: time in ``queued`` / ``blocked`` before the attempt started;
-- ``agent_s``: time in ``running`` (worktree preparation, the agent, commit, push);
+- ``agent_s``: time in ``running`` (worktree preparation, the agent, commit, push); time
+  in ``needs_input`` (the agent waits for a person's answer) is not counted;
 - ``ci_runs``, ``ci_s``: ``ci.result`` events of the attempt and the CI's own
   durations (``duration_s`` of the CI status JSON);
 - ``review_rounds``: reviewer rounds (no reviewer stage yet: always 0);
@@ -44,7 +45,7 @@ S = TicketState
 #: A ticket has ended (a CSV row is written) when it enters one of these states.
 ENDED_STATES = FINAL_STATES | {S.FAILED}
 WAITING = (S.QUEUED, S.BLOCKED)
-ACTIVE = (S.RUNNING, S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING)
+ACTIVE = (S.RUNNING, S.NEEDS_INPUT, S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING)
 PHASES = ("queue", "agent", "ci", "approval", "merge")
 
 _event_decoder = msgspec.json.Decoder(Event)

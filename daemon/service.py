@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import signal
 import socket
@@ -51,7 +52,7 @@ from orchestrator.shared.models import (
 log = logging.getLogger("orchestrator")
 
 #: Commands that are a person's decision, recorded as ``decision`` events (audit trail).
-DECISIONS = (P.Approve, P.Reject, P.Continue, P.SetPriority, P.Stop)
+DECISIONS = (P.Approve, P.Reject, P.Continue, P.SetPriority, P.Stop, P.Answer)
 
 #: How long a stop waits for a degraded state database to become writable (s).
 FLUSH_AT_EXIT_S = 10.0
@@ -63,6 +64,14 @@ SHUTDOWN_SETTLE_S = 5.0
 
 class AlreadyRunning(OrchestratorError):
     pass
+
+
+class _AskWaiter:
+    """One ``ask`` command waiting for its question to close."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply = P.AskReply(ok=False, message="the question was closed")
 
 
 def sd_notify(state: str) -> None:
@@ -121,6 +130,8 @@ class Daemon:
         self._writable = anyio.Event()
         """Set when a degraded state database is written again."""
         self._lock_fd: int | None = None
+        self._asks: dict[str, list[_AskWaiter]] = {}
+        """Ticket id -> the ``ask`` commands waiting for its question to close."""
 
     # --- entry points -----------------------------------------------------
 
@@ -215,7 +226,7 @@ class Daemon:
     async def _reconcile(self, records: list[C.TicketRecord]) -> None:
         """After a crash: end agents that outlived the old daemon and commit their work."""
         for rec in records:
-            if rec.state != TicketState.RUNNING:
+            if rec.state not in (TicketState.RUNNING, TicketState.NEEDS_INPUT):
                 continue
             if rec.agent_pid and is_our_agent(rec.agent_pid, rec.id):
                 kill_group(rec.agent_pid, signal.SIGKILL)
@@ -387,6 +398,22 @@ class Daemon:
                     self._tg.start_soon(self._guarded, self._fast_forward(effect))
                 case C.MoveFile():
                     self._move(effect)
+                case C.QuestionClosed():
+                    self._close_asks(effect)
+
+    def _close_asks(self, effect: C.QuestionClosed) -> None:
+        """Answer every ``ask`` waiting on the ticket's question."""
+        if effect.answer is not None:
+            reply = P.AskReply(ok=True, message="answered", answer=effect.answer)
+        elif effect.timed_out:
+            reply = P.AskReply(
+                ok=False, timed_out=True, message="no answer in time; the question is withdrawn"
+            )
+        else:
+            reply = P.AskReply(ok=False, message=effect.message or "the question was closed")
+        for waiter in self._asks.pop(effect.ticket, []):
+            waiter.reply = reply
+            waiter.done.set()
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         """Run an effect; a bug in it is logged and announced, never fatal to the daemon."""
@@ -552,6 +579,13 @@ class Daemon:
                 return P.Reply(ok=found, message="applied" if found else f"no status for {sha}")
             case P.Enqueue():
                 return await self._enqueue(command)
+            case P.Questions():
+                questions = self.core.questions()
+                return P.QuestionsReply(
+                    ok=True, message=f"{len(questions)} open question(s)", questions=questions
+                )
+            case P.Ask():
+                return await self._ask(command)
             case P.ClientHello():  # answered by the server itself; never dispatched
                 return P.Reply(ok=False, message="hello is answered by the server")
             case _:  # a ticket command: the core applies it
@@ -574,6 +608,8 @@ class Daemon:
                 what = f"reject: {command.feedback}"
             case P.SetPriority():
                 what = f"priority P{command.priority}"
+            case P.Answer():
+                what = f"answer: {command.text}"
             case _:
                 what = str(type(command).__struct_config__.tag)
         result = "done" if outcome.ok else "refused"
@@ -589,6 +625,39 @@ class Daemon:
                 client=client,
             )
         )
+
+    async def _ask(self, command: P.Ask) -> P.Reply:
+        """An agent's question: applied by the core, then answered when it closes.
+
+        The waiter is registered before the core applies the ask, so an answer in
+        the same batch is not missed. A timeout (``timeout_s``) is timed here and
+        applied by the core (:class:`~daemon.core.AskTimedOut`); an answer that
+        races it wins. If the asking connection drops meanwhile, nothing changes:
+        the question stays open (docs/protocol.md).
+        """
+        if self._stopping:
+            return P.AskReply(ok=False, message="the daemon is shutting down")
+        waiter = _AskWaiter()
+        waiters = self._asks.setdefault(command.ticket, [])
+        waiters.append(waiter)
+        try:
+            outcome = await self.ask(C.Command(command, time.time()))
+            if not outcome.ok:
+                return P.AskReply(ok=False, message=outcome.message)
+            timeout_s = command.timeout_s if command.timeout_s is not None else math.inf
+            with anyio.move_on_after(max(0.0, timeout_s)):
+                await waiter.done.wait()
+            if not waiter.done.is_set():
+                await self.ask(C.AskTimedOut(command.ticket, command.run_id, time.time()))
+                if not waiter.done.is_set():  # cannot happen: closed questions are answered
+                    waiter.reply = P.AskReply(ok=False, timed_out=True, message="no answer")
+            return waiter.reply
+        finally:
+            left = self._asks.get(command.ticket)
+            if left is not None and waiter in left:
+                left.remove(waiter)
+                if not left:
+                    del self._asks[command.ticket]
 
     async def _enqueue(self, command: P.Enqueue) -> P.Reply:
         name = command.name

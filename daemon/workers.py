@@ -281,6 +281,7 @@ class Workers:
                         str(log_file),
                         str(feedback_file or ""),
                         time.time(),
+                        run.run_id,
                     )
                 ]
             )

@@ -153,6 +153,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         reason = t.reason
         if t.state == TicketState.AWAITING_APPROVAL:
             reason += f" (merge: orchestrator approve {t.id})"
+        elif t.state == TicketState.NEEDS_INPUT:
+            reason += f" (answer: orchestrator answer {t.id} TEXT)"
         print(
             f"{t.id:<24} {t.state:<18} P{t.priority:<4} {t.effective_priority:>6.2f} "
             f"{t.agent or '-':<9} {age:>6}  {reason}"
@@ -391,6 +393,86 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
     return _answer(_request(args, P.Heartbeat(ticket=ticket, note=args.note)))
 
 
+#: ``orchestrator ask`` exit codes (docs/protocol.md#asking-a-person, README).
+ASK_ANSWERED = 0
+ASK_REFUSED = 1
+"""The daemon refused the question (ticket not running, not this attempt's agent, empty
+question...) or closed it without an answer (the ticket was stopped)."""
+ASK_NOT_IN_AGENT = 2
+"""Not run inside an agent (no ``ORCH_TICKET_ID``/``ORCH_RUN_ID``), or no usable config."""
+ASK_TIMED_OUT = 3
+ASK_NO_DAEMON = 4
+"""No daemon answers, or the connection to it was lost before an answer."""
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Ask a person from inside an agent; print the answer. Exit codes: ``ASK_*``."""
+    from orchestrator.shared.client import request
+    from orchestrator.shared.errors import DaemonNotRunning, ProtocolError
+
+    ticket = os.environ.get("ORCH_TICKET_ID")
+    run_id = os.environ.get("ORCH_RUN_ID")
+    if not ticket or not run_id:
+        _error(
+            "ORCH_TICKET_ID and ORCH_RUN_ID are not set: `ask` runs inside an agent "
+            "started by the daemon (a person answers with `orchestrator answer`)"
+        )
+        return ASK_NOT_IN_AGENT
+    if args.timeout_s is not None and args.timeout_s <= 0:
+        _error("--timeout-s must be more than 0")
+        return ASK_NOT_IN_AGENT
+    if not args.config and os.environ.get("ORCH_CONFIG"):
+        args.config = os.environ["ORCH_CONFIG"]
+    try:
+        home = _config(args)
+    except OrchestratorError as exc:
+        _error(str(exc))
+        return ASK_NOT_IN_AGENT
+    command = P.Ask(
+        ticket=ticket, question=args.question, run_id=run_id, timeout_s=args.timeout_s, client="cli"
+    )
+    try:
+        reply = request(home.socket_path, command, timeout_s=None)
+    except (DaemonNotRunning, ProtocolError) as exc:
+        _error(f"{exc} (no answer)")
+        return ASK_NO_DAEMON
+    if isinstance(reply, P.AskReply) and reply.ok and reply.answer is not None:
+        sys.stdout.write(reply.answer + "\n")
+        return ASK_ANSWERED
+    if isinstance(reply, P.AskReply) and reply.timed_out:
+        _error(f"no answer within {args.timeout_s:g} s; the question is withdrawn")
+        return ASK_TIMED_OUT
+    _error(reply.message)
+    return ASK_REFUSED
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    return _answer(_request(args, P.Answer(ticket=args.ticket, text=args.text)))
+
+
+def cmd_questions(args: argparse.Namespace) -> int:
+    from orchestrator.shared.client import request
+
+    reply = request(_config(args).socket_path, P.Questions(client="cli"))
+    if not isinstance(reply, P.QuestionsReply) or not reply.ok:
+        raise OrchestratorError(reply.message or "the daemon sent no questions")
+    questions = sanitize_message(reply.questions)
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(questions).decode() + "\n")
+        return 0
+    if not questions:
+        print("no open questions")
+        return 0
+    now = time.time()
+    for q in questions:
+        waits = q.agent if q.waiting else f"{q.agent} ended; the answer goes to the next attempt"
+        print(f"{q.ticket} ({q.title}), asked {_age(now - q.asked_at)} ago by {waits}:")
+        for line in q.question.splitlines() or [""]:
+            print(f"    {line}")
+        print(f"  answer: orchestrator answer {q.ticket} TEXT")
+    return 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from orchestrator.tui.app import run
 
@@ -548,6 +630,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("heartbeat", help="(inside an agent) report progress"))
     p.add_argument("--note", default="", help="what the agent is doing (shown in the TUI)")
     p.set_defaults(func=cmd_heartbeat)
+
+    p = with_config(
+        sub.add_parser(
+            "ask",
+            help="(inside an agent) ask a person; prints the answer",
+            description="Put the agent's ticket in needs_input until a person answers "
+            "(orchestrator answer, or the TUI), then print the answer. Exit codes: 0 answered, "
+            "1 refused or closed without an answer (e.g. the ticket was stopped), 2 not run "
+            "inside an agent, 3 timed out, 4 no daemon (or the connection was lost).",
+        )
+    )
+    p.add_argument("question", help="the question for a person")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="give up after this many seconds: the question is withdrawn, exit code 3 "
+        "(default: wait until answered)",
+    )
+    p.set_defaults(func=cmd_ask)
+
+    p = with_config(sub.add_parser("answer", help="answer the question a ticket's agent asked"))
+    p.add_argument("ticket", help="ticket id (it must be needs_input)")
+    p.add_argument("text", help="the answer")
+    p.set_defaults(func=cmd_answer)
+
+    p = with_config(sub.add_parser("questions", help="the agents' open questions"))
+    p.add_argument("--json", action="store_true", help="the questions as one JSON array")
+    p.set_defaults(func=cmd_questions)
 
     p = with_config(sub.add_parser("tui", help="open the terminal UI"))
     p.add_argument(

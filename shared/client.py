@@ -20,10 +20,12 @@ import msgspec
 from orchestrator.shared.errors import DaemonNotRunning, ProtocolError
 from orchestrator.shared.protocol import (
     PROTOCOL_VERSION,
+    AskReply,
     ClientHello,
     Command,
     Event,
     Hello,
+    QuestionsReply,
     Reply,
     ServerMessage,
     Snapshot,
@@ -70,18 +72,24 @@ class _ReplyHead(msgspec.Struct):
 
 
 _head_decoder = msgspec.json.Decoder(_ReplyHead)
-_REPLY_TAGS = frozenset(cls.__struct_config__.tag for cls in (Reply, StatusReply))
+_REPLY_TAGS = frozenset(
+    cls.__struct_config__.tag for cls in (Reply, StatusReply, AskReply, QuestionsReply)
+)
 
 
 @overload
-def request(path: Path, command: Status, timeout_s: float = 30.0) -> StatusReply: ...
+def request(path: Path, command: Status, timeout_s: float | None = 30.0) -> StatusReply: ...
 @overload
-def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply: ...
-def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply:
+def request(path: Path, command: Command, timeout_s: float | None = 30.0) -> Reply: ...
+def request(path: Path, command: Command, timeout_s: float | None = 30.0) -> Reply:
     """Send one command and wait for its reply (blocking; for the CLI).
 
     One-shot: the daemon sends its hello and then only the reply (no snapshot,
     no events), however large its state.
+
+    Args:
+        timeout_s: how long to wait for the daemon's lines; None waits for ever
+            (``orchestrator ask``, whose reply comes when a person answers).
 
     Returns:
         The reply, of the command's ``reply_type`` (a :class:`StatusReply` for
@@ -100,7 +108,7 @@ def request(path: Path, command: Command, timeout_s: float = 30.0) -> Reply:
     return message
 
 
-def request_line(path: Path, command: Command, timeout_s: float = 30.0) -> bytes:
+def request_line(path: Path, command: Command, timeout_s: float | None = 30.0) -> bytes:
     """:func:`request`, returning the reply's JSON line undecoded.
 
     For callers that pass a large reply through or read only part of it
@@ -124,7 +132,9 @@ def request_line(path: Path, command: Command, timeout_s: float = 30.0) -> bytes
             try:
                 line = reader.readline(MAX_LINE_BYTES)
             except TimeoutError:
-                raise ProtocolError(f"the daemon did not answer within {timeout_s:.0f} s") from None
+                raise ProtocolError(
+                    f"the daemon did not answer within {timeout_s or 0:.0f} s"
+                ) from None
             if not line:
                 raise ProtocolError("the daemon closed the connection without answering")
             return line

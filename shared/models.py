@@ -280,6 +280,10 @@ class TicketState(enum.StrEnum):
     """A dependency failed or was cancelled; waits until it is continued."""
     RUNNING = "running"
     """An agent works on it in a worktree."""
+    NEEDS_INPUT = "needs_input"
+    """Its agent asked a person a question (``orchestrator ask``) and waits for the
+    answer (``orchestrator answer``); never stale. If the agent ended meanwhile, the
+    answer becomes the feedback of its next attempt."""
     CI_RUNNING = "ci_running"
     """Its branch was pushed; CI runs on the pushed commit (manual approval only)."""
     AWAITING_APPROVAL = "awaiting_approval"
@@ -302,10 +306,12 @@ class TicketState(enum.StrEnum):
 #: States from which nothing more happens without a person.
 FINAL_STATES = frozenset({TicketState.MERGED, TicketState.REJECTED, TicketState.CANCELLED})
 #: States of a ticket in flight: it holds its leases (path locks). Only ``running``
-#: holds a worker (an agent slot); see docs/architecture.md.
+#: and ``needs_input`` (while its agent waits for the answer) hold a worker (an agent
+#: slot); see docs/architecture.md.
 ACTIVE_STATES = frozenset(
     {
         TicketState.RUNNING,
+        TicketState.NEEDS_INPUT,
         TicketState.CI_RUNNING,
         TicketState.AWAITING_APPROVAL,
         TicketState.MERGING,
@@ -322,6 +328,8 @@ class AgentState(enum.StrEnum):
     STALE = "stale"
     """The agent process shows no progress for ``stale_after_s``."""
     STOPPING = "stopping"
+    NEEDS_INPUT = "needs_input"
+    """The agent waits for a person's answer to its question (``orchestrator ask``)."""
     # The three below are no longer reported: a worker is free once its ticket's work is
     # pushed (issue 9). Kept so that older clients and the TUI still decode them.
     WAITING_CI = "ci_running"
@@ -390,6 +398,10 @@ class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     None while not stacked yet."""
     queue_sha: str | None = None
     """Its commit in the merge queue (pushed as ``refs/orchestrator/queue/<id>``)."""
+    question: str | None = None
+    """The open question its agent asked (``needs_input`` only), else None."""
+    asked_at: float | None = None
+    """Unix time (s) the open question was asked, else None."""
 
 
 class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
@@ -419,3 +431,18 @@ class LeaseView(msgspec.Struct, kw_only=True, frozen=True):
     expires_at: float
     reserved: bool = False
     """True for a starvation reservation (held for a waiting ticket)."""
+
+
+class QuestionView(msgspec.Struct, kw_only=True, frozen=True):
+    """One open question of an agent (``orchestrator questions``, docs/protocol.md)."""
+
+    ticket: str
+    title: str
+    question: str
+    asked_at: float
+    """Unix time (s) it was asked."""
+    agent: str
+    """The worker (``agent-K``) whose agent asked."""
+    waiting: bool
+    """True while that agent blocks in ``orchestrator ask``; False when it ended
+    meanwhile (the answer then becomes the feedback of the ticket's next attempt)."""

@@ -25,12 +25,14 @@ from typing import ClassVar
 
 import msgspec
 
-from orchestrator.shared.models import AgentView, LeaseView, TicketView
+from orchestrator.shared.models import AgentView, LeaseView, QuestionView, TicketView
 from orchestrator.shared.terminal import sanitize_message
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 #: Longest line the daemon accepts from a client (bytes); longer lines get an error reply.
 MAX_COMMAND_BYTES = 1 << 20
+#: Longest question an agent may ask, and longest answer (characters).
+MAX_QUESTION_CHARS = 8000
 
 
 class EventKind(enum.StrEnum):
@@ -67,6 +69,15 @@ class EventKind(enum.StrEnum):
     """No longer sent (before the merge queue); kept so old event logs decode."""
     DECISION = "decision"
     """A person's command, applied or refused (the audit trail)."""
+    QUESTION_ASKED = "question.asked"
+    """An agent asked a question (``orchestrator ask``); the ticket is ``needs_input``."""
+    QUESTION_ANSWERED = "question.answered"
+    """A person answered; ``text`` is the answer."""
+    QUESTION_WITHDRAWN = "question.withdrawn"
+    """The question was withdrawn: its ``ask`` timed out (the agent goes on without an
+    answer)."""
+    QUESTION_ORPHANED = "question.orphaned"
+    """The asking agent ended before the answer; the answer will go to the next attempt."""
 
 
 class CommandName(enum.StrEnum):
@@ -82,6 +93,9 @@ class CommandName(enum.StrEnum):
     ENQUEUE = "enqueue"
     HEARTBEAT = "heartbeat"
     CI_NOTIFY = "ci_notify"
+    ASK = "ask"
+    ANSWER = "answer"
+    QUESTIONS = "questions"
 
 
 class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True, frozen=True):
@@ -149,7 +163,25 @@ class StatusReply(Reply, tag="status_reply", kw_only=True, frozen=True):
     snapshot: Snapshot
 
 
-ServerMessage = Hello | Snapshot | Event | Reply | StatusReply
+class AskReply(Reply, tag="ask_reply", kw_only=True, frozen=True):
+    """The answer to :class:`Ask`, sent once the question is closed.
+
+    ``ok`` with ``answer``: a person answered. ``timed_out``: no answer within the
+    ask's ``timeout_s`` (the question is withdrawn). Otherwise ``ok: false`` and
+    ``message`` says why (refused, or the question was closed: the ticket was stopped).
+    """
+
+    answer: str | None = None
+    timed_out: bool = False
+
+
+class QuestionsReply(Reply, tag="questions_reply", kw_only=True, frozen=True):
+    """The answer to :class:`Questions`: every open question, oldest first."""
+
+    questions: list[QuestionView] = msgspec.field(default_factory=list)
+
+
+ServerMessage = Hello | Snapshot | Event | Reply | StatusReply | AskReply | QuestionsReply
 
 # --- client -> daemon -------------------------------------------------------
 
@@ -196,6 +228,35 @@ class Heartbeat(TicketCommand, tag=CommandName.HEARTBEAT.value, kw_only=True, fr
     note: str = ""
 
 
+class Ask(TicketCommand, tag=CommandName.ASK.value, kw_only=True, frozen=True):
+    """An agent asks a person (``orchestrator ask``); answered by :class:`AskReply`
+    only when the question is closed (answered, timed out, or the ticket stopped).
+
+    Attributes:
+        question: one or more lines for a person (at most :data:`MAX_QUESTION_CHARS`).
+        run_id: the asking agent's ``ORCH_RUN_ID``; must be the running attempt's.
+        timeout_s: withdraw the question after this long without an answer
+            (None: wait until answered).
+    """
+
+    reply_type: ClassVar[type[Reply]] = AskReply
+    question: str
+    run_id: str
+    timeout_s: float | None = None
+
+
+class Answer(TicketCommand, tag=CommandName.ANSWER.value, kw_only=True, frozen=True):
+    """A person answers the ticket's open question (``orchestrator answer``)."""
+
+    text: str
+
+
+class Questions(Command, tag=CommandName.QUESTIONS.value, kw_only=True, frozen=True):
+    """List the open questions; answered by :class:`QuestionsReply`."""
+
+    reply_type: ClassVar[type[Reply]] = QuestionsReply
+
+
 class Enqueue(Command, tag=CommandName.ENQUEUE.value, kw_only=True, frozen=True):
     """Place a ticket in the backlog; ``yaml`` is the file content, ``name`` its file name."""
 
@@ -232,8 +293,8 @@ class CINotify(Command, tag=CommandName.CI_NOTIFY.value, kw_only=True, frozen=Tr
     sha: str
 
 
-TicketCommands = Approve | Stop | Continue | Reject | SetPriority | Heartbeat
-ClientCommand = ClientHello | TicketCommands | Enqueue | Status | CINotify
+TicketCommands = Approve | Stop | Continue | Reject | SetPriority | Heartbeat | Ask | Answer
+ClientCommand = ClientHello | TicketCommands | Enqueue | Status | CINotify | Questions
 
 _encoder = msgspec.json.Encoder()
 _server_decoder = msgspec.json.Decoder(ServerMessage)

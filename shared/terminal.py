@@ -28,7 +28,9 @@ _ONE_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
 _MULTI_LINE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
 
 #: Struct fields that hold multi-line text (newlines and tabs kept).
-MULTILINE_FIELDS = frozenset({"text", "log_tail", "description", "feedback", "data"})
+MULTILINE_FIELDS = frozenset(
+    {"text", "log_tail", "description", "feedback", "data", "question", "answer"}
+)
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -41,6 +41,7 @@ from orchestrator.shared.models import (
     TicketView,
 )
 from orchestrator.shared.protocol import (
+    Answer,
     Approve,
     Continue,
     Enqueue,
@@ -93,7 +94,7 @@ _PRIORITY_HELP = (
     "so old tickets are not starved; the queue is taken in effective-priority order."
 )
 #: Keys whose binding is disabled for some states; pressing them then explains why.
-_REFUSABLE = {"c": "proceed", "r": "reject", "s": "stop_ticket"}
+_REFUSABLE = {"c": "proceed", "r": "reject", "s": "stop_ticket", "a": "answer"}
 _CONTINUE_STATES = frozenset({TicketState.STOPPED, TicketState.FAILED, TicketState.BLOCKED})
 
 
@@ -132,6 +133,13 @@ class OrchestratorApp(App[int]):
             "reject",
             "Reject",
             tooltip="send a ticket awaiting approval back with feedback for its next attempt",
+        ),
+        Binding(
+            "a",
+            "answer",
+            "Answer",
+            show=False,  # offered in Detail ("press a to answer") and in the help screen
+            tooltip="answer the question the subject's agent asked (needs_input)",
         ),
         Binding("d", "diff", "Diff", tooltip="full diff of its branch against main (coloured)"),
         Binding("l", "log", "Log", tooltip="the agent's full output log, followed live"),
@@ -545,6 +553,8 @@ class OrchestratorApp(App[int]):
             return state == TicketState.AWAITING_APPROVAL or state in _CONTINUE_STATES or None
         if action == "reject":
             return state == TicketState.AWAITING_APPROVAL or None
+        if action == "answer":
+            return state == TicketState.NEEDS_INPUT or None
         if action == "stop_ticket":
             return (
                 state not in FINAL_STATES
@@ -577,7 +587,9 @@ class OrchestratorApp(App[int]):
 
     # --- commands ---------------------------------------------------------------
 
-    def _send(self, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue) -> None:
+    def _send(
+        self, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue | Answer
+    ) -> None:
         command = msgspec.structs.replace(command, client="tui")  # recorded (audit trail)
         client = self._client
         if client is None:
@@ -587,7 +599,9 @@ class OrchestratorApp(App[int]):
 
     @work(group="commands", exit_on_error=False)
     async def _send_command(
-        self, client: Client, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue
+        self,
+        client: Client,
+        command: Approve | Continue | Stop | Reject | SetPriority | Enqueue | Answer,
     ) -> None:
         subject = command.name if isinstance(command, Enqueue) else command.ticket
         label = f"{type(command).__struct_config__.tag} {subject}"
@@ -677,6 +691,34 @@ class OrchestratorApp(App[int]):
                 self._send(Reject(ticket=ticket_id, feedback=feedback))
 
         self.push_screen(RejectScreen(ticket_id, ticket.title), send)
+
+    def action_answer(self) -> None:
+        """``a``: answer the question of the subject's agent (a ticket in needs_input)."""
+        ticket = self._selected_ticket()
+        if ticket is None:
+            return
+        if ticket.state != TicketState.NEEDS_INPUT:
+            self.notify(
+                f"{ticket.id} is {ticket.state}: only a ticket whose agent asked a question "
+                "(needs_input) can be answered",
+                severity="warning",
+                markup=False,
+            )
+            return
+        ticket_id = ticket.id
+
+        def send(answer: str | None) -> None:
+            if answer:
+                self._send(Answer(ticket=ticket_id, text=answer))
+
+        screen = RejectScreen(
+            ticket_id,
+            ticket.title,
+            verb="Answer",
+            prompt=f"The agent asks:\n{ticket.question or '(no question text)'}",
+            placeholder="your answer",
+        )
+        self.push_screen(screen, send)
 
     def action_priority(self, delta: int) -> None:
         """``+``/``-``: one step more/less urgent (lower number = more urgent, 0..4)."""

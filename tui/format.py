@@ -20,6 +20,7 @@ TICKET_STYLES: dict[TicketState, str] = {
     TicketState.QUEUED: "",
     TicketState.BLOCKED: "yellow",
     TicketState.RUNNING: "blue",
+    TicketState.NEEDS_INPUT: "bold magenta",
     TicketState.CI_RUNNING: "blue",
     TicketState.AWAITING_APPROVAL: "bold green",
     TicketState.MERGING: "blue",
@@ -64,12 +65,15 @@ def ticket_state(state: TicketState) -> Text:
 def agent_state_style(agent: AgentView, ticket: TicketView | None) -> str:
     """Colour of an agent's state cell.
 
-    Red when stale or its ticket failed, green when its ticket awaits approval,
+    Red when stale or its ticket failed, magenta when its agent waits for an answer,
+    green when its ticket awaits approval,
     yellow when stopping/stopped, blue while working, plain when idle.
     """
     ticket_state_ = ticket.state if ticket is not None else None
     if agent.state == AgentState.STALE or ticket_state_ == TicketState.FAILED:
         return "bold red"
+    if agent.state == AgentState.NEEDS_INPUT or ticket_state_ == TicketState.NEEDS_INPUT:
+        return "bold magenta"
     if (
         agent.state == AgentState.AWAITING_APPROVAL
         or ticket_state_ == TicketState.AWAITING_APPROVAL

@@ -31,6 +31,9 @@ def needs_person(old: TicketView | None, new: TicketView) -> str | None:
         return None
     if new.state == TicketState.AWAITING_APPROVAL:
         return f"{new.id} passed CI and awaits approval"
+    if new.state == TicketState.NEEDS_INPUT:
+        question = " ".join((new.question or "").split())
+        return f"{new.id} asks: {question[:200]}" if question else f"{new.id} asks a question"
     if new.state == TicketState.FAILED:
         return f"{new.id} failed: {new.reason}" if new.reason else f"{new.id} failed"
     return None

@@ -18,6 +18,11 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
     usage JSON...           print the generic usage line ``ORCH_USAGE JSON``
     cat PATH                print a file (e.g. a recorded agent transcript)
     usage-file TEXT...      append a line to $ORCH_USAGE_FILE (the {usage_file})
+    ask PATH QUESTION...    run `orchestrator ask QUESTION` (\\n becomes a newline) and write its
+                            answer to PATH, or ``exit N`` when it exits N; when the feedback
+                            holds a person's answer (an earlier ask was cut off), that answer
+                            is written without asking
+    ask-timeout S PATH Q... the same with `--timeout-s S`
     exit CODE               exit now with CODE
 """
 
@@ -103,9 +108,35 @@ def main() -> int:
         elif cmd == "usage-file":
             with open(os.environ["ORCH_USAGE_FILE"], "a") as f:
                 f.write(rest + "\n")
+        elif cmd in ("ask", "ask-timeout"):
+            ask(cmd, rest)
         elif cmd == "exit":
             return int(rest)
     return 0
+
+
+def ask(cmd: str, rest: str) -> None:
+    timeout = []
+    if cmd == "ask-timeout":
+        seconds, _, rest = rest.partition(" ")
+        timeout = ["--timeout-s", seconds]
+    path, _, question = rest.partition(" ")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    feedback = os.environ.get("ORCH_FEEDBACK_FILE")
+    given = Path(feedback).read_text() if feedback else ""
+    if "The answer:\n" in given:
+        answer = given.split("The answer:\n", 1)[1].split("\n\n", 1)[0]
+        print("ask: the answer came with the feedback", flush=True)
+        Path(path).write_text(answer + "\n")
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "ask", *timeout, question.replace("\\n", "\n")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(f"ask: exit {done.returncode}: {done.stderr.strip()}", flush=True)
+    Path(path).write_text(done.stdout if done.returncode == 0 else f"exit {done.returncode}\n")
 
 
 if __name__ == "__main__":

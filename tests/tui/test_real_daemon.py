@@ -204,3 +204,57 @@ async def test_banner_while_daemon_is_down_then_resync(make_project) -> None:
         await until(pilot, lambda: row_state(app, "T-two") is not None, "T-two after the resync")
         assert row_state(app, "T-one") is not None
         assert app.board.connected
+
+
+async def test_a_answers_an_agents_question(make_project) -> None:
+    """An agent asks (the real `orchestrator ask`); the TUI notifies, shows the question in
+    the tickets table and Detail, and `a` sends the answer, which the agent merges."""
+    from orchestrator.shared.config import TuiConfig
+    from orchestrator.tui.notify import Notifier
+    from orchestrator.tui.widgets.detail_pane import DetailPane
+    from tests.integration.conftest import git
+
+    sent: list[str] = []
+
+    class Recorder(Notifier):
+        def desktop(self, summary: str, body: str) -> None:
+            sent.append(body)
+
+    project = make_project(workers=1, approval="auto")
+    app = OrchestratorApp(project.home.socket_path, notifier=Recorder(TuiConfig(), environ={}))
+    rings: list[int] = []
+    app.bell = lambda: rings.append(1)  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        project.ticket("T-ask", description="ask src/fruit.txt Which fruit?\n")
+        await wait_state(pilot, project, "T-ask", "needs_input")
+        await until(
+            pilot, lambda: row_state(app, "T-ask") == "needs_input", "T-ask shown needs_input"
+        )
+        await until(pilot, lambda: sent, "a desktop notification")
+        assert "T-ask asks: Which fruit?" in sent[0] and rings
+        table = app.query_one(TicketsTable)
+        await until(
+            pilot, lambda: "asks: Which fruit?" in table.cell_text("T-ask", "reason"), "the Why"
+        )
+
+        await select_ticket(pilot, "T-ask")
+        detail = app.query_one(DetailPane)
+        await until(
+            pilot,
+            lambda: "question" in detail.body_text and "press a to answer" in detail.body_text,
+            "the question in Detail",
+        )
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, RejectScreen), "the answer dialog")
+        await pilot.press("enter")  # empty: refused, the dialog stays
+        assert isinstance(app.screen, RejectScreen)
+        await pilot.press(*"kiwi", "enter")
+        await until(pilot, lambda: not isinstance(app.screen, RejectScreen), "the dialog to close")
+
+        await wait_state(pilot, project, "T-ask", "merged")
+        assert git(project.home.repo, "show", "main:src/fruit.txt") == "kiwi"
+        assert any(
+            n.title == "answer T-ask" and n.severity == "information" for n in app._notifications
+        )
+        events = await asyncio.to_thread(project.cli, "events", "--since", "0")
+        assert "T-ask: answer: kiwi by" in events.stdout and "via tui: done" in events.stdout

@@ -9,7 +9,16 @@ from orchestrator.shared import protocol as P
 from orchestrator.shared.config import AgentConfig, Config
 from orchestrator.shared.models import ACTIVE_STATES, Ticket, TicketState
 
-_TICKET_COMMANDS = (P.Approve, P.Stop, P.Continue, P.Reject, P.SetPriority, P.Heartbeat)
+_TICKET_COMMANDS = (
+    P.Approve,
+    P.Stop,
+    P.Continue,
+    P.Reject,
+    P.SetPriority,
+    P.Heartbeat,
+    P.Ask,
+    P.Answer,
+)
 
 
 def make_config(**overrides: object) -> Config:
@@ -34,6 +43,11 @@ def ticket(
         depends_on=depends_on or [],
         max_attempts=max_attempts,
     )
+
+
+def run_id(eff: C.StartAgent) -> str:
+    """The ORCH_RUN_ID the simulated shell gives an attempt."""
+    return f"run-{eff.ticket}-{eff.attempt}"
 
 
 @dataclass
@@ -88,7 +102,15 @@ class Sim:
     # --- acting out an attempt ------------------------------------------
 
     def start(self, eff: C.StartAgent, pid: int = 100) -> None:
-        self.feed(C.AgentStarted(eff.agent, eff.ticket, eff.attempt, pid, "/log", "", self.now))
+        self.feed(
+            C.AgentStarted(
+                eff.agent, eff.ticket, eff.attempt, pid, "/log", "", self.now, run_id=run_id(eff)
+            )
+        )
+
+    def ask(self, eff: C.StartAgent, question: str = "which way?") -> C.Outcome:
+        """The attempt's agent runs ``orchestrator ask`` (with its own ORCH_RUN_ID)."""
+        return self.command("ask", eff.ticket, question=question, run_id=run_id(eff))
 
     def exit(
         self,
@@ -190,11 +212,18 @@ def check_invariants(core: C.Core) -> None:
     assert len(holders) == sum(1 for w in core.workers.values() if w.ticket)
     for rec in core.tickets.values():
         # only an agent holds a worker (agent slots); the rest of the flight holds none
-        if rec.state == TicketState.RUNNING:
+        if rec.state == TicketState.RUNNING or (
+            rec.state == TicketState.NEEDS_INPUT and rec.agent is not None
+        ):
             assert holders.get(rec.id) == rec.agent, (rec.id, rec.state, holders)
         else:
             assert rec.id not in holders, (rec.id, rec.state)
         assert isinstance(rec.state, TicketState)
+        # an open question exactly while needs_input; never stale while it waits
+        assert bool(rec.question) == (rec.state == TicketState.NEEDS_INPUT), rec.id
+    for worker in core.workers.values():
+        if worker.ticket and core.tickets[worker.ticket].state == TicketState.NEEDS_INPUT:
+            assert worker.stale_since is None, worker
     check_queue(core)
     # nothing eligible is left waiting while a worker is idle (parking loses no ticket)
     if core.accepting and any(w.ticket is None for w in core.workers.values()):

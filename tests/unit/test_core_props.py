@@ -39,6 +39,10 @@ op = st.one_of(
     st.tuples(st.just("priority"), st.sampled_from(IDS), st.integers(0, 4)),
     st.tuples(st.just("progress"), st.integers(1, 3)),
     st.tuples(st.just("gone"), st.sampled_from(IDS)),
+    st.tuples(st.just("ask"), st.booleans()),
+    st.tuples(st.just("answer"), st.sampled_from(IDS), st.booleans()),
+    st.tuples(st.just("ask_timeout"), st.sampled_from(IDS)),
+    st.tuples(st.just("asker_dies"), st.sampled_from(IDS)),
 )
 
 
@@ -86,6 +90,24 @@ def play(sim: Sim, step: tuple) -> None:
         sim.feed(C.Progress(f"agent-{step[1]}", sim.now, note="x"))
     elif kind == "gone":
         sim.feed(C.TicketFileGone(f"/backlog/{step[1]}.yaml", sim.now))
+    elif kind == "ask":  # an agent starts and asks (twice: asked again, same question)
+        starts = sim.take(C.StartAgent)
+        sim.effects += starts[1:]
+        if starts:
+            sim.start(starts[0])
+            sim.ask(starts[0])
+            if step[1]:
+                sim.ask(starts[0])
+    elif kind == "answer":
+        sim.command("answer", step[1], text="yes" if step[2] else " ")
+    elif kind == "ask_timeout":
+        rec = sim.core.tickets.get(step[1])
+        if rec is not None:
+            sim.feed(C.AskTimedOut(step[1], rec.run_id, sim.now))
+    elif kind == "asker_dies":
+        rec = sim.core.tickets.get(step[1])
+        if rec is not None and rec.state == S.NEEDS_INPUT and rec.agent:
+            sim.feed(C.AgentExited(rec.agent, rec.id, rec.attempt, -9, sim.now, head="h"))
     for stop in sim.take(C.StopAgent):  # the shell stops the process; it exits
         rec = sim.core.tickets[stop.ticket]
         sim.feed(

@@ -186,6 +186,12 @@ def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float, why: s
         head.append(why, style="italic")
     if ticket.state == TicketState.AWAITING_APPROVAL:
         head.append("\npress c to merge, r to send it back with feedback", style="bold")
+    if ticket.state == TicketState.NEEDS_INPUT and ticket.question:
+        head.append("\nquestion", style="bold magenta")
+        if ticket.asked_at:
+            head.append(f" (asked {since(ticket.asked_at, now)} ago)", style="dim")
+        head.append(f":\n{ticket.question}\n")
+        head.append("press a to answer", style="bold")
     if ticket.locks:
         head.append(f"\nlocks: {', '.join(ticket.locks)}", style="dim")
     if ticket.depends_on:

@@ -25,6 +25,9 @@ class StatusLine(Static):
             for ticket in board.tickets.values():
                 counts[ticket.state] = counts.get(ticket.state, 0) + 1
             text.append(f"queued {counts.get(TicketState.QUEUED, 0)}")
+            asking = counts.get(TicketState.NEEDS_INPUT, 0)
+            if asking:
+                text.append(f" · questions {asking}", style="bold magenta")
             awaiting = counts.get(TicketState.AWAITING_APPROVAL, 0)
             if awaiting:
                 text.append(f" · awaiting approval {awaiting}", style="bold green")

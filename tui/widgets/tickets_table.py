@@ -16,7 +16,11 @@ _FIXED = {"state": 17, "priority": 6, "attempt": 3, "agent": 8}
 #: The Ticket column fits the longest id shown, within these bounds.
 ID_WIDTH_MIN, ID_WIDTH_MAX = 6, 20
 #: State labels below :data:`WIDE_COLUMNS` (the colour says the rest).
-_NARROW_STATES = {"awaiting_approval": "to approve", "ci_running": "ci running"}
+_NARROW_STATES = {
+    "awaiting_approval": "to approve",
+    "ci_running": "ci running",
+    "needs_input": "asks",
+}
 #: Below this many columns, Att and Agent give their room to Title and Why.
 WIDE_COLUMNS = 110
 _PADDING = 2  # DataTable's cell_padding=1 on each side
