@@ -35,6 +35,9 @@ from orchestrator.shared.models import (
     CIView,
     LeaseView,
     QuestionView,
+    ReviewComment,
+    ReviewStatus,
+    ReviewView,
     Ticket,
     TicketState,
     TicketView,
@@ -51,6 +54,9 @@ CI_REPORT_MARGIN_S = 120.0
 QUEUE_ERROR_RETRIES = 3
 #: How much of a log goes into the next attempt's feedback.
 FEEDBACK_TAIL_CHARS = 4000
+#: A reviewer that has not reported this long after ``review.timeout_s`` is a review error
+#: (the shell kills it at ``timeout_s``; this is the safety net).
+REVIEW_REPORT_MARGIN_S = 60.0
 
 #: A line that git would read as a trailer (``Key: value``, see git-interpret-trailers(1)).
 _TRAILER_LIKE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[ \t]*:", re.MULTILINE)
@@ -158,6 +164,12 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     """Unix time (s) ``question`` was asked."""
     asked_by: str = ""
     """The worker whose agent asked ``question``."""
+    review: ReviewView | None = None
+    """Its latest reviewer round (docs/review.md)."""
+    review_round: int = 0
+    """Reviewer rounds run since a person last sent it back (``review.max_rounds``)."""
+    review_gen: int = 0
+    """Bumped at each :class:`Review` effect, so a late result of an earlier one is ignored."""
 
     @property
     def id(self) -> str:
@@ -258,6 +270,20 @@ class CIResult:
 
 
 @dataclass(frozen=True)
+class ReviewResult:
+    """A :class:`Review` effect's result for generation ``gen``: ``status`` ``approve`` or
+    ``request_changes`` with ``comments``, or ``error`` with a one-line ``error``."""
+
+    ticket: str
+    gen: int
+    status: ReviewStatus
+    now: float
+    comments: tuple[ReviewComment, ...] = ()
+    error: str = ""
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Stacked:
     """A :class:`Stack` effect's result for generation ``gen`` of a queue entry.
 
@@ -343,6 +369,7 @@ Input = (
     | AgentExited
     | Pushed
     | CIResult
+    | ReviewResult
     | Stacked
     | MergeResult
     | Progress
@@ -383,6 +410,21 @@ class Push:
     attempt: int
     branch: str
     ci: bool = True
+
+
+@dataclass(frozen=True)
+class Review:
+    """Run the reviewer (``review.command``) on ``sha``, the ticket's branch commit CI
+    passed on: its net diff against its merge base with main goes to ``{diff_file}``.
+    Answered by :class:`ReviewResult` (always, also when the reviewer fails)."""
+
+    ticket: str
+    gen: int
+    round: int
+    attempt: int
+    branch: str
+    sha: str
+    ticket_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -434,7 +476,7 @@ class QuestionClosed:
     message: str = ""
 
 
-Effect = StartAgent | StopAgent | Push | Stack | FastForward | MoveFile | QuestionClosed
+Effect = StartAgent | StopAgent | Push | Review | Stack | FastForward | MoveFile | QuestionClosed
 
 
 @dataclass
@@ -474,7 +516,7 @@ class Core:
         self.merge_queue: list[str] = []
         """Ids of ``merging`` tickets in merge order (docs/scheduling.md, merge queue)."""
         self.inflight: set[str] = set()
-        """Ids of tickets in ``ci_running``, ``awaiting_approval`` or ``merging``."""
+        """Ids of tickets in ``ci_running``, ``reviewing``, ``awaiting_approval`` or ``merging``."""
         self._stacking: tuple[str, int] | None = None
         """(ticket, gen) of the one Stack effect out (stacking is sequential: each entry
         needs the commit of the one ahead). Cleared only by its answer, even when that
@@ -531,6 +573,8 @@ class Core:
                     if rec.state == S.MERGING:
                         self._reset_entry(rec)
                         self.merge_queue.append(rec.id)
+                    elif rec.state == S.REVIEWING:  # its reviewer died with the daemon
+                        self._start_review(rec, now, again=True)
             if rec.state == S.QUEUED:
                 self._push_heap(rec)
                 if rec.reserved:
@@ -567,6 +611,8 @@ class Core:
                 self._on_pushed(event)
             case CIResult():
                 self._on_ci(event)
+            case ReviewResult():
+                self._on_review(event)
             case Stacked():
                 self._on_stacked(event)
             case MergeResult():
@@ -626,6 +672,7 @@ class Core:
             queue_sha=(rec.queue_sha or None) if position else None,
             question=rec.question or None,
             asked_at=rec.asked_at if rec.question else None,
+            review=rec.review,
         )
 
     def questions(self) -> list[QuestionView]:
@@ -971,12 +1018,14 @@ class Core:
         rec.reserved = False
         if rec.branch is None:
             rec.branch = f"{worker.name}/{rec.id}"
-        if rec.resume in (S.AWAITING_APPROVAL, S.MERGING):
+        if rec.resume in (S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING):
             resume, rec.resume = rec.resume, ""
             rec.agent = None
             self._emit_leases(rec, now)
             if resume == S.MERGING:
                 self._enter_queue(rec, now, "resumed into the merge queue")
+            elif resume == S.REVIEWING:
+                self._start_review(rec, now, again=True)
             elif rec.ci is not None and rec.ci.status == CIState.PASS:
                 rec.reason = "resumed; CI passed; awaiting approval"
                 self._set_state(rec, S.AWAITING_APPROVAL, now)
@@ -1010,7 +1059,12 @@ class Core:
         )
 
     def _branch_ci(self, rec: TicketRecord) -> bool:
-        """True when a person approves this ticket, so CI runs on its branch first."""
+        """True when CI runs on the ticket's branch first: a person approves it, or a
+        reviewer looks at it (a reviewer only ever sees a change CI passed on)."""
+        return self._manual(rec) or bool(self.config.review.command)
+
+    def _manual(self, rec: TicketRecord) -> bool:
+        """True when a person approves this ticket (``approval: manual``)."""
         return (rec.ticket.approval or self.config.approval) == "manual"
 
     def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
@@ -1207,7 +1261,9 @@ class Core:
         if ev.status == CIVerdict.PASS:
             if rec.state == S.CI_RUNNING:
                 rec.verified_sha = ev.sha
-                if self._branch_ci(rec):
+                if self.config.review.command:
+                    self._start_review(rec, ev.now)
+                elif self._manual(rec):
                     rec.reason = "CI passed"
                     self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
                 else:
@@ -1228,6 +1284,101 @@ class Core:
                 rec,
                 f"CI {ev.status} (exit {ev.exit_code})",
                 f"CI failed on your branch. Its output ended with:\n{ev.log_tail}",
+                ev.now,
+            )
+
+    # --- the reviewer -------------------------------------------------------
+
+    def _start_review(self, rec: TicketRecord, now: float, again: bool = False) -> None:
+        """CI passed on the branch commit ``verified_sha``: run the reviewer on it, as a
+        new round (``again``: the same round once more, after a stop or a restart).
+
+        Only ever called with CI passed on ``verified_sha`` (the rule that a reviewer
+        never turns a red CI green: a failed CI never reaches this)."""
+        limit = self.config.review.max_rounds
+        if not again and rec.review_round >= limit:
+            rec.reason = f"review: {rec.review_round} rounds done; needs a person"
+            self._set_state(rec, S.AWAITING_APPROVAL, now)
+            return
+        if not again or rec.review_round == 0:
+            rec.review_round += 1
+        rec.review_gen += 1
+        rec.review = ReviewView(round=rec.review_round, max_rounds=limit, sha=rec.verified_sha)
+        rec.reason = f"CI passed; review round {rec.review_round} of {limit}"
+        self._set_state(rec, S.REVIEWING, now)
+        assert rec.branch is not None
+        self._effect(
+            Review(
+                rec.id,
+                rec.review_gen,
+                rec.review_round,
+                rec.attempt,
+                rec.branch,
+                rec.verified_sha,
+                rec.file,
+            )
+        )
+        self._emit(
+            K.REVIEW_STARTED,
+            f"{rec.id}: review round {rec.review_round} of {limit} on {rec.verified_sha[:10]}",
+            rec,
+            now=now,
+        )
+
+    def _on_review(self, ev: ReviewResult) -> None:
+        rec = self.tickets.get(ev.ticket)
+        if rec is None or rec.state != S.REVIEWING or ev.gen != rec.review_gen:
+            return  # stopped, restarted or reviewed again meanwhile
+        if rec.ci is None or rec.ci.status != CIState.PASS or rec.ci.sha != rec.verified_sha:
+            # cannot happen (reviewing follows a CI pass); a reviewer never turns red green
+            rec.reason = "review: CI has not passed on the reviewed commit; needs a person"
+            self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+            return
+        n, limit = rec.review_round, self.config.review.max_rounds
+        assert rec.review is not None
+        rec.review = msgspec.structs.replace(
+            rec.review,
+            status=ev.status,
+            comments=list(ev.comments),
+            error=ev.error,
+            duration_s=ev.duration_s,
+        )
+        count = f"{len(ev.comments)} comment{'s' if len(ev.comments) != 1 else ''}"
+        if ev.status == ReviewStatus.ERROR:
+            rec.reason = f"review error: {ev.error}; needs a person (approve or reject)"
+            self._emit(K.REVIEW_ERROR, f"{rec.id}: review round {n}: {ev.error}", rec, now=ev.now)
+            self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+            return
+        self._emit(
+            K.REVIEW_RESULT,
+            f"{rec.id}: review round {n} of {limit}: {ev.status}, {count}",
+            rec,
+            now=ev.now,
+            text=format_comments(ev.comments) or None,
+        )
+        if ev.status == ReviewStatus.APPROVE:
+            if self._manual(rec):
+                rec.reason = f"CI passed; review approved ({count})"
+                self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+            else:
+                self._enter_queue(
+                    rec, ev.now, f"CI passed; review approved ({count}); auto-approved"
+                )
+        elif n >= limit:
+            rec.reason = (
+                f"review: changes requested {n} round{'s' if n != 1 else ''}; needs a person"
+            )
+            self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+        else:
+            # Rework is a new attempt, but a review round does not use up max_attempts
+            # (review.max_rounds bounds these), as a person's reject does not.
+            rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
+            rec.granted_attempts = max(rec.granted_attempts, rec.max_attempts)
+            self._retry(
+                rec,
+                f"review round {n}: changes requested ({count})",
+                f"The reviewer (round {n} of {limit}) requested changes:\n"
+                + format_comments(ev.comments),
                 ev.now,
             )
 
@@ -1550,6 +1701,17 @@ class Core:
             self.locks.renew(owner, now, cfg.lease_ttl_s)
         for ticket_id in sorted(self.inflight):
             rec = self.tickets[ticket_id]
+            late_s = now - rec.state_since - cfg.review.timeout_s - REVIEW_REPORT_MARGIN_S
+            if rec.state == S.REVIEWING and late_s > 0:
+                self._on_review(
+                    ReviewResult(
+                        rec.id,
+                        rec.review_gen,
+                        ReviewStatus.ERROR,
+                        now,
+                        error="the reviewer did not report in time",
+                    )
+                )
             if rec.ci_sha and now - rec.ci_started > cfg.ci.timeout_s + CI_REPORT_MARGIN_S:
                 self._on_ci(
                     CIResult(
@@ -1663,6 +1825,8 @@ class Core:
             rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
             rec.granted_attempts = rec.max_attempts
             rec.reason = f"continued after {st}"
+            if not rec.resume:  # the agent runs again: the reviewer looks afresh
+                rec.review_round = 0
             if isinstance(cmd, P.Continue) and cmd.feedback:  # a person's words go first
                 rec.feedback = f"A person says:\n{cmd.feedback}\n\n{rec.feedback}".rstrip()
             self._set_state(rec, S.QUEUED, now)
@@ -1672,7 +1836,7 @@ class Core:
                 self._reply(False, f"{rec.id}: still blocked: {rec.reason}")
             else:
                 self._reply(True, f"{rec.id}: queued again on {rec.branch or 'a new branch'}")
-        elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.MERGING, S.MERGED):
+        elif st in (S.QUEUED, S.RUNNING, S.CI_RUNNING, S.REVIEWING, S.MERGING, S.MERGED):
             self._reply(True, f"{rec.id}: already {st}")
         else:
             self._reply(False, f"{rec.id} is {st}; nothing to continue")
@@ -1691,6 +1855,7 @@ class Core:
         self._leave_queue(rec, now)
         rec.max_attempts = max(rec.max_attempts, rec.attempt + 1)
         rec.granted_attempts = rec.max_attempts
+        rec.review_round = 0  # a person sent it back: the reviewer looks afresh
         self._retry(
             rec,
             "rejected by reviewer",
@@ -1866,6 +2031,7 @@ class Core:
             S.QUEUED,
             S.BLOCKED,
             S.CI_RUNNING,
+            S.REVIEWING,
             S.AWAITING_APPROVAL,
             S.MERGING,
             S.NEEDS_INPUT,
@@ -1875,7 +2041,7 @@ class Core:
                 rec.reason += f" (it asked: {_one_line(rec.question)})"
             if st == S.MERGING:
                 self._leave_queue(rec, now)
-            if st in (S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
+            if st in (S.CI_RUNNING, S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING):
                 rec.resume = st
             self.locks.unreserve(rec.id)
             rec.ci_sha = None
@@ -1918,7 +2084,7 @@ class Core:
             )
         rec.state = state
         rec.state_since = now
-        if state in (S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING):
+        if state in (S.CI_RUNNING, S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING):
             self.inflight.add(rec.id)
         else:
             self.inflight.discard(rec.id)
@@ -1981,6 +2147,15 @@ class Core:
     def _take(self) -> Outcome:
         out, self._out = self._out, Outcome()
         return out
+
+
+def format_comments(comments: Iterable[ReviewComment]) -> str:
+    """Reviewer comments as feedback lines: ``- path:line: body`` (``- path: body``)."""
+    lines = []
+    for c in comments:
+        where = f"{c.path}:{c.line}" if c.line is not None else c.path
+        lines.append(f"- {where}: {c.body}")
+    return "\n".join(lines)
 
 
 #: The handler of each ticket command (``Core._on_command``).

@@ -50,6 +50,7 @@ BOARD_ORDER = [
     (S.NEEDS_INPUT, "Needs input"),
     (S.RUNNING, "Running"),
     (S.CI_RUNNING, "In CI"),
+    (S.REVIEWING, "In review"),
     (S.AWAITING_APPROVAL, "Awaiting approval"),
     (S.MERGING, "Merging"),
     (S.QUEUED, "Queued"),
@@ -350,9 +351,12 @@ def render_tasks(views: list[TicketView], now: float) -> str:
             "|---|---|---|---|---|---:|---|",
         ]
         for v in group[:TASKS_ROWS_PER_STATE]:
+            reason = v.reason
+            if v.review is not None and state in (S.REVIEWING, S.AWAITING_APPROVAL):
+                reason += f" ({v.review.summary()})"
             out.append(
                 f"| `{v.id}` | {_cell(v.title)} | P{v.priority} | {v.agent or '—'} | "
-                f"{v.attempt}/{v.max_attempts} | {_age(now - v.state_since)} | {_cell(v.reason)} |"
+                f"{v.attempt}/{v.max_attempts} | {_age(now - v.state_since)} | {_cell(reason)} |"
             )
         if len(group) > TASKS_ROWS_PER_STATE:
             out.append(f"\n… and {len(group) - TASKS_ROWS_PER_STATE} more.")

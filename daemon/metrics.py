@@ -12,7 +12,8 @@ Definitions (docs/metrics.md):
   in ``needs_input`` (the agent waits for a person's answer) is not counted;
 - ``ci_runs``, ``ci_s``: ``ci.result`` events of the attempt and the CI's own
   durations (``duration_s`` of the CI status JSON);
-- ``review_rounds``: reviewer rounds (no reviewer stage yet: always 0);
+- ``review_rounds``: reviewer rounds that ended (``review.result`` and ``review.error``
+  events of the attempt; docs/review.md);
 - ``approval_wait_s``: time in ``awaiting_approval``;
 - ``merge_wait_s``: time in ``merging`` (rebase, re-check, fast-forward);
 - ``outcome``: ``merged``, ``failed`` (the attempt failed; ``reason`` says why),
@@ -45,7 +46,7 @@ S = TicketState
 #: A ticket has ended (a CSV row is written) when it enters one of these states.
 ENDED_STATES = FINAL_STATES | {S.FAILED}
 WAITING = (S.QUEUED, S.BLOCKED)
-ACTIVE = (S.RUNNING, S.NEEDS_INPUT, S.CI_RUNNING, S.AWAITING_APPROVAL, S.MERGING)
+ACTIVE = (S.RUNNING, S.NEEDS_INPUT, S.CI_RUNNING, S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING)
 PHASES = ("queue", "agent", "ci", "approval", "merge")
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -157,6 +158,8 @@ def replay(ticket: str, events: Iterable[Event], now: float) -> dict[int, Attemp
             row.ci_runs += 1
             row.ci_pass += view.ci.status == "pass"
             row.ci_s += view.ci.duration_s or 0.0
+        elif ev.kind in ("review.result", "review.error") and view.attempt > 0:
+            r.row(ticket, view.attempt).review_rounds += 1
         elif ev.kind == "attempt.failed" and view.attempt > 0:
             row = r.row(ticket, view.attempt)
             row.outcome, row.ended_at = "failed", ev.ts

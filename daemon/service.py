@@ -30,10 +30,12 @@ from orchestrator.daemon import core as C
 from orchestrator.daemon.backlog import Backlog
 from orchestrator.daemon.budget import BudgetWatch
 from orchestrator.daemon.ci import CIStatusDir, is_sha
+from orchestrator.daemon.contain import end_attempt_processes
 from orchestrator.daemon.git import git, install_ref_token, scrub_clone_config
 from orchestrator.daemon.home import sync_repo_config
 from orchestrator.daemon.homefiles import HomeFiles
 from orchestrator.daemon.merger import Merger
+from orchestrator.daemon.review import Reviewer, review_run_id
 from orchestrator.daemon.runner import is_our_agent, kill_group
 from orchestrator.daemon.server import PEER_USER, Server
 from orchestrator.daemon.store import Store
@@ -44,6 +46,7 @@ from orchestrator.shared.errors import HomeError, OrchestratorError, TicketError
 from orchestrator.shared.fsutil import atomic_write, move_aside
 from orchestrator.shared.models import (
     AcceptanceCheck,
+    ReviewStatus,
     TicketState,
     check_ticket_file_name,
     parse_ticket,
@@ -112,6 +115,7 @@ class Daemon:
         self.repo_lock = anyio.Lock()
         self.workers = Workers(home, self.submit, self._publish_raw, self.repo_lock)
         self.merger = Merger(home, self.repo_lock)
+        self.reviewer = Reviewer(home)
         self.backlog = Backlog(home.backlog, self.submit, cfg.rescan_interval_s)
         self.ci = CIStatusDir(home.ci_status_dir, self.submit, self.notice, cfg.rescan_interval_s)
         self.server = Server(home.socket_path, self._hello, self._snapshot_line, self._dispatch)
@@ -224,8 +228,12 @@ class Daemon:
         await self.workers.ensure_worktrees(self.names)
 
     async def _reconcile(self, records: list[C.TicketRecord]) -> None:
-        """After a crash: end agents that outlived the old daemon and commit their work."""
+        """After a crash: end agents and reviewers that outlived the old daemon and commit
+        the agents' work."""
         for rec in records:
+            if rec.state == TicketState.REVIEWING:  # its review runs again (Core.restore)
+                run_id = review_run_id(rec.id, rec.review_gen)
+                await anyio.to_thread.run_sync(end_attempt_processes, -1, run_id)
             if rec.state not in (TicketState.RUNNING, TicketState.NEEDS_INPUT):
                 continue
             if rec.agent_pid and is_our_agent(rec.agent_pid, rec.id):
@@ -392,6 +400,8 @@ class Daemon:
                     )
                 case C.Push():
                     self._tg.start_soon(self._guarded, self._push(effect))
+                case C.Review():
+                    self._tg.start_soon(self._guarded, self._review(effect))
                 case C.Stack():
                     self._tg.start_soon(self._guarded, self._stack(effect))
                 case C.FastForward():
@@ -439,6 +449,20 @@ class Daemon:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, msgspec.json.encode(checks))
+
+    async def _review(self, effect: C.Review) -> None:
+        try:
+            result = await self.reviewer.run(effect)
+        except Exception as exc:  # the ticket must always get an answer, or it would wait
+            log.exception("reviewing %s failed", effect.ticket)
+            result = C.ReviewResult(
+                effect.ticket,
+                effect.gen,
+                ReviewStatus.ERROR,
+                time.time(),
+                error=f"internal error: {type(exc).__name__}: {exc}"[:300],
+            )
+        self.submit([result])
 
     async def _stack(self, effect: C.Stack) -> None:
         try:

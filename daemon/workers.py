@@ -92,9 +92,12 @@ class CappedLog:
         self.size = self.head + len(marker) + len(keep)
 
 
-def fill_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:
-    """Replace the documented ``{name}`` placeholders in each argv item; leave other braces."""
-    return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], item) for item in argv]
+def fill_placeholders(
+    argv: list[str], values: dict[str, str], pattern: re.Pattern[str] = PLACEHOLDER_RE
+) -> list[str]:
+    """Replace the documented ``{name}`` placeholders (``pattern``; the reviewer's adds
+    ``{diff_file}``) in each argv item; leave other braces."""
+    return [pattern.sub(lambda m: values[m.group(1)], item) for item in argv]
 
 
 def argv_too_long(argv: list[str]) -> str:

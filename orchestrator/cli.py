@@ -22,7 +22,7 @@ import msgspec
 from orchestrator.shared import protocol as P
 from orchestrator.shared.config import Home, default_config_path, load_config
 from orchestrator.shared.errors import OrchestratorError, TicketError
-from orchestrator.shared.models import LeaseView, TicketState
+from orchestrator.shared.models import FINAL_STATES, LeaseView, TicketState
 from orchestrator.shared.terminal import sanitize_message, terminal_safe
 
 #: The start of every error line the command prints.
@@ -159,6 +159,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{t.id:<24} {t.state:<18} P{t.priority:<4} {t.effective_priority:>6.2f} "
             f"{t.agent or '-':<9} {age:>6}  {reason}"
         )
+    reviewed = [t for t in snapshot.tickets if t.review is not None and t.state not in FINAL_STATES]
+    if reviewed:
+        print()
+        print(f"{'REVIEW':<24} RESULT")
+        for t in reviewed:
+            assert t.review is not None
+            print(f"{t.id:<24} {t.review.summary()}")
+            for line in t.review.comment_lines():
+                print(f"{'':<24}   {line}")
     queue = sorted(
         (t for t in snapshot.tickets if t.queue_position is not None),
         key=lambda t: t.queue_position or 0,

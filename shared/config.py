@@ -46,6 +46,18 @@ class CIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How many merge queue entries may run CI at once (docs/ci.md)."""
 
 
+class ReviewConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The reviewer stage (docs/review.md)."""
+
+    command: list[str] = msgspec.field(default_factory=list)
+    """argv of the reviewer (no shell); the agent placeholders plus ``{diff_file}``.
+    Empty: no reviewer."""
+    max_rounds: Annotated[int, msgspec.Meta(ge=1, le=20)] = 2
+    """Reviews of one ticket before a person decides (changes requested each time)."""
+    timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
+    """The reviewer is killed (its process group) after this long: a review error."""
+
+
 class MergeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     depth: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
     """How many merge queue entries are stacked (and tested) ahead of main at once."""
@@ -110,6 +122,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     ci: CIConfig = msgspec.field(default_factory=CIConfig)
     merge: MergeConfig = msgspec.field(default_factory=MergeConfig)
+    review: ReviewConfig = msgspec.field(default_factory=ReviewConfig)
     lock_policy: Literal["reject", "warn"] = "reject"
     heartbeat_interval_s: Interval = 5.0
     lease_ttl_s: Interval = 60.0
@@ -228,6 +241,7 @@ def _invalid_value(config: Config) -> str:
     """Why a decoded config cannot be used as it is (values msgspec types cannot express)."""
     strings = {f"agent.command[{i}]": v for i, v in enumerate(config.agent.command)}
     strings |= {f"agent.env.{k}": v for k, v in config.agent.env.items()}
+    strings |= {f"review.command[{i}]": v for i, v in enumerate(config.review.command)}
     strings |= {"ci.command": config.ci.command, "socket": config.socket or ""}
     for key, value in strings.items():
         if "\0" in value:

@@ -285,7 +285,11 @@ class TicketState(enum.StrEnum):
     answer (``orchestrator answer``); never stale. If the agent ended meanwhile, the
     answer becomes the feedback of its next attempt."""
     CI_RUNNING = "ci_running"
-    """Its branch was pushed; CI runs on the pushed commit (manual approval only)."""
+    """Its branch was pushed; CI runs on the pushed commit (manual approval, or a
+    reviewer configured)."""
+    REVIEWING = "reviewing"
+    """CI passed on its branch; the reviewer (``review.command``) looks at the change
+    (docs/review.md)."""
     AWAITING_APPROVAL = "awaiting_approval"
     """CI passed; waits for a person to approve (``c``)."""
     MERGING = "merging"
@@ -313,6 +317,7 @@ ACTIVE_STATES = frozenset(
         TicketState.RUNNING,
         TicketState.NEEDS_INPUT,
         TicketState.CI_RUNNING,
+        TicketState.REVIEWING,
         TicketState.AWAITING_APPROVAL,
         TicketState.MERGING,
     }
@@ -363,6 +368,56 @@ class CIView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     log_tail: str = ""
 
 
+class ReviewComment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One reviewer comment: a repository path, a line (None: the whole file) and text."""
+
+    path: str
+    line: int | None
+    body: str
+
+
+class ReviewStatus(enum.StrEnum):
+    """Where a ticket's review stands (:class:`ReviewView`, docs/review.md)."""
+
+    RUNNING = "running"
+    APPROVE = "approve"
+    REQUEST_CHANGES = "request_changes"
+    ERROR = "error"
+    """The reviewer failed, timed out or printed something else (``error`` says which)."""
+
+
+class ReviewView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """A ticket's latest reviewer round (``review.command``, docs/review.md)."""
+
+    round: int
+    """1-based round of this review; at most ``max_rounds``."""
+    max_rounds: int
+    sha: str
+    """The branch commit reviewed (CI passed on it)."""
+    status: ReviewStatus = ReviewStatus.RUNNING
+    comments: list[ReviewComment] = msgspec.field(default_factory=list)
+    error: str = ""
+    """One line: why the reviewer's answer was not usable (``status`` ``error``)."""
+    duration_s: float | None = None
+
+    def summary(self) -> str:
+        """One line, e.g. ``review round 1 of 2: request_changes, 3 comments``."""
+        head = f"review round {self.round} of {self.max_rounds}: {self.status}"
+        if self.status == ReviewStatus.ERROR:
+            return f"{head}: {self.error}"
+        if self.status == ReviewStatus.RUNNING:
+            return head
+        n = len(self.comments)
+        return f"{head}, {n} comment{'s' if n != 1 else ''}"
+
+    def comment_lines(self) -> list[str]:
+        """Each comment as ``path:line: body`` (``path: body`` without a line)."""
+        return [
+            f"{c.path}:{c.line}: {c.body}" if c.line is not None else f"{c.path}: {c.body}"
+            for c in self.comments
+        ]
+
+
 class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """One ticket as the daemon reports it (snapshot, events, ``status --json``)."""
 
@@ -402,6 +457,8 @@ class TicketView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """The open question its agent asked (``needs_input`` only), else None."""
     asked_at: float | None = None
     """Unix time (s) the open question was asked, else None."""
+    review: ReviewView | None = None
+    """Its latest reviewer round (none: not reviewed)."""
 
 
 class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):

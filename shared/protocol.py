@@ -28,7 +28,7 @@ import msgspec
 from orchestrator.shared.models import AgentView, LeaseView, QuestionView, TicketView
 from orchestrator.shared.terminal import sanitize_message
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 #: Longest line the daemon accepts from a client (bytes); longer lines get an error reply.
 MAX_COMMAND_BYTES = 1 << 20
 #: Longest question an agent may ask, and longest answer (characters).
@@ -67,6 +67,11 @@ class EventKind(enum.StrEnum):
     MERGE_RESTACKED = "merge.restacked"
     MERGE_RECHECK = "merge.recheck"
     """No longer sent (before the merge queue); kept so old event logs decode."""
+    REVIEW_STARTED = "review.started"
+    REVIEW_RESULT = "review.result"
+    """The reviewer answered: ``approve`` or ``request_changes`` (comments in ``text``)."""
+    REVIEW_ERROR = "review.error"
+    """The reviewer failed, timed out or printed something else."""
     DECISION = "decision"
     """A person's command, applied or refused (the audit trail)."""
     QUESTION_ASKED = "question.asked"

@@ -94,7 +94,12 @@ class Changes:
 
 
 #: The states between an agent's push and main, in the order the merge queue view shows.
-MERGE_STATES = (TicketState.MERGING, TicketState.AWAITING_APPROVAL, TicketState.CI_RUNNING)
+MERGE_STATES = (
+    TicketState.MERGING,
+    TicketState.AWAITING_APPROVAL,
+    TicketState.REVIEWING,
+    TicketState.CI_RUNNING,
+)
 
 
 def ticket_group(state: TicketState) -> int:

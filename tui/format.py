@@ -22,6 +22,7 @@ TICKET_STYLES: dict[TicketState, str] = {
     TicketState.RUNNING: "blue",
     TicketState.NEEDS_INPUT: "bold magenta",
     TicketState.CI_RUNNING: "blue",
+    TicketState.REVIEWING: "magenta",
     TicketState.AWAITING_APPROVAL: "bold green",
     TicketState.MERGING: "blue",
     TicketState.MERGED: "green",

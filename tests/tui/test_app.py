@@ -11,7 +11,15 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from orchestrator.shared.config import TuiConfig
-from orchestrator.shared.models import AgentState, CIView, TicketState, parse_ticket
+from orchestrator.shared.models import (
+    AgentState,
+    CIView,
+    ReviewComment,
+    ReviewStatus,
+    ReviewView,
+    TicketState,
+    parse_ticket,
+)
 from orchestrator.shared.protocol import Approve, Continue, Enqueue, Reject, SetPriority, Stop
 from orchestrator.tui.app import OrchestratorApp
 from orchestrator.tui.notify import Notifier, desktop_available
@@ -576,3 +584,39 @@ async def test_m_shows_the_merge_queue_in_order(make_app, fake_daemon) -> None:
         await until(pilot, lambda: tickets.row_keys == ["T-3", "T-1"])
         await pilot.press("m")
         await until(pilot, lambda: len(tickets.row_keys) == 6)
+
+
+async def test_review_comments_are_counted_in_the_table_and_listed_in_detail(
+    make_app, fake_daemon
+) -> None:
+    review = ReviewView(
+        round=2,
+        max_rounds=2,
+        sha="abcdef0123",
+        status=ReviewStatus.REQUEST_CHANGES,
+        comments=[
+            ReviewComment(path="src/auth/login.py", line=12, body="check the token expiry"),
+            ReviewComment(path="README.md", line=None, body="document the flag"),
+        ],
+    )
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        assert not tickets.cell_text("T-2", "reason").startswith("[")
+        fake_daemon.push(
+            fake_daemon.ticket_event(
+                "T-2",
+                state=TicketState.AWAITING_APPROVAL,
+                reason="review: changes requested 2 rounds; needs a person",
+                review=review,
+            )
+        )
+        await until(pilot, lambda: tickets.cell_text("T-2", "reason").startswith("[2 comments]"))
+        assert "changes requested 2 rounds" in tickets.cell_text("T-2", "reason")
+        detail = app.query_one(DetailPane)
+        await pilot.press("down")  # agent-2 → T-2
+        await until(pilot, lambda: "review round 2 of 2" in detail.body_text)
+        body = detail.body_text
+        assert "review round 2 of 2: request_changes, 2 comments" in body
+        assert "src/auth/login.py:12: check the token expiry" in body
+        assert "README.md: document the flag" in body

@@ -241,7 +241,13 @@ def check_queue(core: C.Core) -> None:
     inflight = {
         r.id
         for r in core.tickets.values()
-        if r.state in (TicketState.CI_RUNNING, TicketState.AWAITING_APPROVAL, TicketState.MERGING)
+        if r.state
+        in (
+            TicketState.CI_RUNNING,
+            TicketState.REVIEWING,
+            TicketState.AWAITING_APPROVAL,
+            TicketState.MERGING,
+        )
     }
     assert core.inflight == inflight
     started = [core._started(core.tickets[t]) for t in queue]

@@ -22,6 +22,8 @@ from orchestrator.tui.format import CI_STYLES, agent_state_style, since, ticket_
 #: Output lines shown; the whole log is one key away (``l``).
 OUTPUT_TAIL_LINES = 40
 CI_TAIL_LINES = 15
+#: Reviewer comments shown in the Detail pane (all of them: `orchestrator status`).
+MAX_REVIEW_LINES = 30
 #: How often the diff summary of a ticket that is still being worked on is recomputed.
 DIFF_REFRESH_S = 10.0
 
@@ -184,6 +186,13 @@ def _ticket_head(ticket: TicketView, agent: AgentView | None, now: float, why: s
     if why:
         head.append("\nwhy: ", style="bold")
         head.append(why, style="italic")
+    if ticket.review is not None:
+        head.append(f"\n{ticket.review.summary()}", style="magenta")
+        lines = ticket.review.comment_lines()
+        for line in lines[:MAX_REVIEW_LINES]:
+            head.append(f"\n  {line}")
+        if len(lines) > MAX_REVIEW_LINES:
+            head.append(f"\n  … {len(lines) - MAX_REVIEW_LINES} more (orchestrator status)")
     if ticket.state == TicketState.AWAITING_APPROVAL:
         head.append("\npress c to merge, r to send it back with feedback", style="bold")
     if ticket.state == TicketState.NEEDS_INPUT and ticket.question:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
-from orchestrator.shared.models import TicketView
+from orchestrator.shared.models import TicketState, TicketView
 from orchestrator.tui.board import Board
 from orchestrator.tui.format import ticket_state
 from orchestrator.tui.widgets.board_table import BoardTable, LazyCell
@@ -21,6 +21,8 @@ _NARROW_STATES = {
     "ci_running": "ci running",
     "needs_input": "asks",
 }
+#: States whose Why cell starts with the reviewer's comment count (``[3 comments]``).
+_REVIEW_STATES = (TicketState.REVIEWING, TicketState.AWAITING_APPROVAL)
 #: Below this many columns, Att and Agent give their room to Title and Why.
 WIDE_COLUMNS = 110
 _PADDING = 2  # DataTable's cell_padding=1 on each side
@@ -103,7 +105,12 @@ class TicketsTable(BoardTable):
     def _why_text(self, ticket_id: str) -> Text:
         ticket = self.board.tickets.get(ticket_id)
         why = self.board.why(ticket) if ticket else ""
-        return Text(why, style="italic")
+        text = Text(why, style="italic")
+        review = ticket.review if ticket else None
+        if ticket and review and ticket.state in _REVIEW_STATES and review.comments:
+            n = len(review.comments)
+            text = Text(f"[{n} comment{'s' if n != 1 else ''}] ", style="magenta") + text
+        return text
 
 
 def priority_label(ticket: TicketView) -> str:
