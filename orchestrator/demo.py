@@ -2,10 +2,12 @@
 
 Copies examples/demo/project into a fresh git repository, creates a project
 home for it with the bundled demo agent (which replays recorded changes per
-ticket and attempt), starts a real daemon, drops the sample tickets into the
-backlog, then shows the TUI (or, with ``--headless``, the event stream). With
-``--headless --auto-approve`` it runs to the end and exits 0 only when every
-ticket was merged into main of repo.git with a linear history.
+ticket and attempt) and demo reviewer (which requests changes once, on
+readme-examples, then approves: docs/review.md), starts a real daemon, drops
+the sample tickets into the backlog, then shows the TUI (or, with
+``--headless``, the event stream). With ``--headless --auto-approve`` it runs
+to the end and exits 0 only when every ticket was merged into main of repo.git
+with a linear history.
 
 Without ``--dir`` everything lives in a temporary directory that is removed at
 the end; ``--pace`` slows the demo agent down so a person can follow it.
@@ -14,6 +16,7 @@ the end; ``--pace`` slows the demo agent down so a person can follow it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -48,6 +51,9 @@ def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> 
         git_sync(source, "add", "-A")
         git_sync(source, "commit", "--quiet", "-m", "Sample inventory project")
     agent = [sys.executable, str(asset("examples/demo/demo_agent.py"))]
+    # The demo reviewer requests changes once (on readme-examples), then approves.
+    reviewer = [sys.executable, str(asset("examples/demo/demo_reviewer.py")), "{diff_file}"]
+    review = json.dumps({"command": reviewer, "max_rounds": 2, "timeout_s": 60})
     ci = f"{_q(sys.executable)} -m unittest discover -s tests -q"
     config = init_home(
         base / "home",
@@ -57,7 +63,7 @@ def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> 
         agent_command=agent,
         approval="auto" if auto_approve else "manual",
         force=(base / "home" / "config.yaml").exists(),
-        extra_config=DEMO_EXTRA_CONFIG,
+        extra_config=DEMO_EXTRA_CONFIG + f"review: {review}\n",
         # the demo agent's pace (seconds between its progress lines)
         agent_env={"DEMO_AGENT_DELAY_S": str(agent_delay_s)},
     )

@@ -7,6 +7,7 @@ demo project's unittest suite); nothing is mocked.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import msgspec
 import pytest
 import yaml
 
+from orchestrator.daemon.review import ReviewAnswer, parse_review
 from orchestrator.shared import config as config_mod
 from orchestrator.shared import lockspec as locks
 from orchestrator.shared import models
@@ -29,6 +31,7 @@ PROJECT = DEMO / "project"
 TICKETS = DEMO / "tickets"
 RECORDINGS = DEMO / "recordings"
 AGENT = DEMO / "demo_agent.py"
+REVIEWER = DEMO / "demo_reviewer.py"
 
 TICKET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TICKET_FIELDS = {"id", "title", "priority", "description", "locks", "depends_on", "max_attempts"}
@@ -104,9 +107,20 @@ def covered(path: str, locks: list[str]) -> bool:
     return False
 
 
+def reviewed_tickets() -> set[str]:
+    """Tickets the demo reviewer sends back once (its REQUESTS): attempt 2 answers it."""
+    spec = importlib.util.spec_from_file_location("demo_reviewer", REVIEWER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(module.REQUESTS)
+
+
 def ci_failing_tickets(tickets: dict[str, dict]) -> list[str]:
-    """Tickets recorded with more than one attempt: attempt 1 fails CI by design."""
-    return [t for t in tickets if len(recordings_of(t)) > 1]
+    """Tickets recorded with more than one attempt and not sent back by the demo
+    reviewer: attempt 1 fails CI by design."""
+    reviewed = reviewed_tickets()
+    return [t for t in tickets if len(recordings_of(t)) > 1 and t not in reviewed]
 
 
 def replay_order(tickets: dict[str, dict]) -> list[str]:
@@ -322,6 +336,11 @@ def test_full_replay_merges_every_ticket(demo_repo: Path, tmp_path: Path):
             changed = commit_all(demo_repo, f"{tid}: attempt 2")
             assert changed and all(covered(p, tickets[tid]["locks"]) for p in changed)
         assert ci.returncode == 0, f"{tid}: CI should pass:\n{ci.stderr}"
+        if tid in reviewed_tickets():  # the reviewer asked for more in round 1
+            result = run_agent(demo_repo, tid, 2)
+            assert result.returncode == 0, f"{tid}: {result.stderr}"
+            assert commit_all(demo_repo, f"{tid}: attempt 2"), f"{tid}: nothing new for review"
+            assert run_tests(demo_repo).returncode == 0
 
     final = run_tests(demo_repo)
     assert final.returncode == 0, final.stderr
@@ -603,3 +622,26 @@ def test_readme_documents_every_flag_of_each_config(name: str):
     assert flags
     for flag in flags:
         assert f"`{flag}" in readme or f"{flag}`" in readme, (name, flag)
+
+
+def test_demo_reviewer_requests_changes_once_then_approves(demo_repo: Path, tmp_path: Path):
+    (tid,) = reviewed_tickets()
+    diff = tmp_path / "diff.patch"
+    diff.write_text("--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-x\n+y\n")
+    answers = []
+    for ticket, round_ in ((tid, "1"), (tid, "2"), ("low-stock", "1")):
+        env = clean_env(ORCH_TICKET_ID=ticket, ORCH_REVIEW_ROUND=round_)
+        result = subprocess.run(
+            [sys.executable, str(REVIEWER), str(diff)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "README.md" in result.stdout
+        answers.append(parse_review(result.stdout.encode()))
+    first, second, other = answers
+    assert isinstance(first, ReviewAnswer) and first.verdict == "request_changes"
+    assert first.comments and first.comments[0].path == "README.md"
+    assert second == ReviewAnswer(verdict="approve") and other == ReviewAnswer(verdict="approve")
