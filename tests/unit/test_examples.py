@@ -645,3 +645,65 @@ def test_demo_reviewer_requests_changes_once_then_approves(demo_repo: Path, tmp_
     assert isinstance(first, ReviewAnswer) and first.verdict == "request_changes"
     assert first.comments and first.comments[0].path == "README.md"
     assert second == ReviewAnswer(verdict="approve") and other == ReviewAnswer(verdict="approve")
+
+
+REVIEWER_FILES = [
+    "claude-code-review.yaml",
+    "codex-review.yaml",
+    "amp-review.yaml",
+    "aider-review.yaml",
+    "gemini-review.yaml",
+    "opencode-review.yaml",
+]
+
+
+def review_command(name: str) -> list[str]:
+    return yaml.safe_load((EXAMPLES / "agents" / name).read_text())["review"]["command"]
+
+
+@pytest.mark.parametrize("name", REVIEWER_FILES)
+def test_reviewer_snippets(name: str):
+    text = (EXAMPLES / "agents" / name).read_text()
+    assert text.startswith("#"), "each snippet explains its flags in comments"
+    data = yaml.safe_load(text)
+    assert set(data) == {"review"}
+    command = data["review"]["command"]
+    assert isinstance(command, list) and command and all(isinstance(c, str) for c in command)
+    assert command_placeholders(command) <= PLACEHOLDERS | {"diff_file"}
+    assert command_placeholders(command) & {"prompt", "prompt_file"}
+    # the section decodes strictly, beside an agent section
+    config = msgspec.convert({"agent": {"command": ["agent"]}, **data}, type=config_mod.Config)
+    assert config.review.command == command
+    # a reviewer prints its answer as text: no JSON event streams that would hide it
+    joined = " ".join(command)
+    for flag in ("stream-json", "--json", "--format json", "--dangerously", "--auto "):
+        assert flag not in joined + " ", (name, flag)
+
+
+@pytest.mark.parametrize("name", REVIEWER_FILES)
+def test_readme_documents_every_flag_of_each_reviewer(name: str):
+    readme = (EXAMPLES / "agents" / "README.md").read_text()
+    assert f"`{name}`" in readme
+    reviewers = readme[readme.index("## Reviewers") :]
+    for flag in (item for item in review_command(name) if item.startswith("-")):
+        assert f"`{flag}" in reviewers or f"{flag}`" in reviewers, (name, flag)
+
+
+def test_review_config_is_decoded_strictly(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    base = "agent: {command: [a]}\n"
+    for review, error in [
+        ("review: {rounds: 2}", "review: Object contains unknown field `rounds`"),
+        ("review: {max_rounds: 0}", "review.max_rounds: Expected `int` >= 1"),
+        ("review: {timeout_s: soon}", "review.timeout_s: Expected `int`, got `str`"),
+        ("review: {command: review-it}", "review.command: Expected `array`, got `str`"),
+        ('review: {command: ["a\\0b"]}', "review.command[0]: must not contain a NUL character"),
+    ]:
+        path.write_text(base + review + "\n")
+        with pytest.raises(config_mod.ConfigError) as info:
+            config_mod.load_config(path)
+        message = str(info.value)
+        assert error in message and "\n" not in message, message
+    path.write_text(base + "review: {command: [r, '{diff_file}']}\n")
+    review = config_mod.load_config(path).config.review
+    assert (review.command, review.max_rounds, review.timeout_s) == (["r", "{diff_file}"], 2, 600)
