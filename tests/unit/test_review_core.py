@@ -233,3 +233,17 @@ def test_parse_refuses_what_is_not_an_answer():
     assert isinstance(extra, str) and "score" in extra
     typed = parse_review(b'{"verdict": "approve", "comments": [{"path": "a", "line": "7"}]}')
     assert isinstance(typed, str) and "\n" not in typed
+
+
+def test_tasks_md_has_an_in_review_section_with_the_summary():
+    from orchestrator.daemon.homefiles import render_tasks
+
+    sim = reviewed_sim()
+    sim.add(ticket("t"))
+    review = to_review(sim)
+    text = render_tasks(sim.core.ticket_views(sim.now), sim.now)
+    assert "## In review (1)" in text and "(review round 1 of 2: running)" in text
+    answer(sim, review, "approve", COMMENT, COMMENT)
+    text = render_tasks(sim.core.ticket_views(sim.now), sim.now)
+    assert "## Awaiting approval (1)" in text
+    assert "(review round 1 of 2: approve, 2 comments)" in text
