@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.daemon import core as C
-from orchestrator.shared.config import CIConfig, MergeConfig
+from orchestrator.shared.config import CIConfig, MergeConfig, ReviewConfig
+from orchestrator.shared.models import ReviewComment, ReviewStatus
 from orchestrator.shared.models import TicketState as S
 from tests.unit.coresim import Sim, check_invariants, ticket
 
@@ -82,6 +83,19 @@ def play(sim: Sim, step: tuple) -> None:
         sim.effects += ffs[1:]
         if ffs:
             sim.fast_forward(ffs[0], step[1])
+    elif kind == "review":  # answer the oldest Review effect (or a stale generation of it)
+        reviews = sim.take(C.Review)
+        sim.effects += reviews[1:]
+        if reviews:
+            eff = reviews[0]
+            comments = (ReviewComment(path="a.py", line=1, body="x"),)
+            sim.feed(
+                C.ReviewResult(
+                    eff.ticket, eff.gen - step[2], ReviewStatus(step[1]), sim.now, comments
+                )
+            )
+            if step[2]:
+                sim.effects.append(eff)  # the stale answer is ignored; this one still waits
     elif kind == "priority":
         sim.command("priority", step[1], priority=step[2])
     elif kind == "cmd":
@@ -150,6 +164,48 @@ def test_invariants_hold_for_any_sequence(steps, approval, depth):
         for tid in sim.merged:
             assert sim.state(tid) == S.MERGED, tid
     restored = Sim.new(workers=3)
+    restored.core.restore(list(sim.core.tickets.values()), sim.now)
+    check_invariants(restored.core)
+
+
+#: Steps that move work forward (a good exit, a push, a CI pass), so that random
+#: sequences reach the reviewer often.
+happy_op = st.sampled_from(
+    [("exit", 0, True), ("push", True), ("ci", "pass"), ("stack", "stacked", False)]
+)
+review_op = st.tuples(
+    st.just("review"), st.sampled_from(["approve", "request_changes", "error"]), st.integers(0, 1)
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(op, review_op, review_op, happy_op, happy_op), min_size=20, max_size=80),
+    st.sampled_from(["manual", "auto"]),
+    st.integers(1, 3),
+)
+def test_invariants_hold_with_a_reviewer(steps, approval, max_rounds):
+    sim = Sim.new(
+        workers=2,
+        approval=approval,
+        review=ReviewConfig(command=["reviewer"], max_rounds=max_rounds, timeout_s=600),
+        stale_after_s=300.0,
+        stale_grace_s=100.0,
+        lease_ttl_s=200.0,
+    )
+    first = [("add", "t0", 2, ["src/"], []), ("add", "t1", 1, ["docs/"], [])]
+    for step in first + steps:
+        play(sim, step)
+        check_invariants(sim.core)
+        for rec in sim.core.tickets.values():
+            if rec.state == S.REVIEWING:  # only ever a change CI passed on
+                assert rec.ci is not None and rec.ci.status == "pass", rec.id
+                assert rec.review is not None and rec.review.sha == rec.ci.sha == rec.verified_sha
+                assert rec.review.round <= max_rounds
+            assert rec.review_round <= max_rounds, (rec.id, rec.review_round)
+        for push in (e for e in sim.effects if isinstance(e, C.Push)):
+            assert push.ci  # a reviewer means branch CI, also with auto approval
+    restored = Sim.new(workers=2, review=ReviewConfig(command=["reviewer"], max_rounds=max_rounds))
     restored.core.restore(list(sim.core.tickets.values()), sim.now)
     check_invariants(restored.core)
 
