@@ -428,6 +428,15 @@ class Review:
 
 
 @dataclass(frozen=True)
+class StopReview:
+    """End the reviewer of generation ``gen`` (the ticket was stopped while reviewing);
+    its late answer, if any, is ignored."""
+
+    ticket: str
+    gen: int
+
+
+@dataclass(frozen=True)
 class Stack:
     """Build a merge queue commit: the net change of ``branch`` (its tip against its
     merge base with main) applied onto ``parent`` (empty: main as it is now), with
@@ -476,7 +485,17 @@ class QuestionClosed:
     message: str = ""
 
 
-Effect = StartAgent | StopAgent | Push | Review | Stack | FastForward | MoveFile | QuestionClosed
+Effect = (
+    StartAgent
+    | StopAgent
+    | Push
+    | Review
+    | StopReview
+    | Stack
+    | FastForward
+    | MoveFile
+    | QuestionClosed
+)
 
 
 @dataclass
@@ -2041,6 +2060,8 @@ class Core:
                 rec.reason += f" (it asked: {_one_line(rec.question)})"
             if st == S.MERGING:
                 self._leave_queue(rec, now)
+            if st == S.REVIEWING:
+                self._effect(StopReview(rec.id, rec.review_gen))
             if st in (S.CI_RUNNING, S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING):
                 rec.resume = st
             self.locks.unreserve(rec.id)

@@ -17,6 +17,7 @@ kept, like an agent log). The answer is decoded by :func:`parse_review`.
 
 :meth:`Reviewer.run` never raises: every failure is a ``ReviewResult`` with status
 ``error`` and a one-line reason, so a ticket never waits in ``reviewing`` for good.
+:meth:`Reviewer.stop` (a ``StopReview`` effect: the ticket was stopped) ends a run.
 """
 
 from __future__ import annotations
@@ -146,6 +147,15 @@ class Reviewer:
 
     def __init__(self, home: Home) -> None:
         self.home = home
+        self.running: dict[tuple[str, int], anyio.CancelScope] = {}
+        """(ticket, gen) -> the cancel scope of that reviewer run."""
+
+    def stop(self, ticket: str, gen: int) -> None:
+        """End the reviewer run of ``ticket`` generation ``gen`` (its process group is
+        killed); it then answers with an ``error`` result, which the core ignores."""
+        scope = self.running.get((ticket, gen))
+        if scope is not None:
+            scope.cancel()
 
     async def run(self, effect: Review) -> ReviewResult:
         """Run the reviewer for ``effect``; never raises (errors are ``error`` results)."""
@@ -168,11 +178,16 @@ class Reviewer:
             await self._prepare(effect, run_dir, checkout)
         except (GitError, OSError) as exc:
             return result(ReviewStatus.ERROR, error=_one_line(f"cannot prepare the review: {exc}"))
+        key = (effect.ticket, effect.gen)
+        outcome: ReviewAnswer | str = "the review was stopped"
         try:
-            outcome = await self._review(effect, run_dir, checkout)
+            with anyio.CancelScope() as scope:
+                self.running[key] = scope
+                outcome = await self._review(effect, run_dir, checkout)
         except OSError as exc:
             outcome = _one_line(f"reviewer I/O error: {exc}")
         finally:
+            self.running.pop(key, None)
             await self._remove_checkout(checkout)
         if isinstance(outcome, str):
             return result(ReviewStatus.ERROR, error=outcome)
@@ -195,6 +210,11 @@ class Reviewer:
             await run_git(self.home.work, "worktree", "remove", "--force", str(checkout))
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(checkout, ignore_errors=True))
         await run_git(self.home.work, "worktree", "prune")
+
+    async def _end(self, pid: int, run_id: str) -> None:
+        """SIGKILL the reviewer's process group and whatever carries its ``ORCH_RUN_ID``."""
+        kill_group(pid, signal.SIGKILL)
+        await anyio.to_thread.run_sync(end_attempt_processes, pid, run_id)
 
     async def _ticket(self, effect: Review) -> Ticket | None:
         if not effect.ticket_file:
@@ -305,15 +325,17 @@ class Reviewer:
                         code = await process.wait()
                     timed_out = code is None
                     # What the reviewer left running ends too (that also closes the pipes).
-                    kill_group(process.pid, signal.SIGKILL)
-                    await anyio.to_thread.run_sync(end_attempt_processes, process.pid, run_id)
+                    await self._end(process.pid, run_id)
                     code = await process.wait()
                     with anyio.move_on_after(2):  # the pipes close once the group is gone
                         for done in closed:
                             await done.wait()
                     tg.cancel_scope.cancel()
-            finally:  # also when the daemon stops meanwhile: no reviewer outlives it
-                kill_group(process.pid, signal.SIGKILL)
+            finally:  # also when stopped or when the daemon stops: no reviewer outlives it
+                with anyio.CancelScope(shield=True):
+                    await self._end(process.pid, run_id)
+                    if process.returncode is None:
+                        await process.wait()
             out.write(f"[orchestrator] reviewer exited with code {code}\n".encode())
         if timed_out:
             return f"the reviewer timed out after {cfg.timeout_s} s (review.timeout_s)"

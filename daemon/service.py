@@ -402,6 +402,8 @@ class Daemon:
                     self._tg.start_soon(self._guarded, self._push(effect))
                 case C.Review():
                     self._tg.start_soon(self._guarded, self._review(effect))
+                case C.StopReview():
+                    self.reviewer.stop(effect.ticket, effect.gen)
                 case C.Stack():
                     self._tg.start_soon(self._guarded, self._stack(effect))
                 case C.FastForward():

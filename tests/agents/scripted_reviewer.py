@@ -10,6 +10,10 @@ MODE:
     garbage   print 600 KB that is no JSON, exit 0
     exit3     print an approval, then exit with code 3
     hang      sleep 120 s (past any review.timeout_s of the tests)
+    slow-once the first run writes its pid to reviewer.pid in ORCH_RUN_DIR and sleeps
+              120 s; a later run (the same round again) approves at once
+    child     start a grandchild in a new session (setsid) that sleeps 120 s, write
+              its pid to child.pid in ORCH_RUN_DIR, approve
 
 It prints some chatter before its answer, as agents do, and checks that the diff
 file is there (it names a changed file from it in its comments).
@@ -17,6 +21,7 @@ file is there (it names a changed file from it in its comments).
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,10 +38,21 @@ def main() -> int:
     if mode == "garbage":
         sys.stdout.write("not json " * 70_000)
         return 0
+    run_dir = Path(os.environ["ORCH_RUN_DIR"])
     if mode == "hang":
         time.sleep(120)
         return 0
-    if mode == "approve" or (mode == "once" and round_ > 1):
+    if mode == "slow-once" and not (run_dir / "reviewer.pid").exists():
+        (run_dir / "reviewer.pid").write_text(str(os.getpid()))
+        time.sleep(120)
+        return 0
+    if mode == "child":
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+        )
+        (run_dir / "child.pid").write_text(str(child.pid))
+        mode = "approve"
+    if mode in ("approve", "slow-once") or (mode == "once" and round_ > 1):
         print(json.dumps({"verdict": "approve", "comments": []}))
         return 0
     if mode == "exit3":

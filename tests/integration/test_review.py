@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +135,72 @@ def test_max_rounds_reached_waits_for_a_person_and_survives_a_restart(make_proje
     assert again.state == "awaiting_approval" and again.review == found.review
     assert project.send(P.Approve(ticket="t")).ok
     project.wait_state("t", "merged", timeout_s=90)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2] != "Z"  # a zombie has ended
+
+
+def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _reviewer_pid(project, tid: str) -> int:
+    pid_file = project.home.runs / tid / "1" / "review-1" / "reviewer.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the reviewer never started"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+@pytest.mark.parametrize("how", ["graceful", "kill9"])
+def test_a_review_survives_a_daemon_restart_and_no_reviewer_outlives_it(make_project, how):
+    project = make_project(workers=1, approval="auto", extra=review_config("slow-once"))
+    project.ticket("t", locks=["app.py"], description="append app.py # reviewed\n")
+    project.wait_state("t", "reviewing", timeout_s=90)
+    pid = _reviewer_pid(project, "t")
+    assert _alive(pid)
+    if how == "graceful":
+        project.stop()
+        assert _wait_dead(pid), "the reviewer outlived a graceful stop"
+    else:
+        project.kill9()
+        assert _alive(pid)  # in its own session: the killed daemon did not take it along
+    project.start()
+    assert _wait_dead(pid), "the restarted daemon did not end the old reviewer"
+    project.wait_state("t", "merged", timeout_s=90)
+    done = view(project, "t")
+    assert done.review is not None and (done.review.round, done.review.status) == (1, "approve")
+    assert done.attempt == 1
+
+
+def test_stop_while_reviewing_ends_the_reviewer_and_continue_reviews_again(make_project):
+    project = make_project(workers=1, approval="auto", extra=review_config("slow-once"))
+    project.ticket("t", locks=["app.py"], description="append app.py # reviewed\n")
+    project.wait_state("t", "reviewing", timeout_s=90)
+    pid = _reviewer_pid(project, "t")
+    assert project.send(P.Stop(ticket="t")).ok
+    assert _wait_dead(pid), "a stop left the reviewer running"
+    assert view(project, "t").state == "stopped"
+    assert project.send(P.Continue(ticket="t")).ok
+    project.wait_state("t", "merged", timeout_s=90)
+    assert view(project, "t").attempt == 1
+
+
+def test_what_a_reviewer_leaves_running_is_ended(make_project):
+    project = make_project(workers=1, approval="auto", extra=review_config("child"))
+    project.ticket("t", locks=["app.py"], description="append app.py # reviewed\n")
+    project.wait_state("t", "merged", timeout_s=90)
+    child = int((project.home.runs / "t" / "1" / "review-1" / "child.pid").read_text())
+    assert _wait_dead(child), "a setsid grandchild of the reviewer is still running"

@@ -163,6 +163,7 @@ def test_stop_while_reviewing_then_continue_reviews_again_and_ignores_the_old_re
     review = to_review(sim)
     assert sim.command("stop", "t").ok
     assert sim.state("t") == S.STOPPED
+    assert sim.take(C.StopReview) == [C.StopReview("t", review.gen)]  # the shell ends it
     answer(sim, review, "approve")  # the old reviewer's answer: nobody waits for it
     assert sim.state("t") == S.STOPPED
     sim.command("continue", "t")
