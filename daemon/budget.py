@@ -99,7 +99,11 @@ class BudgetWatch:
         for ev in events:
             view = ev.ticket_view
             if view is not None:
-                limit = self.limit_of(view.id) if view.state == TicketState.RUNNING else None
+                # an agent that waits for a person's answer (needs_input) still runs
+                runs = view.state == TicketState.RUNNING or (
+                    view.state == TicketState.NEEDS_INPUT and view.agent is not None
+                )
+                limit = self.limit_of(view.id) if runs else None
                 if limit is not None:
                     self.running[view.id] = (view.attempt, limit)
                     self._news.set()

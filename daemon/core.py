@@ -170,6 +170,10 @@ class TicketRecord(msgspec.Struct, kw_only=True):
     """Reviewer rounds run since a person last sent it back (``review.max_rounds``)."""
     review_gen: int = 0
     """Bumped at each :class:`Review` effect, so a late result of an earlier one is ignored."""
+    answered: tuple[str, str] | None = None
+    """(question, answer) last answered for the running attempt's agent: the same
+    question asked again (its ``ask`` was killed before the answer arrived) gets this
+    answer at once. Cleared when an attempt starts."""
 
     @property
     def id(self) -> str:
@@ -1088,6 +1092,7 @@ class Core:
 
     def _start_attempt(self, rec: TicketRecord, worker: Worker, now: float) -> None:
         rec.attempt += 1
+        rec.answered = None
         rec.stop_requested = StopReason.NONE
         rec.reason = ""
         rec.ci = None
@@ -1928,6 +1933,10 @@ class Core:
             self._reply(False, "the question is empty")
         elif len(question) > P.MAX_QUESTION_CHARS:
             self._reply(False, f"the question is longer than {P.MAX_QUESTION_CHARS} characters")
+        elif rec.state == S.RUNNING and rec.answered is not None and rec.answered[0] == question:
+            # asked again after the answer came (its first ask was killed meanwhile)
+            self._effect(QuestionClosed(rec.id, answer=rec.answered[1]))
+            self._reply(True, f"{rec.id}: answered before; the answer is sent again")
         elif rec.state == S.NEEDS_INPUT:
             if question == rec.question:  # asked again (its first ask was interrupted)
                 self._reply(True, f"{rec.id}: still waiting for the answer")
@@ -1968,6 +1977,7 @@ class Core:
         message = f"{rec.id}: answered: {_one_line(text)}"
         worker = self._worker_of(rec)
         if worker is not None:
+            rec.answered = (question, text)
             self._effect(QuestionClosed(rec.id, answer=text))
             rec.reason = ""
             worker.last_activity = now  # the stale clock starts again

@@ -5,9 +5,11 @@ home for it with the bundled demo agent (which replays recorded changes per
 ticket and attempt) and demo reviewer (which requests changes once, on
 readme-examples, then approves: docs/review.md), starts a real daemon, drops
 the sample tickets into the backlog, then shows the TUI (or, with
-``--headless``, the event stream). With ``--headless --auto-approve`` it runs
-to the end and exits 0 only when every ticket was merged into main of repo.git
-with a linear history.
+``--headless``, the event stream). One ticket's agent (``restock``) asks a
+person a question: in the TUI the person answers it (``a``). With
+``--headless --auto-approve`` the demo answers it itself with the ``answer``
+command, runs to the end and exits 0 only when every ticket was merged into
+main of repo.git with a linear history.
 
 Without ``--dir`` everything lives in a temporary directory that is removed at
 the end; ``--pace`` slows the demo agent down so a person can follow it.
@@ -36,6 +38,8 @@ from orchestrator.shared.errors import OrchestratorError
 from orchestrator.shared.models import FINAL_STATES, TicketState
 
 DEMO_EXTRA_CONFIG = "heartbeat_interval_s: 1\nlease_ttl_s: 30\n"
+#: What the headless demo answers when the demo agent asks (as a person would).
+DEMO_ANSWER = "the online shop, after a return"
 
 
 def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> Path:
@@ -135,10 +139,20 @@ def drop_tickets(backlog: Path) -> list[str]:
 
 
 async def follow(
-    config: Path, expected: int, timeout_s: float, quiet: bool = False
+    config: Path,
+    expected: int,
+    timeout_s: float,
+    quiet: bool = False,
+    answer: str | None = None,
 ) -> dict[str, str]:
-    """Print events until ``expected`` tickets are final (or failed); return id -> state."""
+    """Print events until ``expected`` tickets are final (or failed); return id -> state.
+
+    ``answer``: answer every question an agent asks with this text, through the same
+    ``answer`` command a person sends (``orchestrator answer``, the TUI's ``a``); None
+    prints how to answer instead.
+    """
     socket_path = load_config(config).socket_path
+    answered: set[tuple[str, float]] = set()
     states: dict[str, str] = {}
     async with Client(socket_path) as client:
         assert client.snapshot is not None
@@ -148,15 +162,40 @@ async def follow(
                 if isinstance(message, P.Snapshot):
                     states = {t.id: t.state for t in message.tickets}
                     continue
-                if message.ticket_view is not None:
-                    states[message.ticket_view.id] = message.ticket_view.state
+                view = message.ticket_view
+                if view is not None:
+                    states[view.id] = view.state
                 if not quiet and message.kind != "agent.output":
                     stamp = time.strftime("%H:%M:%S", time.localtime(message.ts))
                     print(f"{stamp} {message.kind:<17} {message.message}", flush=True)
+                if message.kind == P.EventKind.QUESTION_ASKED and view is not None:
+                    if answer is None:
+                        print(
+                            f"demo: {view.id} waits for a person: "
+                            f"orchestrator answer {view.id} TEXT --config {config}",
+                            flush=True,
+                        )
+                    elif (view.id, view.asked_at or 0.0) not in answered:
+                        answered.add((view.id, view.asked_at or 0.0))
+                        await _answer(socket_path, view.id, answer)
                 done = [s for s in states.values() if s in FINAL_STATES or s == TicketState.FAILED]
                 if len(states) >= expected and len(done) == len(states):
                     return states
     return states
+
+
+async def _answer(socket_path: Path, ticket: str, text: str) -> None:
+    """Answer ``ticket``'s question as a person would (the ``answer`` command)."""
+    from orchestrator.shared.client import request
+
+    print(
+        f"demo: answering {ticket}'s question automatically with {text!r} (a person would "
+        f"press a in the TUI or run `orchestrator answer {ticket} TEXT`)",
+        flush=True,
+    )
+    command = P.Answer(ticket=ticket, text=text, client="demo")
+    reply = await asyncio.to_thread(request, socket_path, command)
+    print(f"demo: {'answered' if reply.ok else 'answer refused'}: {reply.message}", flush=True)
 
 
 def check_main(repo: Path, ids: list[str]) -> list[str]:
@@ -216,9 +255,11 @@ def _run(base: Path, headless: bool, auto_approve: bool, timeout_s: float, pace_
         if not auto_approve:
             print(
                 "approval is manual: approve with "
-                f"`orchestrator approve TICKET --config {config}` (or run the TUI)"
+                f"`orchestrator approve TICKET --config {config}` (or run the TUI); "
+                "answer a question with `orchestrator answer TICKET TEXT`"
             )
-        states = asyncio.run(follow(config, len(ids), timeout_s))
+        answer = DEMO_ANSWER if auto_approve else None
+        states = asyncio.run(follow(config, len(ids), timeout_s, answer=answer))
     except TimeoutError:
         print(f"demo: not finished within {timeout_s:.0f} s", file=sys.stderr)
         return 1

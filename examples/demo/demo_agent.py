@@ -35,6 +35,13 @@ relative to the worktree (absolute paths, "..", and .git/ are refused):
           # not found but NEW is already there, the change counts as already
           # applied (a retry on a branch that has it) and is skipped.
     - {op: say,     text: TEXT}               # just print a progress line
+    - {op: ask,     question: TEXT, default: TEXT}
+          # ask a person with `orchestrator ask QUESTION` (it blocks until the
+          # answer); "{answer}" in the string fields of the later operations
+          # becomes the answer (its first line; letters, digits, spaces and
+          # .,'- only). When a previous attempt's question was answered after
+          # that attempt ended, the answer is taken from the feedback. Without
+          # a daemon (or on any error) it goes on with DEFAULT and says so.
 
 Use write for new files and append/replace for files that other tickets also
 change, so recordings compose with whatever is already on main.
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path, PurePosixPath
@@ -61,7 +69,11 @@ REQUIRED_KEYS = {
     "append": ("path", "text"),
     "replace": ("path", "old", "new"),
     "say": ("text",),
+    "ask": ("question", "default"),
 }
+ANSWER_PLACEHOLDER = "{answer}"
+#: What an answer may contain once it is put into a file (the README runs as a doctest).
+ANSWER_UNSAFE_RE = re.compile(r"[^A-Za-z0-9 .,'-]")
 
 
 class ReplayError(Exception):
@@ -73,6 +85,7 @@ class Agent:
         self.worktree = worktree
         self.delay_s = delay_s
         self.changed: list[str] = []
+        self.answer = ""
 
     def say(self, message: str) -> None:
         print(f"[demo-agent] {message}", flush=True)
@@ -99,6 +112,13 @@ class Agent:
         if kind == "say":
             self.say(op["text"])
             return
+        if kind == "ask":
+            self.answer = ask(self, op["question"], op["default"])
+            return
+        op = {
+            k: v.replace(ANSWER_PLACEHOLDER, self.answer) if isinstance(v, str) else v
+            for k, v in op.items()
+        }
         path = op["path"]
         target = self.resolve(path)
         if kind == "write":
@@ -125,6 +145,41 @@ class Agent:
             write(target, after)
         if path not in self.changed:
             self.changed.append(path)
+
+
+def ask(agent: Agent, question: str, default: str) -> str:
+    """A person's answer to ``question`` (made safe to write), or ``default``."""
+    feedback = os.environ.get("ORCH_FEEDBACK_FILE")
+    given = ""
+    if feedback and Path(feedback).is_file():
+        text = read(Path(feedback))
+        if "The answer:\n" in text:
+            given = text.split("The answer:\n", 1)[1]
+            agent.say("the answer to my earlier question came with the feedback")
+    if not given:
+        agent.say(f"asking a person: {question}")
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "orchestrator", "ask", question],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError as exc:
+            agent.say(f"cannot ask ({exc}); going on with {default!r}")
+            return default
+        if done.returncode != 0:
+            why = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+            agent.say(f"no answer ({why[0]}); going on with {default!r}")
+            return default
+        given = done.stdout
+    lines = given.strip().splitlines()
+    answer = ANSWER_UNSAFE_RE.sub("", lines[0] if lines else "").strip()[:80]
+    if not answer:
+        agent.say(f"the answer has nothing I can use; going on with {default!r}")
+        return default
+    agent.say(f"the answer: {answer}")
+    return answer
 
 
 def read(path: Path) -> str:

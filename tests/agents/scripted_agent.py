@@ -23,6 +23,8 @@ tiny script, one command per line; a line prefixed ``aN:`` runs only on attempt 
                             holds a person's answer (an earlier ask was cut off), that answer
                             is written without asking
     ask-timeout S PATH Q... the same with `--timeout-s S`
+    ask-killed S PATH Q...  like ask, but the ask process is killed after S seconds (as an
+                            agent CLI ends a long tool call); 4 s later it asks again
     exit CODE               exit now with CODE
 """
 
@@ -108,7 +110,7 @@ def main() -> int:
         elif cmd == "usage-file":
             with open(os.environ["ORCH_USAGE_FILE"], "a") as f:
                 f.write(rest + "\n")
-        elif cmd in ("ask", "ask-timeout"):
+        elif cmd in ("ask", "ask-timeout", "ask-killed"):
             ask(cmd, rest)
         elif cmd == "exit":
             return int(rest)
@@ -117,9 +119,13 @@ def main() -> int:
 
 def ask(cmd: str, rest: str) -> None:
     timeout = []
+    kill_after_s = None
     if cmd == "ask-timeout":
         seconds, _, rest = rest.partition(" ")
         timeout = ["--timeout-s", seconds]
+    elif cmd == "ask-killed":
+        seconds, _, rest = rest.partition(" ")
+        kill_after_s = float(seconds)
     path, _, question = rest.partition(" ")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     feedback = os.environ.get("ORCH_FEEDBACK_FILE")
@@ -129,12 +135,14 @@ def ask(cmd: str, rest: str) -> None:
         print("ask: the answer came with the feedback", flush=True)
         Path(path).write_text(answer + "\n")
         return
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "ask", *timeout, question.replace("\\n", "\n")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "orchestrator", "ask", *timeout, question.replace("\\n", "\n")]
+    if kill_after_s is not None:
+        try:
+            subprocess.run(argv, capture_output=True, timeout=kill_after_s, check=False)
+        except subprocess.TimeoutExpired:  # killed (SIGKILL), like a tool call cut off
+            print("ask: killed", flush=True)
+            time.sleep(4)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     print(f"ask: exit {done.returncode}: {done.stderr.strip()}", flush=True)
     Path(path).write_text(done.stdout if done.returncode == 0 else f"exit {done.returncode}\n")
 

@@ -90,6 +90,9 @@ def test_an_agent_asks_a_person_answers_and_the_answer_is_merged(make_project):
 
     late = project.cli("answer", "t1", "red")
     assert late.returncode == 1 and "no open question" in _one_error_line(late)
+    done = _ask(project, "again?", env={"ORCH_TICKET_ID": "t1", "ORCH_RUN_ID": "0" * 16})
+    assert done.returncode == 1
+    assert "t1 is merged; only the agent of a running ticket can ask" in _one_error_line(done)
     assert project.cli("questions").stdout.strip() == "no open questions"
     events = _events(project)
     kinds = [e["kind"] for e in events]
@@ -104,6 +107,22 @@ def test_an_agent_asks_a_person_answers_and_the_answer_is_merged(make_project):
     ]
     assert [d["client"] for d in decisions] == ["cli"] * 3
     assert ": done: " in decisions[1]["message"] and ": refused: " in decisions[2]["message"]
+
+
+def test_an_ask_killed_before_the_answer_gets_it_when_asked_again(make_project):
+    """Agent CLIs cut off long tool calls: the dropped `ask` leaves the question open,
+    and the same question asked again after the answer gets that answer at once."""
+    project = make_project(workers=1, approval="auto")
+    project.ticket("t1", description="ask-killed 1 colour.txt Which colour?\n")
+    project.wait_state("t1", "needs_input")
+    log = project.home.runs / "t1" / "1" / "agent.log"
+    project.wait_for(lambda _s: "ask: killed" in log.read_text(), what="the ask to be killed")
+    assert project.states()["t1"] == "needs_input"  # the drop changes nothing
+    assert project.cli("answer", "t1", "teal").returncode == 0
+    project.wait_state("t1", "merged", timeout_s=90)
+    assert _on_main(project, "colour.txt") == "teal"
+    kinds = [e["kind"] for e in _events(project) if e["kind"].startswith("question.")]
+    assert kinds == ["question.asked", "question.answered"]
 
 
 def test_ask_times_out_with_exit_3_and_needs_input_is_never_stale(make_project):
@@ -133,6 +152,8 @@ def test_the_question_survives_a_restart_and_the_answer_reaches_the_next_attempt
     project.ticket("t1", description="ask colour.txt Which colour?\n")
     project.wait_state("t1", "needs_input")
     project.kill9()  # the agent's `ask` loses its daemon; recovery ends what is left
+    down = _ask(project, "anyone?", env={"ORCH_TICKET_ID": "t1", "ORCH_RUN_ID": "0" * 16})
+    assert down.returncode == 4 and "no daemon answers" in _one_error_line(down)
     project.start()
     snap = project.wait_state("t1", "needs_input")
     (view,) = [t for t in snap.tickets if t.id == "t1"]

@@ -156,6 +156,31 @@ def test_report_of_the_demo(demo_run: tuple[Path, dict[str, str]], tmp_path: Pat
     assert row[3].startswith("CI fail")
 
 
+def test_the_demo_agent_asks_and_the_headless_demo_answers(
+    demo_run: tuple[Path, dict[str, str]],
+) -> None:
+    config, env = demo_run
+    result = orchestrator("events", "--since", "0", "--json", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    asked = [e for e in events if e["kind"] == "question.asked"]
+    assert [e["ticket"] for e in asked] == ["restock"]
+    assert "Who calls Inventory.restock()" in asked[0]["text"]
+    (answered,) = [e for e in events if e["kind"] == "question.answered"]
+    assert answered["text"] == "the online shop, after a return"
+    (decision,) = [
+        e for e in events if e["kind"] == "decision" and "answer: the online shop" in e["message"]
+    ]
+    assert decision["client"] == "demo" and ": done: " in decision["message"]
+    readme = subprocess.run(
+        ["git", "-C", str(config.parent / "repo.git"), "show", "main:inventory/core.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Called by the online shop, after a return." in readme
+
+
 def test_events_replay_as_json(demo_run: tuple[Path, dict[str, str]]) -> None:
     config, env = demo_run
     result = orchestrator("events", "--since", "0", "--json", "--config", str(config), env=env)

@@ -250,11 +250,17 @@ async def test_a_answers_an_agents_question(make_project) -> None:
         assert isinstance(app.screen, RejectScreen)
         await pilot.press(*"kiwi", "enter")
         await until(pilot, lambda: not isinstance(app.screen, RejectScreen), "the dialog to close")
+        # the daemon's reply, as a toast (toasts expire: looked for at once)
+        await until(
+            pilot,
+            lambda: any(
+                n.title == "answer T-ask" and n.severity == "information"
+                for n in app._notifications
+            ),
+            "the reply to the answer",
+        )
 
         await wait_state(pilot, project, "T-ask", "merged")
         assert git(project.home.repo, "show", "main:src/fruit.txt") == "kiwi"
-        assert any(
-            n.title == "answer T-ask" and n.severity == "information" for n in app._notifications
-        )
         events = await asyncio.to_thread(project.cli, "events", "--since", "0")
         assert "T-ask: answer: kiwi by" in events.stdout and "via tui: done" in events.stdout

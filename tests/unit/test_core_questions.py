@@ -165,3 +165,21 @@ def test_shutdown_while_needs_input_keeps_the_question():
     assert stop.reason == "shutdown"
     sim.exit(eff, code=-15)
     assert sim.state("t") == S.NEEDS_INPUT and sim.rec("t").agent is None
+
+
+def test_the_same_question_asked_again_after_the_answer_gets_it_at_once():
+    """An agent CLI that kills a long tool call (its `ask`) and runs it again later."""
+    sim, eff = _asking()
+    sim.command("answer", "t", text="blue")
+    _closed(sim)
+    out = sim.ask(eff, "Which colour?\nred or blue")
+    assert out.ok and sim.state("t") == S.RUNNING
+    (closed,) = _closed(sim)
+    assert closed.answer == "blue"
+    assert sim.ask(eff, "Another one?").ok  # a new question waits for a new answer
+    assert sim.state("t") == S.NEEDS_INPUT
+    # while it is open, the old question is not answered from memory (that would close
+    # the waiting ask of the new one)
+    out = sim.ask(eff, "Which colour?\nred or blue")
+    assert not out.ok and "one at a time" in out.message
+    assert _closed(sim) == [] and sim.state("t") == S.NEEDS_INPUT

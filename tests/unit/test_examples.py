@@ -40,6 +40,7 @@ OPS = {
     "append": {"path", "text"},
     "replace": {"path", "old", "new"},
     "say": {"text"},
+    "ask": {"question", "default"},
 }
 PLACEHOLDERS = {
     "prompt",
@@ -388,7 +389,34 @@ def test_agent_is_executable_and_does_not_use_git():
     assert os.access(AGENT, os.X_OK)
     source = AGENT.read_text()
     assert source.startswith("#!/usr/bin/env python3\n")
-    assert "subprocess" not in source and "os.system" not in source
+    assert "os.system" not in source and '"git"' not in source
+    # its one subprocess is `orchestrator ask`
+    calls = re.findall(r"subprocess\.\w+\(\s*\[([^\]]*)\]", source)
+    assert calls == ['sys.executable, "-m", "orchestrator", "ask", question'], calls
+
+
+def test_agent_asks_and_without_a_daemon_goes_on_with_the_default(demo_repo: Path):
+    result = run_agent(demo_repo, "restock")
+    assert result.returncode == 0, result.stderr
+    assert "asking a person: Who calls Inventory.restock()" in result.stdout
+    assert "going on with 'the warehouse staff'" in result.stdout
+    core = (demo_repo / "inventory" / "core.py").read_text()
+    assert "Called by the warehouse staff." in core
+
+
+def test_agent_takes_an_answer_from_the_feedback_made_safe(demo_repo: Path, tmp_path: Path):
+    feedback = tmp_path / "feedback.md"
+    feedback.write_text(
+        "Your previous attempt asked a person:\nWho?\n\nThe answer:\n"
+        'the "shop" """ 1/0\nsecond line\n'
+    )
+    result = run_agent(demo_repo, "restock", ORCH_FEEDBACK_FILE=str(feedback))
+    assert result.returncode == 0, result.stderr
+    assert "asking a person" not in result.stdout
+    core = (demo_repo / "inventory" / "core.py").read_text()
+    assert "Called by the shop  10." in core
+    assert '"""  1/0' not in core and "second line" not in core
+    assert run_tests(demo_repo).returncode == 0
 
 
 def test_agent_exits_2_for_an_unknown_ticket(tmp_path: Path):
