@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from textual.pilot import Pilot
 from textual.widgets import Input
@@ -224,6 +225,14 @@ async def test_a_answers_an_agents_question(make_project) -> None:
     app = OrchestratorApp(project.home.socket_path, notifier=Recorder(TuiConfig(), environ={}))
     rings: list[int] = []
     app.bell = lambda: rings.append(1)  # type: ignore[method-assign]
+    toasts: list[tuple[str, str]] = []
+    post_toast = app.notify
+
+    def recording_notify(message: str, **kwargs: Any) -> None:
+        toasts.append((kwargs.get("title", ""), kwargs.get("severity", "information")))
+        post_toast(message, **kwargs)
+
+    app.notify = recording_notify  # type: ignore[method-assign]
     async with app.run_test(size=SIZE) as pilot:
         project.ticket("T-ask", description="ask src/fruit.txt Which fruit?\n")
         await wait_state(pilot, project, "T-ask", "needs_input")
@@ -250,13 +259,10 @@ async def test_a_answers_an_agents_question(make_project) -> None:
         assert isinstance(app.screen, RejectScreen)
         await pilot.press(*"kiwi", "enter")
         await until(pilot, lambda: not isinstance(app.screen, RejectScreen), "the dialog to close")
-        # the daemon's reply, as a toast (toasts expire: looked for at once)
+        # the daemon's reply, as a toast (recorded when posted: toasts expire under load)
         await until(
             pilot,
-            lambda: any(
-                n.title == "answer T-ask" and n.severity == "information"
-                for n in app._notifications
-            ),
+            lambda: ("answer T-ask", "information") in toasts,
             "the reply to the answer",
         )
 
