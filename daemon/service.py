@@ -289,6 +289,7 @@ class Daemon:
                 outcome = self.core.handle(item)
             except Exception as exc:  # a bug in a rule must not stop the team
                 log.exception("applying %r failed", item)
+                self.core.forget_encoded_views()  # whatever it changed is shown afresh
                 outcome = C.Outcome(ok=False, message=f"internal error: {exc}")
                 self._notices.append(
                     P.Event(
@@ -574,16 +575,13 @@ class Daemon:
 
     # --- socket ------------------------------------------------------------
 
-    def snapshot(self, tickets: bool = True) -> P.Snapshot:
+    def snapshot(self, tickets: bool = True) -> P.EncodedSnapshot:
         """The whole state as clients see it; ``tickets=False`` leaves the tickets out."""
-        now = time.time()
-        return P.Snapshot(
-            version=P.PROTOCOL_VERSION,
-            last_event_id=self.store.last_event_id if self.store else 0,
-            tickets=self.core.ticket_views(now) if tickets else [],
-            agents=[self.core.agent_view(w) for w in self.core.workers.values()],
-            leases=self.core.lease_views(),
-            approval=self.home.config.approval,
+        return self.core.snapshot(
+            time.time(),
+            self.store.last_event_id if self.store else 0,
+            self.home.config.approval,
+            tickets=tickets,
         )
 
     def _hello(self) -> bytes:

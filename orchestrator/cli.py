@@ -136,7 +136,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.json:  # passed through as the daemon wrote it
-        sys.stdout.buffer.write(bytes(_raw_snapshot(args)) + b"\n")
+        out = sys.stdout.buffer
+        out.write(_raw_snapshot(args))  # 40 MB with 100,000 tickets: not copied
+        out.write(b"\n")
         return 0
     snapshot = _snapshot(args)
     now = time.time()

@@ -37,6 +37,8 @@ from orchestrator.shared.protocol import (
 
 #: Snapshots of large backlogs are big; one line may be this long (bytes).
 MAX_LINE_BYTES = 256 << 20
+#: Read buffer of the one-shot client (:func:`request_line`), bytes.
+READ_BUFFER_BYTES = 1 << 20
 
 
 def _not_running(path: Path, exc: OSError) -> DaemonNotRunning:
@@ -126,7 +128,8 @@ def request_line(path: Path, command: Command, timeout_s: float | None = 30.0) -
     except OSError as exc:
         sock.close()
         raise _not_running(path, exc) from None
-    with sock, sock.makefile("rb") as reader:
+    # A large buffer: a status of 100,000 tickets is one 40 MB line.
+    with sock, sock.makefile("rb", buffering=READ_BUFFER_BYTES) as reader:
 
         def read() -> bytes:
             try:

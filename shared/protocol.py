@@ -127,6 +127,18 @@ class Snapshot(Message, tag="snapshot", kw_only=True, frozen=True):
     approval: str = "manual"
 
 
+class EncodedSnapshot(Snapshot, tag="snapshot", kw_only=True, frozen=True):
+    """A :class:`Snapshot` whose ``tickets`` are already the JSON array of their views.
+
+    Built by the daemon only, to be encoded at once: it encodes to the same line as
+    the :class:`Snapshot` it stands for, which is what clients decode. The daemon
+    keeps each ticket's encoded view between changes (``Core.ticket_views_json``),
+    so a snapshot of 100,000 tickets is a join of cached bytes (docs/performance.md).
+    """
+
+    tickets: msgspec.Raw  # type: ignore[assignment]
+
+
 class Event(Message, tag="event", kw_only=True, frozen=True):
     """Something that happened. ``kind`` is a dotted name, e.g. ``ticket.state``.
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from orchestrator.daemon import core as C
 from orchestrator.shared import protocol as P
 from orchestrator.shared.config import AgentConfig, Config
@@ -225,12 +227,20 @@ def check_invariants(core: C.Core) -> None:
         if worker.ticket and core.tickets[worker.ticket].state == TicketState.NEEDS_INPUT:
             assert worker.stale_since is None, worker
     check_queue(core)
+    check_encoded_views(core)
     # nothing eligible is left waiting while a worker is idle (parking loses no ticket)
     if core.accepting and any(w.ticket is None for w in core.workers.values()):
         for rec in core.tickets.values():
             if rec.state == TicketState.QUEUED:
                 reason, _ = core._ineligible(rec)
                 assert reason, f"{rec.id} is eligible but waits while a worker is idle"
+
+
+def check_encoded_views(core: C.Core) -> None:
+    """The cached encoded views (``Core.ticket_views_json``) equal fresh ones, byte for
+    byte: every change to a record that a view shows drops its cache entry."""
+    now = max((r.state_since for r in core.tickets.values()), default=0.0) + 7.25
+    assert core.ticket_views_json(now) == msgspec.json.encode(core.ticket_views(now))
 
 
 def check_queue(core: C.Core) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import msgspec
 
 from orchestrator.daemon import core as C
+from orchestrator.shared import protocol as P
+from orchestrator.shared.config import MergeConfig
 from orchestrator.shared.models import TicketState as S
-from tests.unit.coresim import Sim, check_invariants, ticket
+from tests.unit.coresim import Sim, check_encoded_views, check_invariants, ticket
 
 
 def test_most_urgent_first_then_age():
@@ -443,3 +445,66 @@ def test_budget_exceeded_stops_a_running_agent_once_and_ends_stopped():
     sim.feed(C.BudgetExceeded("t", 1, 3.0, 2.0, sim.now))  # not running: ignored
     assert sim.take(C.StopAgent) == [] and sim.state("t") == S.STOPPED
     check_invariants(sim.core)
+
+
+def test_encoded_views_follow_the_merge_queue_as_it_moves():
+    """A merge queue entry's view depends on the entries ahead (its position, what it
+    is stacked on), which change without the entry itself changing: the cached
+    encoded views stay equal to fresh ones at every step of the queue draining."""
+    sim = Sim.new(workers=3, approval="auto", merge=MergeConfig(depth=3))
+    for tid in ("a", "b", "c"):
+        sim.add(ticket(tid, locks=[f"{tid}.py"]))
+    for eff in sim.take(C.StartAgent):
+        sim.start(eff)
+        sim.exit(eff)
+    for push in sim.take(C.Push):
+        sim.push(push)
+    assert sim.core.merge_queue == ["a", "b", "c"]
+    positions = []
+    for _ in range(30):
+        check_encoded_views(sim.core)
+        positions.append(
+            [(t.id, t.queue_position, t.stacked_on) for t in sim.core.ticket_views(sim.now)]
+        )
+        stacks, ffs = sim.take(C.Stack), sim.take(C.FastForward)
+        if not stacks and not ffs:
+            break
+        for eff in stacks[:1]:
+            sim.stack(eff)
+        sim.effects += stacks[1:]
+        for rec in list(sim.core.tickets.values()):
+            if rec.state == S.MERGING and rec.ci_sha:
+                sim.ci(rec.ci_sha, "pass")
+        for ff in ffs:
+            sim.fast_forward(ff)
+    assert sim.merged == ["a", "b", "c"]
+    # b moved to the head of the queue, on main, without a change of its own
+    assert any(("b", 1, "main") in p for p in positions)
+
+
+def test_a_snapshot_from_cached_views_decodes_as_the_snapshot_it_stands_for():
+    """``Core.snapshot`` (what ``status`` and a subscriber get) decodes, through the
+    client's decoder, to the same Snapshot as one built from fresh views."""
+    sim = Sim.new(workers=1)
+    for k in range(5):
+        sim.add(ticket(f"t{k}", priority=k % 3, locks=[f"f{k}.py"]))
+        sim.now += 10
+    sim.core.snapshot(sim.now, 7, "manual")  # fills the cache
+    sim.command("priority", "t3", priority=0)  # one ticket changes, one moves up
+    sim.now += 100
+    line = P.encode(P.StatusReply(ok=True, snapshot=sim.core.snapshot(sim.now, 7, "auto")))
+    reply = P.decode_server(line)
+    assert isinstance(reply, P.StatusReply)
+    expected = P.Snapshot(
+        version=P.PROTOCOL_VERSION,
+        last_event_id=7,
+        tickets=sim.core.ticket_views(sim.now),
+        agents=[sim.core.agent_view(w) for w in sim.core.workers.values()],
+        leases=sim.core.lease_views(),
+        approval="auto",
+    )
+    assert reply.snapshot == expected
+    assert [t.id for t in reply.snapshot.tickets][:2] == ["t3", "t1"]
+    assert P.decode_server(P.encode(sim.core.snapshot(sim.now, 7, "auto", tickets=False))) == (
+        msgspec.structs.replace(expected, tickets=[])
+    )
