@@ -53,6 +53,7 @@ from orchestrator.shared.protocol import (
 )
 from orchestrator.tui import git
 from orchestrator.tui.board import MERGE_STATES, Board, Changes, agent_key
+from orchestrator.tui.format import set_border_title
 from orchestrator.tui.messages import Connected, DaemonEvents, Disconnected
 from orchestrator.tui.notify import Notifier, agent_needs_person, needs_person
 from orchestrator.tui.widgets.agents_table import AgentsTable
@@ -366,6 +367,8 @@ class OrchestratorApp(App[int]):
         return True
 
     def _visible_order(self) -> list[str]:
+        if not self.merge_view and not self.filter_text:
+            return self.board.queue_ids(finished=self.show_finished)
         if self.merge_view:
             tickets = self.board.merge_queue()
         else:
@@ -409,7 +412,7 @@ class OrchestratorApp(App[int]):
         if changes.reloaded or changes.tickets or changes.agents or changes.leases:
             self._tickets.refresh_lazy()
             busy = sum(1 for a in board.agents.values() if a.ticket)
-            self._agents.border_title = f"Agents · {busy}/{len(board.agents)} busy"
+            set_border_title(self._agents, f"Agents · {busy}/{len(board.agents)} busy")
             self._status.show(board)
         if changes.log:
             self._events.add(changes.log)
@@ -450,7 +453,7 @@ class OrchestratorApp(App[int]):
             title = f"Merge queue · {self._tickets.row_count} on their way to main (m: all tickets)"
         if self.filter_text:
             title += f" · filter {self.filter_text!r}: {self._tickets.row_count} match"
-        self._tickets.border_title = title
+        set_border_title(self._tickets, title)
 
     def _age_tick(self) -> None:
         """Ages advance: the agents' time cells and the detail head (a handful of cells)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
+from textual.widget import Widget
 
 from orchestrator.shared.models import (
     AgentState,
@@ -94,3 +95,11 @@ def ci_cell(ci: CIView | None) -> Text:
     if ci.duration_s is not None and ci.status != CIState.RUNNING:
         label += f" {age(ci.duration_s)}"
     return Text(label, style=CI_STYLES.get(ci.status, ""))
+
+
+def set_border_title(widget: Widget, title: str) -> None:
+    """Set ``widget``'s border title only when it reads differently: Textual redraws the
+    whole widget on every assignment (under a stream of events, the tickets and agents
+    tables after every batch, though their titles rarely change)."""
+    if widget.border_title != title:
+        widget.border_title = title

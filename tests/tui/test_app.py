@@ -22,6 +22,7 @@ from orchestrator.shared.models import (
 )
 from orchestrator.shared.protocol import Approve, Continue, Enqueue, Reject, SetPriority, Stop
 from orchestrator.tui.app import OrchestratorApp
+from orchestrator.tui.board import ordinal
 from orchestrator.tui.notify import Notifier, desktop_available
 from orchestrator.tui.widgets.agents_table import AgentsTable
 from orchestrator.tui.widgets.banner import Banner
@@ -620,3 +621,40 @@ async def test_review_comments_are_counted_in_the_table_and_listed_in_detail(
         assert "review round 2 of 2: request_changes, 2 comments" in body
         assert "src/auth/login.py:12: check the token expiry" in body
         assert "README.md: document the flag" in body
+
+
+async def test_rows_changed_off_screen_show_their_change_when_scrolled_into_view(
+    make_app, fake_daemon
+) -> None:
+    """A change to a row below the screen is kept without redrawing the screen, and
+    the row shows it (title, priority, its place in line) once it scrolls into view."""
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        fake_daemon.push(
+            *(
+                fake_daemon.ticket_event(
+                    "T-8", id=f"Q-{k:02}", title=f"queued {k}", rank=100.0 + k, queued_at=NOW + k
+                )
+                for k in range(60)
+            )
+        )
+        await until(pilot, lambda: "Q-59" in tickets.row_keys)
+        assert tickets.get_row_index("Q-59") > tickets.size.height  # below the screen
+        fake_daemon.push(
+            fake_daemon.ticket_event("T-8", id="Q-59", title="renamed far below", rank=100.5),
+            fake_daemon.ticket_event("T-8", id="Q-58", title="renamed too", rank=100.0 + 58),
+        )
+        await until(pilot, lambda: tickets.cell_text("Q-58", "title") == "renamed too")
+        tickets.focus()
+        tickets.move_cursor(row=tickets.get_row_index("Q-58"))
+        await pilot.pause(0.1)
+        screen = app.export_screenshot()
+        assert "renamed&#160;too" in screen
+        assert [str(c) for c in tickets.get_row("Q-58")][5] == "renamed too"
+        assert tickets.row_keys.index("Q-59") == tickets.row_keys.index("Q-00") + 1  # moved up
+        why = tickets.cell_text("Q-58", "reason")
+        position = app.board.queue_position("Q-58")
+        queued_before = sum(1 for t in app.board.tickets.values() if t.state == "queued") - 60
+        assert position == queued_before + 60 and why.startswith(f"{ordinal(position)} in line")
+        assert f"{ordinal(position)}&#160;in&#160;line" in screen

@@ -20,11 +20,13 @@ from rich.text import Text
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding, BindingType
 from textual.coordinate import Coordinate
-from textual.geometry import Region
+from textual.geometry import Region, Spacing
 from textual.widgets import DataTable
-from textual.widgets._data_table import RowKey
+from textual.widgets._data_table import CellKey, ColumnKey, RowKey
 
 Row = tuple[str, tuple[Any, ...]]
+#: Rows above and below the screen treated as on screen (they are drawn on a scroll).
+WINDOW_MARGIN = 2
 
 
 class LazyCell:
@@ -67,6 +69,9 @@ class BoardTable(DataTable[Any]):
         self._cells: dict[str, tuple[Any, ...]] = {}
         self._order: list[str] = []
         self._row_key_of: dict[str, RowKey] = {}
+        self._lazy_shown: dict[str, list[str]] = {}
+        """Row key -> what its lazy cells read when :meth:`refresh_lazy` last saw it on
+        screen (a row that comes into view is drawn afresh by the scroll or move)."""
 
     def on_mount(self) -> None:
         for label, key in self.COLUMNS:
@@ -88,7 +93,8 @@ class BoardTable(DataTable[Any]):
             column.auto_width = False
             changed = True
         if changed:
-            self.refresh_lazy()
+            self._clear_caches()
+            self.refresh()
 
     @property
     def selected_key(self) -> str | None:
@@ -124,6 +130,7 @@ class BoardTable(DataTable[Any]):
         selected, row = self.selected_key, self.cursor_row
         self.clear()
         self._cells = {}
+        self._lazy_shown = {}
         self._row_key_of = {}
         for key, cells in rows:
             cells = _texts(cells)
@@ -142,11 +149,36 @@ class BoardTable(DataTable[Any]):
             self._order.append(key)
             return True
         if old != cells:
+            on_screen = self.get_row_index(key) in self._window()
             for (_, column), before, after in zip(self.COLUMNS, old, cells, strict=True):
-                if before != after:
+                if before == after:
+                    continue
+                if on_screen:
                     self.update_cell(key, column, after, update_width=self._auto(column))
+                else:
+                    self._set_cell_off_screen(key, column, after)
             self._cells[key] = cells
         return False
+
+    def _set_cell_off_screen(self, key: str, column: str, value: Any) -> None:
+        # DataTable.update_cell refreshes the whole table, and every rendered line
+        # is cached under a counter that any change bumps, so one changed cell
+        # anywhere redraws every row on screen. A row off screen has nothing to
+        # redraw: its cell is stored and the caches invalidated, and it is drawn
+        # when it scrolls into view.
+        row_key = self._row_key_of[key]
+        column_key = ColumnKey(column)
+        self._data[row_key][column_key] = value
+        self._update_count += 1
+        if self._auto(column):
+            self._updated_cells.add(CellKey(row_key, column_key))
+            self._require_update_dimensions = True
+
+    def _window(self) -> range:
+        """Indices of the rows on screen, with a margin of :data:`WINDOW_MARGIN` rows."""
+        top = int(self.scroll_y)
+        height = self.scrollable_content_region.height
+        return range(max(0, top - WINDOW_MARGIN), top + height + WINDOW_MARGIN)
 
     def remove_key(self, key: str) -> None:
         """Remove row ``key`` if present (``remove`` is Widget.remove: the widget itself)."""
@@ -166,9 +198,13 @@ class BoardTable(DataTable[Any]):
         # What DataTable.sort does, without sorting: the order is known, so O(n)
         # instead of O(n log n) key calls (10,000 rows: ~2 ms instead of ~15 ms).
         row_key_of = self._row_key_of
-        self._row_locations = TwoWayDict({row_key_of[key]: i for i, key in enumerate(keys)})
+        self._row_locations = TwoWayDict(
+            dict(zip(map(row_key_of.__getitem__, keys), range(len(keys)), strict=True))
+        )
         self._update_count += 1
-        self.refresh()
+        window = self._window()
+        if keys[window.start : window.stop] != self._order[window.start : window.stop]:
+            self.refresh()  # else only rows off screen moved: nothing to redraw
         self._order = keys
         self._restore_cursor(selected, row)
 
@@ -194,11 +230,35 @@ class BoardTable(DataTable[Any]):
         return Region(0, y, max(self.size.width, width + self._row_label_column_width), 1)
 
     def refresh_lazy(self) -> None:
-        """Redraw the visible rows so :class:`LazyCell` cells are computed again."""
+        """Redraw the rows on screen if a :class:`LazyCell` there reads differently now.
+
+        The lazy cells of the rows on screen are computed (a few dozen) and compared
+        with what they read when last looked at here; rows off screen are drawn
+        afresh when they scroll into view.
+        """
         # DataTable caches rendered rows until a cell changes; lazy cells change
-        # without DataTable knowing, so drop the render caches.
-        self._clear_caches()
-        self.refresh()
+        # without DataTable knowing: bumping its change counter invalidates every
+        # cached line (without drawing anything).
+        self._update_count += 1
+        window = self._window()
+        shown, changed = self._lazy_shown, False
+        for key in self._order[window.start : window.stop]:
+            texts = [c.render().plain for c in self._cells[key] if isinstance(c, LazyCell)]
+            changed |= shown.get(key, texts) != texts
+            shown[key] = texts
+        if changed:
+            self.refresh()
+
+    def _get_fixed_offset(self) -> Spacing:
+        # DataTable sums the heights of the fixed rows over ``ordered_rows``, a list
+        # of every row rebuilt after each change (10,000 rows: ~5 ms per key press);
+        # our rows are one line high.
+        top = (self.header_height if self.show_header else 0) + min(self.fixed_rows, self.row_count)
+        left = (
+            sum(c.get_render_width(self) for c in self.ordered_columns[: self.fixed_columns])
+            + self._row_label_column_width
+        )
+        return Spacing(top, 0, 0, left)
 
     def _auto(self, column: str) -> bool:
         col = self.columns.get(column)  # type: ignore[call-overload]

@@ -17,13 +17,23 @@ from textual.worker import Worker, WorkerState
 from orchestrator.shared.models import AgentView, TicketState, TicketView
 from orchestrator.tui import git
 from orchestrator.tui.board import ATTEMPT_MARK
-from orchestrator.tui.format import CI_STYLES, agent_state_style, since, ticket_state
+from orchestrator.tui.format import (
+    CI_STYLES,
+    agent_state_style,
+    set_border_title,
+    since,
+    ticket_state,
+)
 
 #: Output lines shown; the whole log is one key away (``l``).
 OUTPUT_TAIL_LINES = 40
 CI_TAIL_LINES = 15
 #: Reviewer comments shown in the Detail pane (all of them: `orchestrator status`).
 MAX_REVIEW_LINES = 30
+#: Shortest interval between two redraws for new output alone (s): a live tail read by a
+#: person needs no more; redrawing it for every batch of a 1,000 lines/s stream cost
+#: a fifth of the TUI's CPU (docs/performance.md).
+OUTPUT_REDRAW_S = 0.25
 #: How often the diff summary of a ticket that is still being worked on is recomputed.
 DIFF_REFRESH_S = 10.0
 
@@ -48,6 +58,8 @@ class DetailPane(VerticalScroll):
         self._subject: str | None = None
         self._last: tuple[TicketView | None, AgentView | None, list[str], float, str] | None = None
         self._body = Text()
+        self._drawn_at = 0.0
+        self._redraw_pending = False
 
     def compose(self) -> ComposeResult:
         yield Static(self._body, id="detail-body")
@@ -77,15 +89,28 @@ class DetailPane(VerticalScroll):
         if subject != self._subject:
             self._subject = subject
             self.scroll_home(animate=False)
-        self.border_title = f"Detail · {subject}" if subject else "Detail"
+        set_border_title(self, f"Detail · {subject}" if subject else "Detail")
         if ticket is not None:
             self._maybe_start_diff(ticket, agent, git_dir)
-        self._last = (ticket, agent, list(output), now, why)
+        previous, self._last = self._last, (ticket, agent, list(output), now, why)
+        if previous is not None and previous[:2] == (ticket, agent) and previous[4] == why:
+            # Only the output (or the clock) moved: redraw at most every OUTPUT_REDRAW_S.
+            wait_s = self._drawn_at + OUTPUT_REDRAW_S - time.monotonic()
+            if wait_s > 0:
+                if not self._redraw_pending:
+                    self._redraw_pending = True
+                    self.set_timer(wait_s, self._redraw)
+                return
+        self._render_body()
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
         self._render_body()
 
     def _render_body(self) -> None:
         if self._last is None:
             return
+        self._drawn_at = time.monotonic()
         ticket, agent, output, now, why = self._last
         if ticket is None and agent is None:
             self._update(

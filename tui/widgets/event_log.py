@@ -6,10 +6,15 @@ one ticket. Changing a filter rewrites the log from the board's backlog.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
-from rich.text import Text
-from textual.widgets import RichLog
+from rich.cells import cell_len
+from rich.segment import Segment
+from rich.style import Style
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from orchestrator.shared.protocol import EventKind
 from orchestrator.tui.board import LogEntry
@@ -28,20 +33,41 @@ _KIND_STYLES = {
     "tui": "bold yellow",
 }
 _ALERT_WORDS = ("failed", "stale", "rejected", "error", "disconnected")
+_STYLES = {name: Style.parse(name) for name in ("", "dim", "bold red", *_KIND_STYLES.values())}
 
 
-class EventLog(RichLog):
-    """A RichLog capped at :data:`MAX_LINES` lines, fed in batches by the app.
+class EventLog(ScrollView, can_focus=True):
+    """The last :data:`MAX_LINES` lines, fed in batches by the app, newest last.
+
+    Textual's Line API: each entry becomes one :class:`Strip` built from its
+    segments when it arrives (no Rich rendering: under a stream of events the
+    log writes hundreds of lines a second), and only the lines on screen are
+    cropped to the panel when drawn. The view follows new lines while it is at
+    the end; scrolled up, it stays where it is.
 
     Attributes:
         ticket: only this ticket's events are shown (None: all).
         heartbeats: heartbeat events are shown.
+        lines: the strips held, oldest first.
+    """
+
+    DEFAULT_CSS = """
+    EventLog {
+        background: $surface;
+        color: $foreground;
+        overflow-y: scroll;
+        &:focus {
+            background-tint: $foreground 5%;
+        }
+    }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, max_lines=MAX_LINES, wrap=False, markup=False, highlight=False)
+        super().__init__(id=id)
         self.ticket: str | None = None
         self.heartbeats = False
+        self.lines: deque[Strip] = deque(maxlen=MAX_LINES)
+        self._widest = 0
 
     def shows(self, entry: LogEntry) -> bool:
         if not self.heartbeats and entry.kind in HEARTBEAT_KINDS:
@@ -49,10 +75,33 @@ class EventLog(RichLog):
         return self.ticket is None or entry.ticket == self.ticket
 
     def add(self, entries: Iterable[LogEntry]) -> None:
-        """Append entries; one write per batch, because each write re-renders and scrolls."""
-        lines = [format_entry(entry) for entry in entries if self.shows(entry)][-MAX_LINES:]
-        if lines:
-            self.write(Text("\n", no_wrap=True, overflow="ellipsis").join(lines))
+        """Append the entries this log shows; one redraw per batch."""
+        strips = [entry_strip(entry) for entry in entries if self.shows(entry)][-MAX_LINES:]
+        if not strips:
+            return
+        following = self.scroll_y >= self.max_scroll_y
+        self.lines.extend(strips)
+        self._widest = max(self._widest, *(strip.cell_length for strip in strips))
+        self.virtual_size = Size(self._widest, len(self.lines))
+        if following:
+            self.scroll_end(animate=False, immediate=False, x_axis=False)
+        self.refresh()
+
+    def clear(self) -> None:
+        self.lines.clear()
+        self._widest = 0
+        self.virtual_size = Size(0, 0)
+        self.scroll_to(0, 0, animate=False)
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.scrollable_content_region.width
+        if not 0 <= index < len(self.lines):
+            return Strip.blank(width, self.rich_style)
+        line = self.lines[index].crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        return line.apply_style(self.rich_style)
 
     def set_filter(
         self,
@@ -77,15 +126,19 @@ class EventLog(RichLog):
         return " · ".join(parts)
 
 
-def format_entry(entry: LogEntry) -> Text:
-    kind_style = _KIND_STYLES.get(entry.kind.partition(".")[0], "")
+def entry_strip(entry: LogEntry) -> Strip:
+    """One log line as a strip: ``HH:MM:SS kind message``, the kind coloured by its
+    family (red for failures), a message of several lines joined with ``⏎``. The
+    text is terminal-safe already (shared.terminal, applied when decoded)."""
+    style = _KIND_STYLES.get(entry.kind.partition(".")[0], "")
     if any(word in entry.kind for word in _ALERT_WORDS):
-        kind_style = "bold red"
-    line = Text(no_wrap=True, overflow="ellipsis")
-    line.append(clock(entry.ts), style="dim")
-    line.append(" ")
-    line.append(entry.kind, style=kind_style)
-    line.append(" ")
-    # One line per event even when a message spans several.
-    line.append(" ⏎ ".join(entry.message.splitlines()))
-    return line
+        style = "bold red"
+    time_text = clock(entry.ts)
+    message = " ⏎ ".join(entry.message.splitlines())
+    segments = [
+        Segment(time_text, _STYLES["dim"]),
+        Segment(" "),
+        Segment(entry.kind, _STYLES[style]),
+        Segment(" " + message),
+    ]
+    return Strip(segments, cell_len(time_text) + cell_len(entry.kind) + 2 + cell_len(message))
