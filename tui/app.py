@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import ClassVar
 import msgspec
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Vertical
 from textual.events import DescendantFocus, Key, Resize
@@ -33,7 +34,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from orchestrator.shared.client import Client
 from orchestrator.shared.config import TuiConfig
-from orchestrator.shared.errors import DaemonNotRunning, OrchestratorError
+from orchestrator.shared.errors import DaemonNotRunning, OrchestratorError, TicketError
 from orchestrator.shared.models import (
     FINAL_STATES,
     AgentView,
@@ -47,12 +48,14 @@ from orchestrator.shared.protocol import (
     Enqueue,
     Event,
     Reject,
+    Reply,
     SetPriority,
     Snapshot,
     Stop,
 )
 from orchestrator.tui import git
 from orchestrator.tui.board import MERGE_STATES, Board, Changes, agent_key
+from orchestrator.tui.editor import Draft, editor_command, new_draft, read_draft
 from orchestrator.tui.format import set_border_title
 from orchestrator.tui.messages import Connected, DaemonEvents, Disconnected
 from orchestrator.tui.notify import Notifier, agent_needs_person, needs_person
@@ -159,7 +162,12 @@ class OrchestratorApp(App[int]):
             show=False,
             tooltip="less urgent (P2 → P3)",
         ),
-        Binding("n", "new_ticket", "New", tooltip="write a new ticket (a form); enqueued if valid"),
+        Binding(
+            "n",
+            "new_ticket",
+            "New",
+            tooltip="write a new ticket ($VISUAL/$EDITOR if set, else a form); enqueued if valid",
+        ),
         Binding("slash", "search", "Find", key_display="/", tooltip="filter tickets by text"),
         Binding(
             "e",
@@ -228,6 +236,8 @@ class OrchestratorApp(App[int]):
         self._tickets_wide = False
         self._update_pending = False
         self._bindings_key: tuple[bool, TicketState | None] = (True, None)
+        self._draft: Path | None = None
+        """A new ticket written in $EDITOR and not enqueued yet (:mod:`tui.editor`)."""
 
     def compose(self) -> ComposeResult:
         yield self._banner
@@ -606,6 +616,12 @@ class OrchestratorApp(App[int]):
         client: Client,
         command: Approve | Continue | Stop | Reject | SetPriority | Enqueue | Answer,
     ) -> None:
+        await self._command(client, command)
+
+    async def _command(
+        self, client: Client, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue
+    ) -> Reply | None:
+        """Send ``command``, show the daemon's answer; the reply, or None when none came."""
         subject = command.name if isinstance(command, Enqueue) else command.ticket
         label = f"{type(command).__struct_config__.tag} {subject}"
         try:
@@ -617,14 +633,15 @@ class OrchestratorApp(App[int]):
                 severity="error",
                 markup=False,
             )
-            return
+            return None
         except Exception as exc:  # report any failure, keep running
             self.notify(str(exc) or repr(exc), title=label, severity="error", markup=False)
-            return
+            return None
         text = reply.message or ("done" if reply.ok else "refused")
         self.notify(
             text, title=label, severity="information" if reply.ok else "error", markup=False
         )
+        return reply
 
     def action_proceed(self) -> None:
         """``c``: approve the subject if it awaits approval (after a yes), continue it if
@@ -765,7 +782,16 @@ class OrchestratorApp(App[int]):
         self._rebuild_tickets()
 
     def action_new_ticket(self) -> None:
-        """``n``: a form for a new ticket; a valid one is sent to the daemon (``enqueue``)."""
+        """``n``: a new ticket, written in ``$VISUAL``/``$EDITOR`` when one is set (a draft
+        from a template, :mod:`tui.editor`), else in a form; a valid one is sent to
+        the daemon (``enqueue``)."""
+        try:
+            editor = editor_command()
+        except ValueError as exc:
+            self.notify(f"$VISUAL/$EDITOR: {exc}; the form instead", severity="warning")
+            editor = None
+        if editor is not None and self._edit_draft(editor):
+            return
 
         def enqueue(result: tuple[str, str] | None) -> None:
             if result is not None:
@@ -773,6 +799,77 @@ class OrchestratorApp(App[int]):
                 self._send(Enqueue(name=name, yaml=yaml))
 
         self.push_screen(NewTicketScreen(), enqueue)
+
+    def _edit_draft(self, editor: list[str]) -> bool:
+        """Run ``editor`` on the draft (the kept one, else a new one) with the terminal
+        handed over, then enqueue it if valid. False: no editor could run here."""
+        kept = self._draft is not None and self._draft.exists()
+        try:
+            draft = self._draft if kept and self._draft is not None else new_draft()
+        except OSError as exc:
+            self.notify(f"cannot write a draft: {exc.strerror or exc}; the form instead")
+            return False
+        argv = [*editor, str(draft)]
+        try:
+            try:
+                with self.suspend():
+                    code = subprocess.run(argv, check=False).returncode
+            except SuspendNotSupported:
+                if not self.is_headless:
+                    raise
+                # No terminal to hand over (tests, a headless run): the editor runs as is.
+                code = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
+        except (SuspendNotSupported, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "no terminal to run it in"
+            self.notify(f"cannot run {editor[0]}: {why or exc}; the form instead")
+            if not kept:
+                draft.unlink(missing_ok=True)
+            return False
+        self._draft = draft
+        if code != 0:
+            self.notify(
+                f"{editor[0]} exited with {code}; nothing was sent, your text is kept in "
+                f"{draft} (n opens it again)",
+                severity="warning",
+                markup=False,
+            )
+            return True
+        try:
+            result = read_draft(draft)
+        except (TicketError, OSError) as exc:
+            self.notify(
+                f"{exc}. Kept in {draft}; n opens it again",
+                title="new ticket not enqueued",
+                severity="error",
+                markup=False,
+            )
+            return True
+        if result is None:
+            self._drop_draft(draft)
+            self.notify("new ticket cancelled (the template was left as it was)")
+            return True
+        self._enqueue_draft(draft, result)
+        return True
+
+    def _drop_draft(self, draft: Path) -> None:
+        draft.unlink(missing_ok=True)
+        if self._draft == draft:
+            self._draft = None
+
+    @work(group="commands", exit_on_error=False)
+    async def _enqueue_draft(self, draft: Path, result: Draft) -> None:
+        """Send the draft; delete it once the daemon took the ticket, else keep it."""
+        client = self._client
+        reply = None
+        if client is not None:
+            command = Enqueue(name=result.name, yaml=result.yaml, client="tui")
+            reply = await self._command(client, command)
+        else:
+            self.notify("not connected to the daemon; nothing was sent", severity="error")
+        if reply is not None and reply.ok:
+            self._drop_draft(draft)
+        else:
+            self.notify(f"your ticket is kept in {draft}; n opens it again", markup=False)
 
     def action_toggle_merge_view(self) -> None:
         self.merge_view = not self.merge_view

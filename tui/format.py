@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual.widget import Widget
 
 from orchestrator.shared.models import (
     AgentState,
@@ -15,6 +15,9 @@ from orchestrator.shared.models import (
     TicketState,
     TicketView,
 )
+
+if TYPE_CHECKING:  # this module imports no textual (tests/tui/test_run.py)
+    from textual.widget import Widget
 
 #: Rich styles of ticket states; colour names follow the agents-panel legend in docs.
 TICKET_STYLES: dict[TicketState, str] = {

@@ -363,6 +363,13 @@ def make_snapshot(worktree: Path, log_dir: Path) -> Snapshot:
 
 
 @pytest.fixture(autouse=True)
+def _no_editor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``n`` opens $VISUAL/$EDITOR when set: the tests choose, not the environment."""
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.delenv("EDITOR", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Clock times in the event log are local; pin the zone so snapshots are stable."""
     monkeypatch.setenv("TZ", "UTC")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
 from orchestrator.shared.config import TuiConfig
+from orchestrator.shared.errors import TicketError
 from orchestrator.shared.models import (
     AgentState,
     CIView,
@@ -23,6 +27,7 @@ from orchestrator.shared.models import (
 from orchestrator.shared.protocol import Approve, Continue, Enqueue, Reject, SetPriority, Stop
 from orchestrator.tui.app import OrchestratorApp
 from orchestrator.tui.board import ordinal
+from orchestrator.tui.editor import ERROR_MARK, TEMPLATE, editor_command, read_draft
 from orchestrator.tui.notify import Notifier, desktop_available
 from orchestrator.tui.widgets.agents_table import AgentsTable
 from orchestrator.tui.widgets.banner import Banner
@@ -658,3 +663,132 @@ async def test_rows_changed_off_screen_show_their_change_when_scrolled_into_view
         queued_before = sum(1 for t in app.board.tickets.values() if t.state == "queued") - 60
         assert position == queued_before + 60 and why.startswith(f"{ordinal(position)} in line")
         assert f"{ordinal(position)}&#160;in&#160;line" in screen
+
+
+# --- n with $EDITOR (tui/editor.py) ----------------------------------------------
+
+#: An "editor": appends the draft's path and text to the log file argv[1], then
+#: writes the file argv[2] over the draft (or leaves the draft alone when it is "-").
+EDITOR_SCRIPT = """\
+import shutil, sys
+log, source, draft = sys.argv[1:]
+with open(log, "a") as f:
+    f.write(draft + "\\n" + open(draft).read() + "=====\\n")
+if source != "-":
+    shutil.copyfile(source, draft)
+"""
+
+
+def _editor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None) -> Path:
+    """Set $EDITOR to the script above, typing ``text``; returns its log."""
+    script, log = tmp_path / "editor.py", tmp_path / "editor.log"
+    script.write_text(EDITOR_SCRIPT)
+    source = "-"
+    if text is not None:
+        source = str(tmp_path / "typed.yaml")
+        Path(source).write_text(text)
+    monkeypatch.setenv("EDITOR", f"{sys.executable} {script} {log} {source}")
+    return log
+
+
+async def test_n_with_editor_keeps_an_invalid_draft_then_enqueues_it(
+    make_app, fake_daemon, monkeypatch, tmp_path
+) -> None:
+    """$EDITOR on a template; an invalid ticket is explained in one line and kept
+    where the message says, with the reason on top; n opens the same draft again,
+    and once the daemon took the ticket the draft is gone."""
+    typed = "title: Colour the diff\npriority: 9\ndescription: |\n  Use rich.\n"
+    log = _editor(monkeypatch, tmp_path, typed)
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: notifications(app))
+        title, message, severity = notifications(app)[-1]
+        assert (title, severity) == ("new ticket not enqueued", "error")
+        assert "priority" in message and "\n" not in message
+        draft = Path(message.split("Kept in ")[1].split(";")[0])
+        assert draft.read_text().startswith(f"{ERROR_MARK}priority")
+        assert draft.read_text().endswith(typed)  # nothing typed is lost
+        assert fake_daemon.commands == [] and not isinstance(app.screen, NewTicketScreen)
+        first_seen = log.read_text()
+        assert first_seen == f"{draft}\n{TEMPLATE}=====\n"
+
+        _editor(monkeypatch, tmp_path, typed.replace("priority: 9", "priority: 1"))
+        await pilot.press("n")
+        await until(pilot, lambda: fake_daemon.commands)
+        (command,) = fake_daemon.commands
+        assert isinstance(command, Enqueue) and command.name == "colour-the-diff.yaml"
+        ticket = parse_ticket(command.yaml.encode(), Path(command.name))
+        assert (ticket.id, ticket.title) == ("colour-the-diff", "Colour the diff")
+        assert ticket.priority == 1
+        assert ERROR_MARK not in command.yaml
+        # the second run was given the kept draft, reason on top
+        assert log.read_text()[len(first_seen) :].startswith(f"{draft}\n{ERROR_MARK}priority")
+        await until(pilot, lambda: not draft.exists())
+
+
+async def test_n_with_editor_left_as_the_template_sends_nothing(
+    make_app, fake_daemon, monkeypatch, tmp_path
+) -> None:
+    log = _editor(monkeypatch, tmp_path, None)
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: notifications(app))
+        assert "cancelled" in notifications(app)[-1][1]
+        draft = Path(log.read_text().splitlines()[0])
+        assert not draft.exists()  # the draft is removed
+        assert fake_daemon.commands == []
+
+
+async def test_n_with_editor_keeps_the_draft_when_the_daemon_refuses(
+    make_app, fake_daemon, monkeypatch, tmp_path
+) -> None:
+    _editor(monkeypatch, tmp_path, "id: T-1\ntitle: Again\n")
+    fake_daemon.reply_ok = False
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: any("kept in" in m for _, m, _ in notifications(app)))
+        (command,) = fake_daemon.commands
+        assert isinstance(command, Enqueue) and command.name == "T-1.yaml"
+        message = next(m for _, m, _ in notifications(app) if "kept in" in m)
+        draft = Path(message.split("kept in ")[1].split(";")[0])
+        assert draft.read_text() == "id: T-1\ntitle: Again\n"
+        assert app._draft == draft  # n opens it again
+
+
+async def test_n_with_an_editor_that_cannot_run_opens_the_form(
+    make_app, fake_daemon, monkeypatch
+) -> None:
+    monkeypatch.setenv("VISUAL", "/nonexistent/editor --wait")
+    drafts = set(Path(tempfile.gettempdir()).glob("orchestrator-ticket-*"))
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewTicketScreen))
+        assert "cannot run /nonexistent/editor" in notifications(app)[-1][1]
+        assert set(Path(tempfile.gettempdir()).glob("orchestrator-ticket-*")) == drafts
+
+
+def test_a_draft_without_an_id_is_named_after_its_title_and_errors_do_not_pile_up(
+    tmp_path: Path,
+) -> None:
+    draft = tmp_path / "d.yaml"
+    draft.write_text("title: Fix the README\nlocks: [/abs]\n")
+    for _ in range(2):
+        with pytest.raises(TicketError, match="^locks: "):
+            read_draft(draft)
+    lines = draft.read_text().splitlines()
+    assert lines[0].startswith(f"{ERROR_MARK}locks: ") and lines[1:] == [
+        "title: Fix the README",
+        "locks: [/abs]",
+    ]
+    draft.write_text(draft.read_text().replace("[/abs]", "[README.md]"))
+    result = read_draft(draft)
+    assert result is not None and result.name == "fix-the-readme.yaml"
+    assert result.yaml == "title: Fix the README\nlocks: [README.md]\n"
+    draft.write_text(TEMPLATE)
+    assert read_draft(draft) is None
+    assert editor_command({"EDITOR": "code --wait", "VISUAL": ""}) == ["code", "--wait"]
+    assert editor_command({"VISUAL": "vi"}) == ["vi"] and editor_command({}) is None

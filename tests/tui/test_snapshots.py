@@ -13,8 +13,8 @@ import pytest
 from textual.pilot import Pilot
 
 from orchestrator.tui.app import OrchestratorApp
-from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.board_table import BoardTable
+from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.event_log import EventLog
 
 

@@ -90,7 +90,7 @@ class NewTicketScreen(ModalScreen[tuple[str, str] | None]):
             return self.query_one(selector, Input).value
 
         title = text("#title")
-        ticket_id = text("#id").strip() or _slug(title)
+        ticket_id = text("#id").strip() or id_from_title(title)
         try:
             yaml = ticket_yaml(
                 ticket_id,
@@ -113,7 +113,7 @@ class NewTicketScreen(ModalScreen[tuple[str, str] | None]):
         self.dismiss(None)
 
 
-def _slug(title: str) -> str:
+def id_from_title(title: str) -> str:
     """``Add a --verbose flag`` -> ``add-a-verbose-flag`` (at most 40 characters)."""
     out = []
     for ch in title.lower():
