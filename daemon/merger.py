@@ -18,7 +18,10 @@ git:
   of ``<sha>:refs/heads/main`` and ``<sha>:refs/orchestrator/merged/<ticket>``.
   The second ref is the merger's record of the merge: after a crash, a ticket
   whose record is in main is known to be merged (never inferred from commit
-  messages), so no ticket is merged twice.
+  messages), so no ticket is merged twice. A record counts only when its tree is
+  the tree CI passed on (the fast-forwarded commit; after a restart, a commit with
+  a passing ``ci-status/<sha>.json`` or the branch commit CI passed on): otherwise
+  the merge is refused with a one-line reason naming both trees.
 
 main in repo.git is only ever updated by a plain (non-forced) push, and
 repo.git's ``update`` hook (hooks/update) refuses anything but a fast-forward.
@@ -30,7 +33,9 @@ from __future__ import annotations
 import time
 
 import anyio
+import msgspec
 
+from orchestrator.daemon.ci import read_status
 from orchestrator.daemon.core import (
     FastForward,
     MergeOutcome,
@@ -42,6 +47,8 @@ from orchestrator.daemon.core import (
 from orchestrator.daemon.git import git, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
+from orchestrator.shared.models import CIVerdict
+from orchestrator.shared.saferead import FileRefused
 
 #: Where the merger records each merged ticket (in repo.git), and where queue commits go.
 MERGED_REF = "refs/orchestrator/merged/"
@@ -72,6 +79,31 @@ class Merger:
         inside = await run_git(repo, "merge-base", "--is-ancestor", sha, main)
         return sha if inside.returncode == 0 else ""
 
+    async def _tree_mismatch(self, ticket: str, recorded: str, passed: list[str]) -> str:
+        """Why the recorded merge ``recorded`` does not count: "" when its tree is the
+        tree of one of ``passed`` (commits CI passed on for this ticket), else one
+        line naming both trees. A record on main proves where main went, the tree
+        that what went there is what CI tested."""
+        repo = self.home.repo
+        tree = await git(repo, "rev-parse", f"{recorded}^{{tree}}")
+        trees = [await git(repo, "rev-parse", f"{sha}^{{tree}}") for sha in passed if sha]
+        if tree in trees:
+            return ""
+        tested = ", ".join(t[:10] for t in trees) or "none found"
+        return (
+            f"{MERGED_REF}{ticket} is on main at {recorded[:10]} but its tree {tree[:10]} "
+            f"is not the tree CI passed on ({tested}); not counted as merged"
+        )
+
+    async def _passed(self, sha: str) -> bool:
+        """Whether ``ci-status/<sha>.json`` says CI passed on ``sha``."""
+        path = self.home.ci_status_dir / f"{sha}.json"
+        try:
+            status = await anyio.to_thread.run_sync(read_status, path)
+        except (OSError, FileRefused, msgspec.DecodeError):
+            return False
+        return status.sha == sha and status.status == CIVerdict.PASS
+
     async def stack(self, effect: Stack) -> Stacked:
         """Build (and push for CI) the queue commit of ``effect.ticket``; never raises."""
         try:
@@ -90,6 +122,10 @@ class Merger:
         main = await self._main()
         recorded = await self._recorded(ticket, main)
         if recorded:  # merged before (the daemon died right after the fast-forward)
+            passed = [recorded if await self._passed(recorded) else "", effect.verified_sha]
+            mismatch = await self._tree_mismatch(ticket, recorded, passed)
+            if mismatch:
+                return result(StackOutcome.ERROR, text=mismatch)
             return result(StackOutcome.MERGED, sha=recorded)
         parent = effect.parent or main
         tip = await git(work, "rev-parse", f"refs/heads/{effect.branch}")
@@ -146,5 +182,8 @@ class Merger:
                     return MergeResult(ticket, MergeOutcome.ERROR, time.time(), text=text[-500:])
         recorded = await self._recorded(ticket, main)
         if recorded:
+            mismatch = await self._tree_mismatch(ticket, recorded, [effect.sha])
+            if mismatch:
+                return MergeResult(ticket, MergeOutcome.ERROR, time.time(), text=mismatch)
             return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=recorded)
         return MergeResult(ticket, MergeOutcome.MOVED, time.time(), sha=main)

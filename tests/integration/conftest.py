@@ -187,9 +187,11 @@ def make_project(
         agent: list[str] | None = None,
         start: bool = True,
         ci_prefix: str = "",
+        root: Path | None = None,
     ) -> Project:
-        """``ci_prefix`` runs before the test suite in the CI command (e.g. ``sleep 2 &&``)."""
-        root = tmp_path / f"home{len(projects)}"
+        """``ci_prefix`` runs before the test suite in the CI command (e.g. ``sleep 2 &&``);
+        ``root``: the project home (default: a new directory in tmp_path)."""
+        root = root or tmp_path / f"home{len(projects)}"
         ci = ci_prefix + f"{shlex.quote(sys.executable)} -m unittest discover -s tests -q"
         config = init_home(
             root,

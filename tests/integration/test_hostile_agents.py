@@ -98,3 +98,28 @@ def test_ticket_text_cannot_make_another_ticket_look_merged(make_project):
     assert "victim.txt" in files, "victim was reported merged but never reached main"
     body = git(project.home.repo, "log", "-1", "--format=%B", "main~1")
     assert "\nTicket: victim" not in body and " Ticket: victim" in body
+
+
+def test_a_merge_record_on_main_counts_only_with_the_tree_ci_passed_on(make_project):
+    """``refs/orchestrator/merged/<id>`` on main says where main went, not what got
+    there: a record planted on main (here main's own first commit, as anything holding
+    the ref token could) does not make the ticket merged. It is refused with a one-line
+    reason naming both trees, and the ticket's change is not lost."""
+    project = make_project(workers=1)
+    project.ticket("planted", description="write planted.txt p")
+    project.wait_state("planted", "awaiting_approval", timeout_s=90)
+    main = git(project.home.repo, "rev-parse", "main")
+    git(project.home.repo, "update-ref", "refs/orchestrator/merged/planted", main)
+    assert project.send(P.Approve(ticket="planted")).ok
+    snap = project.wait_for(
+        lambda s: any(
+            t.id == "planted" and "not the tree CI passed on" in t.reason for t in s.tickets
+        ),
+        timeout_s=60,
+        what="the planted record refused",
+    )
+    (ticket,) = [t for t in snap.tickets if t.id == "planted"]
+    assert ticket.state == "awaiting_approval", ticket
+    assert "\n" not in ticket.reason and f"is on main at {main[:10]}" in ticket.reason
+    assert "planted.txt" not in git(project.home.repo, "ls-tree", "--name-only", "main").split()
+    assert git(project.home.repo, "rev-parse", "main") == main  # nothing moved

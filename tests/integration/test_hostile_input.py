@@ -4,6 +4,7 @@ Each test fails on 7e9918c (the daemon hung, crashed, leaked or accepted)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sqlite3
@@ -116,6 +117,63 @@ def test_a_busy_state_database_degrades_and_loses_nothing(make_project):
     project.stop()
     project.start()  # what was accepted while degraded was persisted afterwards
     assert "during" in project.states()
+
+
+def test_a_full_disk_degrades_loses_nothing_and_recovers(make_project, tmp_path):
+    """The project home on a small tmpfs, filled to the last byte: the daemon keeps
+    running and serving (degraded), keeps what it accepted meanwhile in memory,
+    loses nothing saved before, and writes it all once space is freed. Needs root
+    (CAP_SYS_ADMIN) to mount the tmpfs, as .ci/run has: without it this fails."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert mount.returncode == 0, (
+        f"cannot mount a tmpfs for the full-disk test (run the suite as root, as .ci/run "
+        f"does): {mount.stderr.strip()}"
+    )
+    filler = disk / "filler"
+    try:
+        project = make_project(workers=1, root=disk / "home")
+        project.ticket("busy", description="sleep 120")  # holds the only worker
+        project.wait_state("busy", "running")
+        project.ticket("saved", title="saved before the disk filled")
+        project.wait_state("saved", "queued")
+        pending = project.home.backlog / ".during.tmp"  # written while there is room
+        pending.write_text('{"title": "accepted while the disk is full"}')
+        with filler.open("wb") as f:
+            chunk = b"\0" * (1 << 20)
+            try:
+                while True:
+                    f.write(chunk)
+                    f.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        log_file = project.root / "daemon.log"
+        os.replace(pending, project.home.backlog / "during.yaml")  # a rename needs no room
+        deadline = time.monotonic() + 30
+        while "degraded: cannot write the state database" not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()[-2000:]
+            time.sleep(0.1)
+        assert project.proc is not None and project.proc.poll() is None, "the daemon died"
+        states = project.states()  # still serving, from memory
+        assert states["during"] == "queued" and states["saved"] == "queued", states
+        filler.unlink()
+        deadline = time.monotonic() + 30
+        while "writable again" not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()[-2000:]
+            time.sleep(0.1)
+        project.stop()
+        project.start()  # everything was written to state.db once there was room
+        states = project.states()
+        assert {"busy", "saved", "during"} <= states.keys(), states
+        assert "Traceback" not in log_file.read_text()
+    finally:  # lazily: a daemon left by a failure is stopped by the fixture afterwards
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_an_unusable_home_is_one_line_and_exit_2(make_project):
