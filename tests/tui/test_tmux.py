@@ -163,3 +163,41 @@ def test_without_a_daemon_one_line_and_non_zero_exit(make_project) -> None:
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"orchestrator: no daemon answers on {project.home.socket_path}")
+
+
+#: An editor that needs the terminal: it says so, reads a line typed there, writes a ticket.
+TERMINAL_EDITOR = """\
+import sys
+draft = sys.argv[-1]
+print("EDITOR HAS THE TERMINAL", flush=True)
+word = sys.stdin.readline().strip()
+with open(draft, "w") as f:
+    f.write(f"title: Typed in a terminal\\ndescription: |\\n  write typed.txt {word}\\n")
+"""
+
+
+def test_n_hands_the_terminal_to_the_editor_and_enqueues_what_was_written(
+    tmux: Tmux, make_project, tmp_path: Path
+) -> None:
+    project = make_project(workers=1)
+    editor = tmp_path / "editor.py"
+    editor.write_text(TERMINAL_EDITOR)
+    tmux.start(
+        [str(ORCHESTRATOR), "tui", "--config", str(project.config)],
+        {
+            "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"],
+            "TERM": "xterm-256color",
+            "EDITOR": f"{sys.executable} {editor}",
+        },
+    )
+    tmux.wait_screen(lambda s: "Agents" in s and "Tickets" in s, "the TUI")
+    tmux.keys("n")
+    screen = tmux.wait_screen(lambda s: "EDITOR HAS THE TERMINAL" in s, "the editor")
+    assert "Tickets" not in screen  # the TUI gave the screen up
+    tmux.keys("hello", "Enter")  # typed into the editor, through the terminal
+    project.wait_state(
+        "typed-in-a-terminal", "queued", "running", "ci_running", "awaiting_approval"
+    )
+    tmux.wait_screen(lambda s: "Tickets" in s and "typed-in-a-terminal" in s, "the TUI back")
+    tmux.keys("q")
+    assert tmux.wait_exit() == 0, tmux.screen()
