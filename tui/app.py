@@ -619,7 +619,9 @@ class OrchestratorApp(App[int]):
         await self._command(client, command)
 
     async def _command(
-        self, client: Client, command: Approve | Continue | Stop | Reject | SetPriority | Enqueue
+        self,
+        client: Client,
+        command: Approve | Continue | Stop | Reject | SetPriority | Enqueue | Answer,
     ) -> Reply | None:
         """Send ``command``, show the daemon's answer; the reply, or None when none came."""
         subject = command.name if isinstance(command, Enqueue) else command.ticket
