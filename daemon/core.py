@@ -59,6 +59,8 @@ FEEDBACK_TAIL_CHARS = 4000
 #: A reviewer that has not reported this long after ``review.timeout_s`` is a review error
 #: (the shell kills it at ``timeout_s``; this is the safety net).
 REVIEW_REPORT_MARGIN_S = 60.0
+#: The start of a running ticket's reason while its agent waits for room on the cluster.
+WAITING_PREFIX = "waiting for Ray resources: "
 
 #: A line that git would read as a trailer (``Key: value``, see git-interpret-trailers(1)).
 _TRAILER_LIKE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[ \t]*:", re.MULTILINE)
@@ -195,6 +197,9 @@ class Worker:
     last_activity: float = 0.0
     note: str = ""
     stale_since: float | None = None
+    node: str = ""
+    """The Ray node id its agent runs on ("" on this machine)."""
+    host: str = ""
 
 
 # --- inputs -----------------------------------------------------------------
@@ -234,6 +239,21 @@ class AgentStarted:
     now: float
     run_id: str = ""
     """The attempt's ``ORCH_RUN_ID`` (its agent proves who it is with it in ``ask``)."""
+    node: str = ""
+    """The Ray node id the agent runs on ("" on this machine); ``host`` its host name."""
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class AgentWaiting:
+    """The agent of ``ticket``'s ``attempt`` cannot start yet: ``reason`` says why (no
+    room for it on the Ray cluster)."""
+
+    agent: str
+    ticket: str
+    attempt: int
+    reason: str
+    now: float
 
 
 @dataclass(frozen=True)
@@ -254,6 +274,9 @@ class AgentExited:
     head: str = ""
     log_tail: str = ""
     reason: str = ""
+    lost: str = ""
+    """Why the agent's node was lost mid-attempt ("" when it was not): the attempt is
+    requeued without counting it; ``head`` is its last WIP push."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +395,7 @@ Input = (
     | TicketFileGone
     | FileMoved
     | AgentStarted
+    | AgentWaiting
     | AgentExited
     | Pushed
     | CIResult
@@ -639,6 +663,8 @@ class Core:
                     self._dirty(rec)
             case AgentStarted():
                 self._on_agent_started(event)
+            case AgentWaiting():
+                self._on_agent_waiting(event)
             case AgentExited():
                 self._on_agent_exited(event)
             case Pushed():
@@ -854,6 +880,8 @@ class Core:
             state_since=worker.state_since,
             last_activity=worker.last_activity,
             note=worker.note,
+            node=worker.node if rec is not None else "",
+            host=worker.host if rec is not None else "",
         )
 
     def lease_views(self, owner: str | None = None) -> list[LeaseView]:
@@ -1156,6 +1184,7 @@ class Core:
         worker.stale_since = None
         worker.note = ""
         worker.pid = None
+        worker.node = worker.host = ""
         resume, rec.resume = rec.resume, ""
         if resume == S.CI_RUNNING and rec.branch:
             self._set_state(rec, S.RUNNING, now, message=f"{rec.id}: resumed; CI again")
@@ -1214,14 +1243,27 @@ class Core:
         worker.pid = rec.agent_pid = ev.pid
         rec.run_id = ev.run_id
         worker.last_activity = ev.now
+        worker.node, worker.host = ev.node, ev.host
         rec.log_file, rec.feedback_file = ev.log_file, ev.feedback_file
+        where = f" on {ev.host} (Ray node {ev.node[:12]})" if ev.node else ""
+        if rec.reason.startswith(WAITING_PREFIX):
+            rec.reason = ""
         self._emit(
             K.AGENT_STARTED,
-            f"{ev.agent}: started {ev.ticket} attempt {ev.attempt} (pid {ev.pid})",
+            f"{ev.agent}: started {ev.ticket} attempt {ev.attempt} (pid {ev.pid}){where}",
             rec,
             worker,
             now=ev.now,
         )
+
+    def _on_agent_waiting(self, ev: AgentWaiting) -> None:
+        rec = self.tickets.get(ev.ticket)
+        worker = self.workers.get(ev.agent)
+        if rec is None or worker is None or rec.attempt != ev.attempt or rec.state != S.RUNNING:
+            return
+        rec.reason = f"{WAITING_PREFIX}{ev.reason}"
+        worker.note = rec.reason
+        self._emit(K.TICKET_WAITING, f"{rec.id}: {rec.reason}", rec, worker, now=ev.now)
 
     def _on_agent_exited(self, ev: AgentExited) -> None:
         rec = self.tickets.get(ev.ticket)
@@ -1246,6 +1288,19 @@ class Core:
             )
             self._emit(K.QUESTION_ORPHANED, f"{rec.id}: {rec.reason}", rec, now=ev.now)
             self._effect(QuestionClosed(rec.id, message=f"{rec.id}: the asking agent ended"))
+            return
+        if ev.lost and why not in (StopReason.STOP, StopReason.BUDGET):
+            rec.attempt -= 1
+            where = f"{worker.host} (Ray node {worker.node[:12]})" if worker.node else "its node"
+            saved = f" at {ev.head[:10]}" if ev.head else ""
+            rec.reason = (
+                f"{where} was lost mid-attempt ({ev.lost}); requeued from its last WIP "
+                f"push{saved}, attempt not counted"
+            )
+            self._emit(
+                K.AGENT_EXITED, f"{ev.agent}: {rec.id}: {rec.reason}", rec, worker, now=ev.now
+            )
+            self._requeue(rec, ev.now, feedback="")
             return
         if why == StopReason.STOP:
             rec.reason = "stopped by request; work committed on " + (rec.branch or "")

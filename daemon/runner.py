@@ -5,9 +5,10 @@ environment, pumps the output and commits what the agent left; *where and how*
 the process runs is an :class:`AgentRunner`. Today there is one,
 :class:`LocalRunner`: a child process in its own session and process group on
 this machine, so a stop ends the whole tree (SIGTERM to the group, a grace
-period, then SIGKILL, like watchfiles' process supervisor). Another runner
-(for example one placing agents on a Ray cluster, issue 14) implements the same
-two small protocols; nothing else in the daemon changes.
+period, then SIGKILL, like watchfiles' process supervisor). The other is
+:class:`orchestrator.daemon.ray_runner.RayRunner` (``runner: ray``): agents on a
+Ray cluster, their code travelling through git (docs/scale-out.md). Both
+implement the same two small protocols; nothing else in the daemon changes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 from anyio.abc import Process
+
+from orchestrator.daemon.contain import RUN_ID_VAR, end_attempt_processes
 
 
 class AgentProcess(Protocol):
@@ -50,22 +53,79 @@ class AgentProcess(Protocol):
         already gone."""
         ...
 
+    @property
+    def node(self) -> str:
+        """The Ray node id it runs on; "" on this machine."""
+        ...
+
+    @property
+    def host(self) -> str:
+        """The host name it runs on; "" on this machine."""
+        ...
+
+    @property
+    def lost(self) -> str:
+        """Why its node was lost mid-attempt ("" while it was not). A lost attempt is
+        requeued without counting it, from its last WIP push."""
+        ...
+
+    @property
+    def worktree_status(self) -> str | None:
+        """A digest of its worktree that changes when the worktree does (a sign of life),
+        for an agent whose worktree is not the local one; None: read the local worktree."""
+        ...
+
+    async def settle(self) -> None:
+        """After :meth:`wait`: end whatever the agent left running (its group and what
+        escaped it, daemon.contain), and bring its work into the local worktree it was
+        started for (a remote agent's work is committed and pushed by its node, then
+        fetched here). Never raises for a process or node that is gone."""
+        ...
+
 
 class AgentRunner(Protocol):
-    async def start(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> AgentProcess:
+    def connect(self) -> None:
+        """Get ready before the first start (blocking; run in a thread).
+
+        Raises:
+            RunnerError: the runner cannot be used (a one-line reason).
+        """
+        ...
+
+    def close(self) -> None:
+        """Let go of what :meth:`connect` took (at daemon exit)."""
+        ...
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        waiting: Callable[[str], None] | None = None,
+    ) -> AgentProcess:
         """Start ``argv`` (never through a shell) in ``cwd`` with exactly ``env``.
+
+        ``env`` carries the attempt's ``ORCH_*`` variables (docs/config.md). ``waiting``
+        is called with a reason when the agent cannot start at once (no room on the
+        cluster); cancelling the call abandons the start.
 
         Raises:
             OSError: it could not be started (FileNotFoundError: no such command).
         """
         ...
 
+    async def recover(self, ticket: str, attempt: int, pid: int | None, worktree: Path) -> None:
+        """After a daemon crash: end the agent of ``ticket``'s ``attempt`` that outlived the
+        old daemon (``pid``: its persisted id) and bring its work into ``worktree``."""
+        ...
+
 
 class LocalAgent:
     """A local child process leading its own session and process group."""
 
-    def __init__(self, process: Process) -> None:
+    def __init__(self, process: Process, run_id: str = "") -> None:
         self._process = process
+        self._run_id = run_id
 
     @property
     def pid(self) -> int:
@@ -86,11 +146,31 @@ class LocalAgent:
     def signal(self, sig: signal.Signals) -> None:
         kill_group(self._process.pid, sig)
 
+    node = host = lost = ""
+    worktree_status = None
+
+    async def settle(self) -> None:
+        kill_group(self._process.pid, signal.SIGKILL)
+        if self._run_id:
+            await anyio.to_thread.run_sync(end_attempt_processes, self._process.pid, self._run_id)
+
 
 class LocalRunner:
     """Runs agents as local processes (stdin /dev/null, stderr into stdout)."""
 
-    async def start(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> LocalAgent:
+    def connect(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        waiting: Callable[[str], None] | None = None,
+    ) -> LocalAgent:
         process = await anyio.open_process(
             list(argv),
             cwd=cwd,
@@ -100,7 +180,11 @@ class LocalRunner:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        return LocalAgent(process)
+        return LocalAgent(process, env.get(RUN_ID_VAR, ""))
+
+    async def recover(self, ticket: str, attempt: int, pid: int | None, worktree: Path) -> None:
+        if pid and is_our_agent(pid, ticket):
+            kill_group(pid, signal.SIGKILL)
 
 
 def kill_group(pid: int, sig: signal.Signals) -> None:

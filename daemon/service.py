@@ -36,7 +36,7 @@ from orchestrator.daemon.home import sync_repo_config
 from orchestrator.daemon.homefiles import HomeFiles
 from orchestrator.daemon.merger import Merger
 from orchestrator.daemon.review import Reviewer, review_run_id
-from orchestrator.daemon.runner import is_our_agent, kill_group
+from orchestrator.daemon.runner import AgentRunner, LocalRunner
 from orchestrator.daemon.server import PEER_USER, Server
 from orchestrator.daemon.store import Store
 from orchestrator.daemon.workers import Workers
@@ -113,7 +113,12 @@ class Daemon:
         self._notices: list[P.Event] = []
         self._replies: dict[int, C.Outcome] = {}
         self.repo_lock = anyio.Lock()
-        self.workers = Workers(home, self.submit, self._publish_raw, self.repo_lock)
+        self.runner: AgentRunner = LocalRunner()
+        if cfg.runner == "ray":
+            from orchestrator.daemon.ray_runner import RayRunner
+
+            self.runner = RayRunner(home)
+        self.workers = Workers(home, self.submit, self._publish_raw, self.repo_lock, self.runner)
         self.merger = Merger(home, self.repo_lock)
         self.reviewer = Reviewer(home)
         self.backlog = Backlog(home.backlog, self.submit, cfg.rescan_interval_s)
@@ -187,6 +192,15 @@ class Daemon:
 
     async def _start(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert self.store is not None
+        # runner: ray joins (or starts) its cluster here; RunnerError: one line, exit 2.
+        await anyio.to_thread.run_sync(self.runner.connect)
+        try:
+            await self._run_daemon(task_status)
+        finally:
+            self.runner.close()
+
+    async def _run_daemon(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        assert self.store is not None
         await self._prepare_home()
         records = self.store.load()
         await self._reconcile(records)
@@ -236,11 +250,10 @@ class Daemon:
                 await anyio.to_thread.run_sync(end_attempt_processes, -1, run_id)
             if rec.state not in (TicketState.RUNNING, TicketState.NEEDS_INPUT):
                 continue
-            if rec.agent_pid and is_our_agent(rec.agent_pid, rec.id):
-                kill_group(rec.agent_pid, signal.SIGKILL)
             if rec.agent:
                 wt = self.workers.worktree(rec.agent)
                 try:
+                    await self.runner.recover(rec.agent, rec.id, rec.attempt, rec.agent_pid, wt)
                     await self.workers.salvage(
                         wt, f"{rec.id}: work of attempt {rec.attempt} saved after a daemon restart"
                     )

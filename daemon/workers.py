@@ -29,8 +29,16 @@ import anyio
 import msgspec
 from anyio.abc import Process
 
-from orchestrator.daemon.contain import RUN_ID_VAR, end_attempt_processes
-from orchestrator.daemon.core import AgentExited, AgentStarted, Input, Progress, Pushed, StartAgent
+from orchestrator.daemon.contain import RUN_ID_VAR
+from orchestrator.daemon.core import (
+    AgentExited,
+    AgentStarted,
+    AgentWaiting,
+    Input,
+    Progress,
+    Pushed,
+    StartAgent,
+)
 from orchestrator.daemon.git import REF_TOKEN_VAR, git, run_git, scrub_clone_config
 from orchestrator.daemon.runner import AgentProcess, AgentRunner, LocalAgent, LocalRunner
 from orchestrator.shared.config import Home
@@ -124,6 +132,8 @@ class _Run:
     status_hash: str = ""
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     """``ORCH_RUN_ID`` of this attempt's processes (daemon.contain)."""
+    start_scope: anyio.CancelScope | None = None
+    """Set while the runner starts the agent (a stop cancels a start that waits)."""
 
 
 class Workers:
@@ -263,7 +273,10 @@ class Workers:
                 return
             await out.write(f"$ {' '.join(argv)}\n".encode())
             try:
-                run.process = await self.runner.start(argv, wt, env)
+                with anyio.CancelScope() as run.start_scope:
+                    run.process = await self.runner.start(
+                        argv, wt, env, waiting=lambda why: self._waiting(eff, why)
+                    )
             except OSError as exc:
                 reason = (
                     f"agent command not found: {argv[0]}"
@@ -272,6 +285,10 @@ class Workers:
                 )
                 await out.write(f"{reason}\n".encode())
                 await self._finish(run, wt, None, reason)
+                return
+            run.start_scope = None
+            if run.process is None:  # stopped while it waited for room on the cluster
+                await self._finish(run, wt, -int(signal.SIGTERM), "")
                 return
             process = run.process
             self.submit(
@@ -285,6 +302,8 @@ class Workers:
                         str(feedback_file or ""),
                         time.time(),
                         run.run_id,
+                        node=process.node,
+                        host=process.host,
                     )
                 ]
             )
@@ -296,7 +315,7 @@ class Workers:
                 # What the agent left running ends too; that also closes the output pipe
                 # if a leftover child still held it.
                 process.signal(signal.SIGKILL)
-                await self._end_leftovers(run, process.pid)
+                await process.settle()
                 with anyio.move_on_after(2):
                     await run.output_closed.wait()
                 tg.cancel_scope.cancel()
@@ -329,9 +348,8 @@ class Workers:
         run.tail[:] = tail.encode()
         return reason
 
-    async def _end_leftovers(self, run: _Run, group: int) -> None:
-        """End what the agent started outside its process group (daemon.contain)."""
-        await anyio.to_thread.run_sync(end_attempt_processes, group, run.run_id)
+    def _waiting(self, eff: StartAgent, why: str) -> None:
+        self.submit([AgentWaiting(eff.agent, eff.ticket, eff.attempt, why, time.time())])
 
     async def _pump_output(self, run: _Run, out: anyio.AsyncFile[bytes]) -> None:
         eff = run.effect
@@ -395,6 +413,7 @@ class Workers:
 
     async def _finish(self, run: _Run, wt: Path, code: int | None, reason: str) -> None:
         eff = run.effect
+        lost = run.process.lost if run.process is not None else ""
         removed = await anyio.to_thread.run_sync(scrub_clone_config, self.home.work)
         if removed:
             log.warning(
@@ -426,6 +445,7 @@ class Workers:
             tail=bytes(run.tail),
             changed=tuple(p for p in changed.splitlines() if p),
             head=head,
+            lost=lost,
         )
 
     def _exited(
@@ -437,6 +457,7 @@ class Workers:
         changed: tuple[str, ...] = (),
         head: str = "",
         force_fail: bool = False,
+        lost: str = "",
     ) -> None:
         self.submit(
             [
@@ -450,6 +471,7 @@ class Workers:
                     head=head,
                     log_tail=tail.decode(errors="replace"),
                     reason=reason,
+                    lost=lost,
                 )
             ]
         )
@@ -480,6 +502,8 @@ class Workers:
         if run is None:
             return
         run.stop_reason = reason  # also seen by an attempt that has not started its agent yet
+        if run.start_scope is not None:
+            run.start_scope.cancel()
         await self._terminate(run)
 
     async def _terminate(self, run: _Run) -> None:
@@ -506,8 +530,10 @@ class Workers:
         for agent, run in list(self.runs.items()):
             if run.process is None:
                 continue
-            result = await run_git(self.worktree(agent), "status", "--porcelain", "-z")
-            digest = hashlib.sha1(result.stdout, usedforsecurity=False).hexdigest()
+            digest = run.process.worktree_status
+            if digest is None:  # a local agent: its worktree is here
+                result = await run_git(self.worktree(agent), "status", "--porcelain", "-z")
+                digest = hashlib.sha1(result.stdout, usedforsecurity=False).hexdigest()
             if run.status_hash and digest != run.status_hash:
                 self.submit([Progress(agent, time.time(), note="worktree changed")])
             run.status_hash = digest

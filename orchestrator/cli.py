@@ -146,7 +146,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for a in snapshot.agents:
         print(
             f"{a.name:<10} {a.state:<18} {a.ticket or '-':<24} {a.branch or '-':<32} "
-            f"{a.attempt or '-'}"
+            f"{a.attempt or '-'}" + (f"  on {a.host} (Ray node {a.node[:12]})" if a.node else "")
         )
     print()
     print(f"{'TICKET':<24} {'STATE':<18} {'PRIO':<5} {'EFF':>6} {'AGENT':<9} {'AGE':>6}  REASON")
@@ -500,6 +500,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         auto_approve=args.auto_approve,
         timeout_s=args.timeout_s,
         pace_s=args.pace,
+        runner=args.runner,
     )
 
 
@@ -696,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=600.0,
         help="give up after this many seconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--runner",
+        choices=("local", "ray"),
+        default="local",
+        help="where the agents run: local processes, or a local Ray cluster the daemon "
+        "starts (needs `pip install 'orchestrator[ray]'`; docs/scale-out.md)",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -42,8 +42,14 @@ DEMO_EXTRA_CONFIG = "heartbeat_interval_s: 1\nlease_ttl_s: 30\n"
 DEMO_ANSWER = "the online shop, after a return"
 
 
-def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> Path:
-    """Create the sample repo and its project home under ``base``; return config.yaml."""
+def prepare_demo(
+    base: Path, auto_approve: bool, agent_delay_s: float = 0.2, runner: str = "local"
+) -> Path:
+    """Create the sample repo and its project home under ``base``; return config.yaml.
+
+    ``runner``: ``local``, or ``ray``: the daemon starts a local Ray and runs every
+    agent as a Ray actor, its git cache and worktrees under ``base/ray-cache``
+    (docs/scale-out.md)."""
     source = base / "project"
     if not source.exists():
         shutil.copytree(
@@ -67,11 +73,18 @@ def prepare_demo(base: Path, auto_approve: bool, agent_delay_s: float = 0.2) -> 
         agent_command=agent,
         approval="auto" if auto_approve else "manual",
         force=(base / "home" / "config.yaml").exists(),
-        extra_config=DEMO_EXTRA_CONFIG + f"review: {review}\n",
+        extra_config=DEMO_EXTRA_CONFIG
+        + f"review: {review}\n"
+        + (_ray_config(base) if runner == "ray" else ""),
         # the demo agent's pace (seconds between its progress lines)
         agent_env={"DEMO_AGENT_DELAY_S": str(agent_delay_s)},
     )
     return config
+
+
+def _ray_config(base: Path) -> str:
+    cache = str(base / "ray-cache")
+    return f"runner: ray\nray: {{num_cpus: 0.5, wip_push_s: 5, cache_dir: {cache!r}}}\n"
 
 
 def _q(path: str) -> str:
@@ -222,6 +235,7 @@ def run_demo(
     auto_approve: bool,
     timeout_s: float = 600.0,
     pace_s: float = DEFAULT_PACE_S,
+    runner: str = "local",
 ) -> int:
     """Run the demo; returns the exit code (0: every ticket merged, headless only).
 
@@ -229,19 +243,22 @@ def run_demo(
         directory: keep the demo project here; None: a temporary directory,
             removed at the end.
         pace_s: seconds between the demo agent's steps (larger is easier to follow).
+        runner: ``local`` or ``ray`` (agents on a local Ray cluster the daemon starts).
     """
     base = directory.resolve() if directory else Path(tempfile.mkdtemp(prefix="orch-demo-"))
     try:
-        return _run(base, headless, auto_approve, timeout_s, pace_s)
+        return _run(base, headless, auto_approve, timeout_s, pace_s, runner)
     finally:
         if directory is None:
             shutil.rmtree(base, ignore_errors=True)
             print(f"removed {base} (use --dir to keep the demo project)")
 
 
-def _run(base: Path, headless: bool, auto_approve: bool, timeout_s: float, pace_s: float) -> int:
+def _run(
+    base: Path, headless: bool, auto_approve: bool, timeout_s: float, pace_s: float, runner: str
+) -> int:
     base.mkdir(parents=True, exist_ok=True)
-    config = prepare_demo(base, auto_approve, agent_delay_s=pace_s)
+    config = prepare_demo(base, auto_approve, agent_delay_s=pace_s, runner=runner)
     home = load_config(config)
     print(f"demo project home: {home.root}")
     proc = start_daemon(config, base / "daemon.log")

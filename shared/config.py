@@ -113,6 +113,27 @@ class TuiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Ring the terminal bell when a ticket needs a person."""
 
 
+class RayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where and how agents run with ``runner: ray`` (docs/scale-out.md, docs/config.md)."""
+
+    address: str = ""
+    """The cluster's GCS address ``HOST:PORT`` (as given to ``ray start --address``);
+    empty: start a local Ray on this machine (for development and the demo)."""
+    num_cpus: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """CPUs each agent reserves on its node (Ray's ``num_cpus``)."""
+    memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Memory each agent reserves on its node, in MiB (Ray's ``memory``); 0: none."""
+    resources: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(default_factory=dict)
+    """Custom resources each agent needs, e.g. ``{agent: 1}`` to pin agents to the nodes
+    started with ``ray start --resources '{"agent": 4}'``."""
+    wip_push_s: Interval = 30.0
+    """While an agent runs, its work is pushed to ``refs/orchestrator/wip/<ticket>`` at
+    least this often (s): what a lost node loses at most."""
+    cache_dir: str = ""
+    """Node-local directory of the git cache and the agents' worktrees (``~`` expands on
+    the node); empty: ``~/.cache/orchestrator/ray``."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The decoded config.yaml (see docs/config.md for each key)."""
 
@@ -137,6 +158,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     budget: BudgetConfig = msgspec.field(default_factory=BudgetConfig)
     worktree: WorktreeConfig = msgspec.field(default_factory=WorktreeConfig)
     tui: TuiConfig = msgspec.field(default_factory=TuiConfig)
+    runner: Literal["local", "ray"] = "local"
+    """Where agents run: ``local`` processes, or a Ray cluster (``ray``, docs/scale-out.md)."""
+    ray: RayConfig = msgspec.field(default_factory=RayConfig)
+    repo_url: str = ""
+    """The URL of repo.git as the Ray nodes reach it (an ``ssh://`` URL or a path on a
+    shared file system); empty: repo.git's path on this machine."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +192,11 @@ class Home:
     @property
     def repo(self) -> Path:
         return self.root / "repo.git"
+
+    @property
+    def repo_url(self) -> str:
+        """repo.git as Ray nodes reach it: ``repo_url`` of the config, else its path."""
+        return self.config.repo_url or str(self.repo)
 
     @property
     def ci_status_dir(self) -> Path:
@@ -243,9 +275,14 @@ def _invalid_value(config: Config) -> str:
     strings |= {f"agent.env.{k}": v for k, v in config.agent.env.items()}
     strings |= {f"review.command[{i}]": v for i, v in enumerate(config.review.command)}
     strings |= {"ci.command": config.ci.command, "socket": config.socket or ""}
+    strings |= {"repo_url": config.repo_url, "ray.address": config.ray.address}
+    strings |= {"ray.cache_dir": config.ray.cache_dir}
     for key, value in strings.items():
         if "\0" in value:
             return f"{key}: must not contain a NUL character"
+    address = config.ray.address
+    if address and (":" not in address or not address.rpartition(":")[2].isdigit()):
+        return f"ray.address: {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379)"
     for key in config.agent.env:
         if not key or "=" in key or "\0" in key:
             return f"agent.env: {key!r} is not a valid environment variable name (no '=' or NUL)"

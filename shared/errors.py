@@ -24,6 +24,10 @@ class ConfigError(_OneLine):
     """config.yaml is missing, unreadable or invalid."""
 
 
+class RunnerError(_OneLine):
+    """The configured agent runner cannot be used (Ray not installed, cluster unreachable)."""
+
+
 class TicketError(_OneLine):
     """A ticket file is invalid (the message names the file, field and reason)."""
 

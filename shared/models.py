@@ -476,6 +476,10 @@ class AgentView(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """Unix time (s) of the agent's last output, worktree change or heartbeat."""
     note: str = ""
     """The last ``orchestrator heartbeat --note`` text or output line."""
+    node: str = ""
+    """The Ray node id its agent runs on (``runner: ray``); empty on this machine."""
+    host: str = ""
+    """The host name of that Ray node; empty on this machine."""
 
 
 class LeaseView(msgspec.Struct, kw_only=True, frozen=True):

@@ -13,7 +13,7 @@ from orchestrator.tui.widgets.board_table import BoardTable
 
 
 class AgentsTable(BoardTable):
-    """Workers with their state (coloured, see :func:`tui.format.agent_state_style`),
+    """Workers (``agent-K@host`` when it runs on a Ray node) with their state (coloured, see :func:`tui.format.agent_state_style`),
     ticket, branch, attempt, time in its shown state, last activity and its ticket's CI."""
 
     COLUMNS = (
@@ -40,7 +40,7 @@ class AgentsTable(BoardTable):
         return (
             agent.name,
             (
-                agent.name,
+                f"{agent.name}@{agent.host}" if agent.host else agent.name,
                 Text(str(agent.state), style=agent_state_style(agent, ticket)),
                 agent.ticket or "-",
                 agent.branch or "-",
