@@ -311,9 +311,10 @@ class RayCluster:
     def node_ids(self) -> dict[str, str]:
         """Node address -> node id of the alive nodes (asked through a Ray driver)."""
         code = (
-            "import json, ray; ray.init(address=%r, _node_ip_address=%r, log_to_driver=False);"
-            "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes()"
-            " if n['Alive']}))" % (self.address, self.HEAD_IP)
+            f"import json, ray; ray.init(address={self.address!r}, "
+            f"_node_ip_address={self.HEAD_IP!r}, log_to_driver=False); "
+            "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() "
+            "if n['Alive']}))"
         )
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60

@@ -13,8 +13,9 @@ from orchestrator.tui.widgets.board_table import BoardTable
 
 
 class AgentsTable(BoardTable):
-    """Workers (``agent-K@host`` when it runs on a Ray node) with their state (coloured, see :func:`tui.format.agent_state_style`),
-    ticket, branch, attempt, time in its shown state, last activity and its ticket's CI."""
+    """Workers (``agent-K@host`` when it runs on a Ray node) with their state (coloured,
+    see :func:`tui.format.agent_state_style`), ticket, branch, attempt, time in its shown
+    state, last activity and its ticket's CI."""
 
     COLUMNS = (
         ("Agent", "name"),
