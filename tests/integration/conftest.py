@@ -12,10 +12,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
+from benchmarks.raycluster import RayCluster
 from orchestrator.daemon.home import init_home
 from orchestrator.demo import start_daemon, stop_daemon
 from orchestrator.shared import protocol as P
@@ -218,142 +218,11 @@ def main_log(project: Project) -> list[str]:
     return git(project.home.repo, "log", "--format=%s", "main").splitlines()
 
 
-class RayCluster:
-    """A real two-node Ray cluster on this machine: a head on a loopback address and a
-    second node with its own custom resource ``agent2`` (so agents can be pinned to
-    it), each ``ray start --block`` in its own process group (stopped by killing it)."""
-
-    HEAD_IP = "127.0.0.2"
-    NODE2_IP = "127.0.0.3"
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root = root
-        self.port = port
-        self.address = f"{self.HEAD_IP}:{port}"
-        self.head: subprocess.Popen[bytes] | None = None
-        self.node2: subprocess.Popen[bytes] | None = None
-        self.env = dict(
-            os.environ,
-            RAY_USAGE_STATS_ENABLED="0",
-            # Bound to loopback addresses; the same mode for every node and driver,
-            # whatever ~/.ray/auth_token holds.
-            RAY_AUTH_MODE="disabled",
-            # A lost node is declared dead within about 2 s (default: tens of seconds).
-            RAY_health_check_period_ms="500",
-            RAY_health_check_timeout_ms="500",
-            RAY_health_check_failure_threshold="3",
-            RAY_health_check_initial_delay_ms="0",
-        )
-
-    def _ray_start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        ray = str(Path(sys.executable).with_name("ray"))
-        log = self.root / f"{name}.log"
-        with open(log, "ab") as out:
-            proc = self._popen(ray, out, args)
-        deadline = time.monotonic() + 60
-        while "Ray runtime started" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                self._kill(proc)
-                raise RuntimeError(f"ray start {name} failed:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        return proc
-
-    def _popen(self, ray: str, out: IO[bytes], args: tuple[str, ...]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                ray,
-                "start",
-                "--block",
-                "--disable-usage-stats",
-                "--object-store-memory",
-                "100000000",
-                "--dashboard-agent-listen-port",
-                "0",
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            start_new_session=True,
-        )
-
-    def start(self) -> None:
-        self.head = self._ray_start(
-            "head",
-            "--head",
-            "--port",
-            str(self.port),
-            "--node-ip-address",
-            self.HEAD_IP,
-            "--num-cpus",
-            "2",
-            "--include-dashboard",
-            "false",
-            "--temp-dir",
-            str(self.root / "t"),
-        )
-        self.start_node2()
-
-    def start_node2(self) -> None:
-        self.node2 = self._ray_start(
-            "node2",
-            "--address",
-            self.address,
-            "--node-ip-address",
-            self.NODE2_IP,
-            "--num-cpus",
-            "2",
-            "--resources",
-            '{"agent2": 2}',
-        )
-
-    def node_ids(self) -> dict[str, str]:
-        """Node address -> node id of the alive nodes (asked through a Ray driver)."""
-        code = (
-            f"import json, ray; ray.init(address={self.address!r}, "
-            f"_node_ip_address={self.HEAD_IP!r}, log_to_driver=False); "
-            "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() "
-            "if n['Alive']}))"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60
-        )
-        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-    def kill_node2(self) -> None:
-        """Lose the second node: SIGKILL its raylet and every process of its group."""
-        assert self.node2 is not None
-        self._kill(self.node2)
-        self.node2 = None
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
-        import signal
-
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in (self.node2, self.head):
-            if proc is not None:
-                self._kill(proc)
-        self.node2 = self.head = None
-
-
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     """One real Ray cluster for every Ray test of the session (starting one takes ~8 s)."""
-    import socket
-
     root = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
-    with socket.socket() as sock:  # a free port for the head's GCS
-        sock.bind((RayCluster.HEAD_IP, 0))
-        port = sock.getsockname()[1]
-    cluster = RayCluster(root, port)
+    cluster = RayCluster(root)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")  # the daemons
     try:

@@ -508,3 +508,32 @@ def test_a_snapshot_from_cached_views_decodes_as_the_snapshot_it_stands_for():
     assert P.decode_server(P.encode(sim.core.snapshot(sim.now, 7, "auto", tickets=False))) == (
         msgspec.structs.replace(expected, tickets=[])
     )
+
+
+def test_a_lost_node_requeues_without_counting_the_attempt():
+    """runner: ray: the agent's node died; the attempt is re-run, not counted, and the
+    reason names the node and the WIP push the branch was moved to."""
+    sim = Sim.new(workers=1, max_attempts=1)
+    sim.add(ticket("t", locks=["a"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.feed(C.AgentStarted("agent-1", "t", 1, 7, "/log", "", sim.now, node="n" * 56, host="box"))
+    view = sim.core.agent_view(sim.core.workers["agent-1"])
+    assert (view.node, view.host) == ("n" * 56, "box")
+    sim.feed(C.AgentExited("agent-1", "t", 1, -9, sim.now, head="abc1234567890", lost="node died"))
+    (lost,) = [e.message for e in sim.events if e.kind == "agent.exited"]
+    assert "box (Ray node nnnnnnnnnnnn) was lost mid-attempt (node died)" in lost
+    assert "requeued from its last WIP push at abc1234567, attempt not counted" in lost
+    (again,) = sim.take(C.StartAgent)  # max_attempts 1: not used up by the lost attempt
+    assert (again.attempt, again.branch) == (1, "agent-1/t")
+    check_invariants(sim.core)
+
+
+def test_an_agent_waiting_for_cluster_resources_says_so_until_it_starts():
+    sim = Sim.new(workers=1)
+    sim.add(ticket("t", locks=["a"]))
+    (eff,) = sim.take(C.StartAgent)
+    sim.feed(C.AgentWaiting("agent-1", "t", 1, "num_cpus=1, agent=1", sim.now))
+    assert sim.rec("t").reason == "waiting for Ray resources: num_cpus=1, agent=1"
+    assert any(e.kind == "ticket.waiting" for e in sim.events)
+    sim.start(eff)
+    assert sim.rec("t").reason == ""
