@@ -9,9 +9,11 @@ through Ray's object store:
    ref ``refs/orchestrator/wip/<ticket>`` in repo.git and draws a per-attempt
    WIP token (its SHA-256 goes to ``repo.git/orchestrator-wip/<ticket>.sha256``,
    hooks/update lets only its holder push that ref).
-2. A detached, named Ray actor (:class:`NodeAgent`, ``orch-<home>-<ticket>-<attempt>``)
-   is placed by Ray's scheduler with the configured resources (``ray.num_cpus``,
-   ``ray.memory_mb``, ``ray.resources``). On its node it fetches the WIP ref from
+2. Each worker ``agent-K`` has a detached, named Ray actor (:class:`NodeAgent`,
+   ``orch-<home>-agent-K``), placed by Ray's scheduler with the configured resources
+   (``ray.num_cpus``, ``ray.memory_mb``, ``ray.resources``) when the worker first
+   needs it and reused for its next attempts (no process start per attempt); a new
+   one is placed when its node was lost. On its node it fetches the WIP ref from
    ``repo_url`` into a node-local bare cache (incremental fetches), adds a worktree
    on the ticket's branch, and runs the same agent argv with the same ``ORCH_*``
    environment (paths mapped to the node's). Every ``ray.wip_push_s`` it pushes a
@@ -26,8 +28,8 @@ through Ray's object store:
 
 A node lost mid-attempt (the actor dies with it) requeues the ticket without
 counting the attempt, from its last WIP push. After a daemon crash,
-:meth:`RayRunner.recover` finds the attempt's actor by name, stops its agent,
-and brings its work home the same way.
+:meth:`RayRunner.recover` finds the worker's actor by name, stops its agent,
+and brings its work home the same way; the actor serves the worker again.
 
 Ray is imported only here, and only when ``runner: ray`` is configured: the base
 install does not need it (``pip install 'orchestrator[ray]'``).
@@ -115,8 +117,9 @@ def home_id(home: Home) -> str:
     return hashlib.sha256(str(home.root).encode()).hexdigest()[:10]
 
 
-def actor_name(home: str, ticket: str, attempt: int) -> str:
-    return f"orch-{home}-{ticket}-{attempt}"
+def actor_name(home: str, agent: str) -> str:
+    """The name of worker ``agent``'s actor (namespace :data:`NAMESPACE`)."""
+    return f"orch-{home}-{agent}"
 
 
 def wip_ref(ticket: str) -> str:
@@ -165,6 +168,8 @@ class RayRunner:
         self.home_id = home_id(home)
         self._ray: Any = None
         self._actor_class: Any = None
+        self._slots: dict[str, Any] = {}
+        """Worker name -> its actor handle (placed once, reused for its attempts)."""
 
     # --- connection --------------------------------------------------------
 
@@ -228,9 +233,49 @@ class RayRunner:
         )
 
     def close(self) -> None:
-        """Disconnect (a local Ray started by :meth:`connect` stops with it)."""
+        """Give the workers' actors back (their resources) and disconnect; a local Ray
+        started by :meth:`connect` stops with it. After a crash they stay, and the next
+        daemon finds them (:meth:`recover`)."""
+        for agent in list(self._slots):
+            self._forget(agent)
         if self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
+
+    def _slot(self, agent: str) -> Any:
+        """Worker ``agent``'s actor: known, found by name (it outlived a daemon), or new
+        (Ray places it when a node has room)."""
+        actor = self._slots.get(agent)
+        if actor is not None:
+            return actor
+        name = actor_name(self.home_id, agent)
+        try:
+            actor = self._ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            options: dict[str, Any] = {
+                "name": name,
+                "namespace": NAMESPACE,
+                "lifetime": "detached",
+                "max_concurrency": 4,
+                "max_restarts": 0,
+                "num_cpus": self.config.num_cpus,
+                "resources": dict(self.config.resources),
+            }
+            if self.config.memory_mb:
+                options["memory"] = self.config.memory_mb * 2**20
+            actor = self._actor_class.options(**options).remote(self.config.cache_dir)
+        self._slots[agent] = actor
+        return actor
+
+    def _forget(self, agent: str) -> None:
+        """Drop (and kill) worker ``agent``'s actor: its node was lost, or a start that
+        waited for room was abandoned."""
+        actor = self._slots.pop(agent, None)
+        if actor is None:
+            return
+        try:
+            self._ray.kill(actor, no_restart=True)
+        except self._ray.exceptions.RayError as exc:
+            log.warning("%s: cannot kill its Ray actor: %s", agent, _first_line(exc))
 
     def needs(self) -> str:
         """What one agent asks of a node, e.g. ``num_cpus=1, agent=1``."""
@@ -259,48 +304,49 @@ class RayRunner:
                 the node; otherwise git or Ray said why).
         """
         assert self._actor_class is not None, "connect() first"
-        ticket, attempt = env["ORCH_TICKET_ID"], int(env["ORCH_ATTEMPT"])
+        ticket = env["ORCH_TICKET_ID"]
         try:
             token = await anyio.to_thread.run_sync(issue_wip_token, self.home.repo, ticket)
             await git(cwd, "push", "--quiet", "--force", "origin", f"HEAD:{wip_ref(ticket)}")
         except (OSError, GitError) as exc:
             raise OSError(f"cannot hand the branch to the cluster: {exc}") from None
         spec = self._spec(argv, cwd, env, token)
-        name = actor_name(self.home_id, ticket, attempt)
-        await self._kill_named(name)  # left by a crash between two starts
-        options: dict[str, Any] = {
-            "name": name,
-            "namespace": NAMESPACE,
-            "lifetime": "detached",
-            "max_concurrency": 4,
-            "max_restarts": 0,
-            "num_cpus": self.config.num_cpus,
-            "resources": dict(self.config.resources),
-        }
-        if self.config.memory_mb:
-            options["memory"] = self.config.memory_mb * 2**20
-        actor = self._actor_class.options(**options).remote(spec)
-        started = asyncio.wrap_future(actor.start.remote().future())
-        try:
-            with anyio.move_on_after(WAITING_AFTER_S):
-                await asyncio.shield(started)
-            if not started.done() and waiting is not None:
-                waiting(f"{self.needs()} (not placed after {WAITING_AFTER_S:g} s)")
-            info = await asyncio.shield(started)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._discard(actor, ticket, started.done())
-            raise
-        except self._ray.exceptions.RayError as exc:
-            await self._discard(actor, ticket, False)
-            raise OSError(f"Ray could not run it: {_first_line(exc)}") from None
+        agent = env.get("ORCH_AGENT", "agent")
+        errors = self._ray.exceptions
+        for again in (True, False):
+            actor = self._slot(agent)
+            started = asyncio.wrap_future(actor.start.remote(spec).future())
+            try:
+                with anyio.move_on_after(WAITING_AFTER_S):
+                    await asyncio.shield(started)
+                if not started.done() and waiting is not None:
+                    waiting(f"{self.needs()} (not placed after {WAITING_AFTER_S:g} s)")
+                info = await asyncio.shield(started)
+                break
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    if started.done():  # it started meanwhile: end it, keep the actor
+                        await self._end_attempt(actor, ticket)
+                    else:  # never placed: give its resources back
+                        self._forget(agent)
+                    await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
+                raise
+            except errors.RayActorError as exc:  # its node was lost since the last attempt
+                self._forget(agent)
+                if again:
+                    continue
+                await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
+                raise OSError(f"Ray could not run it: {_first_line(exc)}") from None
+            except errors.RayError as exc:
+                await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
+                raise OSError(f"Ray could not run it: {_first_line(exc)}") from None
         if info.get("error"):
-            await self._discard(actor, ticket, False)
+            await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
             if info.get("missing"):
                 raise FileNotFoundError(info["error"])
             raise OSError(info["error"])
         usage_file = Path(env["ORCH_USAGE_FILE"]) if env.get("ORCH_USAGE_FILE") else None
-        return RayAgent(self, actor, info, ticket, cwd, usage_file)
+        return RayAgent(self, actor, info, ticket, agent, cwd, usage_file)
 
     def _spec(
         self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], token: str
@@ -327,7 +373,6 @@ class RayRunner:
             "ref": wip_ref(ticket),
             "token": token,
             "wip_push_s": self.config.wip_push_s,
-            "cache_dir": self.config.cache_dir,
             "argv": list(argv),
             "env": dict(self.home.config.agent.env) | orch,
             "worktree": str(cwd),
@@ -342,26 +387,16 @@ class RayRunner:
             f"\n\nTicket: {ticket}",
         }
 
-    async def _kill_named(self, name: str) -> None:
-        try:
-            actor = self._ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            return
-        self._ray.kill(actor, no_restart=True)
-
-    async def _discard(self, actor: Any, ticket: str, started: bool) -> None:
-        """Give up an attempt's actor (ending its agent first when one was started)."""
-        if started:
-            with anyio.move_on_after(30):
-                try:
-                    await _get(actor.finish.remote(0.0))
-                except self._ray.exceptions.RayError as exc:
-                    log.warning("%s: ending the agent on its node failed: %s", ticket, exc)
-        try:
-            self._ray.kill(actor, no_restart=True)
-        except self._ray.exceptions.RayError as exc:
-            log.warning("%s: cannot kill its Ray actor: %s", ticket, _first_line(exc))
-        await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
+    async def _end_attempt(self, actor: Any, ticket: str, grace_s: float = 0.0) -> None:
+        """End the attempt running in ``actor`` (its node commits and pushes the work)."""
+        with anyio.move_on_after(grace_s + FINISH_TIMEOUT_S):
+            try:
+                result = await _get(actor.finish.remote(grace_s))
+            except self._ray.exceptions.RayError as exc:
+                log.warning("%s: ending the agent on its node failed: %s", ticket, exc)
+                return
+            if result.get("error"):
+                log.warning("%s: %s", ticket, result["error"])
 
     async def collect(self, ticket: str, worktree: Path) -> str:
         """Fast-forward ``worktree``'s branch to the ticket's WIP ref; return its commit.
@@ -384,29 +419,21 @@ class RayRunner:
             log.warning("%s: cannot bring the node's work home: %s", ticket, exc)
             return ""
 
-    async def recover(self, ticket: str, attempt: int, pid: int | None, worktree: Path) -> None:
-        """After a daemon crash: stop the attempt's agent on its node (SIGTERM, then
-        SIGKILL after ``agent.stop_grace_s``), let the node commit and push its work,
-        and fast-forward ``worktree`` to it. An actor that is gone (its node too)
-        leaves the last WIP push, which is fetched the same way."""
-        name = actor_name(self.home_id, ticket, attempt)
+    async def recover(
+        self, agent: str, ticket: str, attempt: int, pid: int | None, worktree: Path
+    ) -> None:
+        """After a daemon crash: find worker ``agent``'s actor, stop the agent running in
+        it (SIGTERM, then SIGKILL after ``agent.stop_grace_s``), let the node commit and
+        push its work, and fast-forward ``worktree`` to it; the actor serves the worker
+        again. An actor that is gone (its node too) leaves the last WIP push, which is
+        fetched the same way."""
         try:
-            actor = self._ray.get_actor(name, namespace=NAMESPACE)
+            actor = self._ray.get_actor(actor_name(self.home_id, agent), namespace=NAMESPACE)
         except ValueError:
             actor = None
         if actor is not None:
-            grace = self.home.config.agent.stop_grace_s
-            with anyio.move_on_after(grace + FINISH_TIMEOUT_S):
-                try:
-                    result = await _get(actor.finish.remote(grace))
-                    if result.get("error"):
-                        log.warning("%s: %s", ticket, result["error"])
-                except self._ray.exceptions.RayError as exc:
-                    log.warning("%s: its node did not answer: %s", ticket, _first_line(exc))
-            try:
-                self._ray.kill(actor, no_restart=True)
-            except self._ray.exceptions.RayError:
-                pass
+            await self._end_attempt(actor, ticket, self.home.config.agent.stop_grace_s)
+            self._slots[agent] = actor
             log.info("%s: found its agent on the cluster after a restart; stopped it", ticket)
         await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
         await self.collect(ticket, worktree)
@@ -433,9 +460,11 @@ class RayAgent:
         actor: Any,
         info: dict[str, Any],
         ticket: str,
+        agent: str,
         worktree: Path,
         usage_file: Path | None = None,
     ) -> None:
+        self._agent = agent
         self._usage_file = usage_file
         self._runner = runner
         self._ray = runner._ray
@@ -538,10 +567,8 @@ class RayAgent:
             usage = result.get("usage") or b""
             if usage and self._usage_file is not None:
                 await anyio.to_thread.run_sync(_append_usage, self._usage_file, usage)
-        try:
-            self._ray.kill(self._actor, no_restart=True)
-        except errors.RayError:
-            pass
+        if self._lost:  # the actor died with its node: the worker gets a new one
+            self._runner._forget(self._agent)
         await anyio.to_thread.run_sync(revoke_wip_token, self._runner.home.repo, self._ticket)
         await self._runner.collect(self._ticket, self._worktree)
 
@@ -574,16 +601,50 @@ def _node_git(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> st
 
 
 class NodeAgent:
-    """One attempt on a Ray node: a detached actor whose methods run in threads
-    (``max_concurrency``), so reads, signals and the finish overlap.
+    """A worker's actor on a Ray node: runs its attempts one after the other. Its
+    methods run in threads (``max_concurrency``), so reads, signals and the finish
+    of an attempt overlap.
+
+    Args:
+        cache_dir: ``ray.cache_dir`` (empty: ``~/.cache/orchestrator/ray`` on the node).
+    """
+
+    def __init__(self, cache_dir: str) -> None:
+        self.cache_dir = cache_dir
+        self.attempt: NodeAttempt | None = None
+
+    def start(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Start an attempt (ending one left running first); see :meth:`NodeAttempt.start`."""
+        if self.attempt is not None:
+            self.attempt.finish(0.0)
+        self.attempt = NodeAttempt(spec, self.cache_dir)
+        return self.attempt.start()
+
+    def read(self, offset: int, wait_s: float) -> tuple[bytes, int, int | None, str]:
+        assert self.attempt is not None
+        return self.attempt.read(offset, wait_s)
+
+    def signal(self, sig: int) -> None:
+        if self.attempt is not None:
+            self.attempt.signal(sig)
+
+    def finish(self, grace_s: float | None) -> dict[str, Any]:
+        if self.attempt is None:
+            return {"head": "", "usage": b"", "error": "", "ticket": ""}
+        return self.attempt.finish(grace_s)
+
+
+class NodeAttempt:
+    """One attempt on a node: the worktree, the agent process, its output, WIP pushes.
 
     Args:
         spec: built by :meth:`RayRunner._spec` (plain data: argv, env, files, URL, token).
+        cache_dir: see :class:`NodeAgent`.
     """
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], cache_dir: str) -> None:
         self.spec = spec
-        root = Path(os.path.expanduser(spec["cache_dir"] or "~/.cache/orchestrator/ray"))
+        root = Path(os.path.expanduser(cache_dir or "~/.cache/orchestrator/ray"))
         url_key = hashlib.sha256(spec["repo_url"].encode()).hexdigest()[:16]
         key = f"{spec['home_id']}-{spec['ticket']}-{spec['attempt']}"
         self.mirror = root / "git" / f"{url_key}.git"
@@ -611,10 +672,12 @@ class NodeAgent:
         import ray
 
         host = socket.gethostname()
+        self.finished = {"head": "", "usage": b"", "error": "", "ticket": self.spec["ticket"]}
         try:
             self._checkout()
             argv, env = self._materialise()
         except (GitError, OSError) as exc:
+            self._cleanup()
             return {"error": f"cannot prepare the worktree on {host}: {exc}"}
         try:
             self.proc = subprocess.Popen(
@@ -627,11 +690,14 @@ class NodeAgent:
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
+            self._cleanup()
             if exc.filename != argv[0]:  # the worktree vanished meanwhile
                 return {"error": f"cannot start agent {argv[0]} on {host}: {exc}"}
             return {"error": f"agent command not found on {host}: {argv[0]}", "missing": True}
         except OSError as exc:
+            self._cleanup()
             return {"error": f"cannot start agent {argv[0]} on {host}: {exc.strerror or exc}"}
+        self.finished = None
         for target in (self._pump, self._wip_loop):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
@@ -803,7 +869,8 @@ class NodeAgent:
         self.stop_wip.set()
         for thread in self.threads:
             thread.join(10)
-        result: dict[str, Any] = {"head": "", "usage": b"", "error": ""}
+        result: dict[str, Any] = {"head": "", "usage": b"", "error": "", "ticket": ""}
+        result["ticket"] = self.spec["ticket"]
         try:
             if proc is not None:
                 with self.git_lock:

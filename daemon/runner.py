@@ -114,9 +114,12 @@ class AgentRunner(Protocol):
         """
         ...
 
-    async def recover(self, ticket: str, attempt: int, pid: int | None, worktree: Path) -> None:
-        """After a daemon crash: end the agent of ``ticket``'s ``attempt`` that outlived the
-        old daemon (``pid``: its persisted id) and bring its work into ``worktree``."""
+    async def recover(
+        self, agent: str, ticket: str, attempt: int, pid: int | None, worktree: Path
+    ) -> None:
+        """After a daemon crash: end the agent of ``ticket``'s ``attempt`` on worker
+        ``agent`` that outlived the old daemon (``pid``: its persisted id) and bring its
+        work into ``worktree``."""
         ...
 
 
@@ -182,7 +185,9 @@ class LocalRunner:
         )
         return LocalAgent(process, env.get(RUN_ID_VAR, ""))
 
-    async def recover(self, ticket: str, attempt: int, pid: int | None, worktree: Path) -> None:
+    async def recover(
+        self, agent: str, ticket: str, attempt: int, pid: int | None, worktree: Path
+    ) -> None:
         if pid and is_our_agent(pid, ticket):
             kill_group(pid, signal.SIGKILL)
 
