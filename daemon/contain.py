@@ -12,7 +12,7 @@ The daemon is deliberately *not* a child subreaper (prctl(2),
 ``PR_SET_CHILD_SUBREAPER``): CI jobs are started detached by repo.git's
 post-receive hook from the daemon's own pushes, so they would be re-parented to
 the daemon, where they must neither be killed as strays nor left as zombies
-(asyncio reaps only the children it started). ``orchestrator ci hook`` drops
+(asyncio reaps only the children it started). The post-receive hook (orchestrator/cihook.py) drops
 ``ORCH_RUN_ID`` from a CI job's environment for the same reason: a CI job
 started by an agent's own push belongs to the hook, not to the attempt.
 

@@ -589,7 +589,8 @@ class Core:
 
         Running attempts are requeued on their branch (the attempt is re-run,
         not counted again); CI and approval resume without a worker, taking their
-        leases again; the merge queue is rebuilt in its order and every entry is
+        leases again (a branch in CI is pushed again, in case the crash came before
+        its push); the merge queue is rebuilt in its order and every entry is
         stacked and tested afresh (nothing reaches main on a result from before
         the restart). The shell must stop any agent process that outlived the old
         daemon and commit its work before feeding further inputs.
@@ -628,6 +629,10 @@ class Core:
                     self._set_state(rec, S.QUEUED, now)
                 else:
                     self.inflight.add(rec.id)
+                    if rec.state == S.CI_RUNNING and rec.ci_sha and rec.branch:
+                        # pushed again: the push may not have happened before the stop
+                        # (a ref that is already there starts nothing; its status is read)
+                        self._effect(Push("", rec.id, rec.attempt, rec.branch, True))
                     if rec.state == S.MERGING:
                         self._reset_entry(rec)
                         self.merge_queue.append(rec.id)
@@ -1162,10 +1167,16 @@ class Core:
         rec.reserved = False
         if rec.branch is None:
             rec.branch = f"{worker.name}/{rec.id}"
-        if rec.resume in (S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING):
+        if rec.resume == S.CI_RUNNING and not rec.pushed_sha:
+            rec.resume = ""  # nothing was handed in: run the agent again
+        if rec.resume in (S.CI_RUNNING, S.REVIEWING, S.AWAITING_APPROVAL, S.MERGING):
             resume, rec.resume = rec.resume, ""
-            rec.agent = None
             self._emit_leases(rec, now)
+            if resume == S.CI_RUNNING:
+                rec.reason = "resumed; CI again"
+                self._hand_in(rec, rec.pushed_sha or "", now)
+                return False
+            rec.agent = None
             if resume == S.MERGING:
                 self._enter_queue(rec, now, "resumed into the merge queue")
             elif resume == S.REVIEWING:
@@ -1185,12 +1196,7 @@ class Core:
         worker.note = ""
         worker.pid = None
         worker.node = worker.host = ""
-        resume, rec.resume = rec.resume, ""
-        if resume == S.CI_RUNNING and rec.branch:
-            self._set_state(rec, S.RUNNING, now, message=f"{rec.id}: resumed; CI again")
-            self._effect(Push(worker.name, rec.id, rec.attempt, rec.branch, self._branch_ci(rec)))
-        else:
-            self._start_attempt(rec, worker, now)
+        self._start_attempt(rec, worker, now)
         self._emit_leases(rec, now)
         return True
 
@@ -1354,42 +1360,48 @@ class Core:
                     rec,
                     now=ev.now,
                 )
-            assert rec.branch is not None
-            self._effect(Push(ev.agent, rec.id, rec.attempt, rec.branch, self._branch_ci(rec)))
             self._emit(
                 K.AGENT_EXITED,
-                f"{ev.agent}: {rec.id} attempt {rec.attempt} done; pushing",
+                f"{ev.agent}: {rec.id} attempt {rec.attempt} done at {ev.head[:10]}",
                 rec,
                 worker,
                 now=ev.now,
             )
+            self._hand_in(rec, ev.head, ev.now)
 
-    def _on_pushed(self, ev: Pushed) -> None:
-        rec = self.tickets.get(ev.ticket)
-        if rec is None or rec.attempt != ev.attempt or rec.state != S.RUNNING:
-            return
-        if ev.error:
-            self._fail_attempt(rec, f"push failed: {ev.error}", "", ev.now)
-            return
-        rec.pushed_sha = ev.sha
-        stop, rec.stop_requested = rec.stop_requested, StopReason.NONE
+    def _hand_in(self, rec: TicketRecord, sha: str, now: float) -> None:
+        """The attempt's work is committed at ``sha``: the agent slot is free at once and
+        the ticket goes on without one, keeping its leases, into CI on its branch (a
+        person approves it) or straight into the merge queue (auto approval). The branch
+        is pushed to repo.git meanwhile (:class:`Push`), off the slot's critical path:
+        the merge queue builds from the shared clone's branch, not from the push."""
+        assert rec.branch is not None
+        rec.pushed_sha = sha
         branch_ci = self._branch_ci(rec)
-        if stop == StopReason.STOP:  # asked to stop while it was pushing
-            rec.resume = S.CI_RUNNING if branch_ci else S.MERGING
-            rec.reason = f"stopped by request; pushed {ev.sha[:10]}, work on {rec.branch}"
-            self._release(rec, S.STOPPED, ev.now)
-            return
-        # The agent slot is free now; the ticket keeps its leases until it is merged.
-        self._free_worker(rec, ev.now)
+        self._effect(Push(rec.agent or "", rec.id, rec.attempt, rec.branch, branch_ci))
+        self._free_worker(rec, now)
         if branch_ci:
-            rec.ci_sha = ev.sha
-            rec.ci = CIView(sha=ev.sha)
-            rec.ci_started = ev.now
+            rec.ci_sha = sha
+            rec.ci = CIView(sha=sha)
+            rec.ci_started = now
             self._set_state(
-                rec, S.CI_RUNNING, ev.now, message=f"{rec.id}: pushed {ev.sha[:10]}, CI running"
+                rec, S.CI_RUNNING, now, message=f"{rec.id}: pushing {sha[:10]}, CI runs on it"
             )
         else:
-            self._enter_queue(rec, ev.now, f"pushed {ev.sha[:10]}; auto-approved")
+            self._enter_queue(rec, now, f"{sha[:10]} auto-approved")
+
+    def _on_pushed(self, ev: Pushed) -> None:
+        """A branch push ended. Only CI on the branch needs it: if it failed there, CI
+        never starts, so the attempt fails; otherwise a failure is only a warning."""
+        rec = self.tickets.get(ev.ticket)
+        if rec is None or rec.attempt != ev.attempt or not ev.error:
+            return
+        if rec.state == S.CI_RUNNING and rec.ci_sha and rec.ci_sha == rec.pushed_sha:
+            self._retry(rec, f"push failed: {ev.error}", "", ev.now)
+        else:
+            self._emit(
+                K.WARNING, f"{rec.id}: push of {rec.branch} failed: {ev.error}", rec, now=ev.now
+            )
 
     def _free_worker(self, rec: TicketRecord, now: float) -> None:
         """Release the ticket's worker (agent slot), not its leases."""

@@ -131,6 +131,23 @@ async def run_git(
     )
 
 
+async def main_commit(repo: Path, work: Path, repo_lock: anyio.Lock) -> str:
+    """main's commit as repo.git has it now (read there: no fetch, no lock).
+
+    Its objects are normally in the work clone already (the merger built the commit
+    there); only when they are not is main fetched, under ``repo_lock`` (the fetch
+    updates ``refs/remotes/origin/main``, which the merger's push updates too).
+
+    Raises:
+        GitError: repo.git has no main, or the fetch failed.
+    """
+    main = await git(repo, "rev-parse", "refs/heads/main")
+    if (await run_git(work, "cat-file", "-e", f"{main}^{{commit}}")).returncode:
+        async with repo_lock:
+            await git(work, "fetch", "--quiet", "origin", "main")
+    return main
+
+
 def git_sync(cwd: Path, *args: str, check: bool = True) -> str:
     """Blocking :func:`git`, for the CLI (init) and tests."""
     result = subprocess.run(

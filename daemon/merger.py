@@ -44,7 +44,7 @@ from orchestrator.daemon.core import (
     Stacked,
     StackOutcome,
 )
-from orchestrator.daemon.git import git, run_git
+from orchestrator.daemon.git import git, main_commit, run_git
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
 from orchestrator.shared.models import CIVerdict
@@ -61,13 +61,7 @@ class Merger:
         self.repo_lock = repo_lock
 
     async def _main(self) -> str:
-        """main as repo.git has it now (read there: no fetch, no lock). Its objects are
-        normally in the work clone already (the merger made them); else main is fetched."""
-        main = await git(self.home.repo, "rev-parse", "refs/heads/main")
-        if (await run_git(self.home.work, "cat-file", "-e", f"{main}^{{commit}}")).returncode:
-            async with self.repo_lock:
-                await git(self.home.work, "fetch", "--quiet", "origin", "main")
-        return main
+        return await main_commit(self.home.repo, self.home.work, self.repo_lock)
 
     async def _recorded(self, ticket: str, main: str) -> str:
         """The commit recorded as ``ticket``'s merge if main contains it, else ""."""

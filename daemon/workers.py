@@ -39,7 +39,13 @@ from orchestrator.daemon.core import (
     Pushed,
     StartAgent,
 )
-from orchestrator.daemon.git import REF_TOKEN_VAR, git, run_git, scrub_clone_config
+from orchestrator.daemon.git import (
+    REF_TOKEN_VAR,
+    git,
+    main_commit,
+    run_git,
+    scrub_clone_config,
+)
 from orchestrator.daemon.runner import AgentProcess, AgentRunner, LocalAgent, LocalRunner
 from orchestrator.shared.config import Home
 from orchestrator.shared.errors import GitError
@@ -143,7 +149,8 @@ class Workers:
         home: the project home.
         submit: hands inputs to the core (non-blocking).
         publish: sends non-persisted events (agent output) to socket clients.
-        repo_lock: serialises git operations that update refs in the shared clone.
+        repo_lock: held while ``refs/remotes/origin/main`` of the shared clone is
+            updated (a fetch of main; the merger's push of main).
         runner: where agent processes run (daemon/runner.py); local processes by default.
     """
 
@@ -380,19 +387,23 @@ class Workers:
         run.output_closed.set()
 
     async def _prepare(self, wt: Path, eff: StartAgent) -> None:
-        """Check out the ticket branch in the worktree (created from main if new)."""
+        """Check out the ticket branch in the worktree (created from main if new).
+
+        Takes no lock: the refs it changes (the ticket's branch, the worktree's HEAD)
+        belong to this ticket alone, and main is read from repo.git, not fetched.
+        """
         await self.salvage(wt, f"orchestrator: salvage before {eff.ticket} attempt {eff.attempt}")
-        async with self.repo_lock:
-            await git(self.home.work, "fetch", "--quiet", "origin", "main")
-            exists = await _branch_exists(self.home.work, eff.branch)
-            if exists and eff.rebuild:
-                backup = f"refs/orchestrator/attempts/{eff.ticket}/{eff.attempt - 1}"
-                await git(self.home.work, "update-ref", backup, f"refs/heads/{eff.branch}")
-                await git(self.home.work, "branch", "--force", eff.branch, "origin/main")
+        work = self.home.work
+        main = await main_commit(self.home.repo, work, self.repo_lock)
+        exists = await _branch_exists(work, eff.branch)
+        if exists and eff.rebuild:
+            backup = f"refs/orchestrator/attempts/{eff.ticket}/{eff.attempt - 1}"
+            await git(work, "update-ref", backup, f"refs/heads/{eff.branch}")
+            await git(work, "branch", "--force", eff.branch, main)
         if exists:
             await git(wt, "checkout", "--quiet", eff.branch)
         else:
-            await git(wt, "checkout", "--quiet", "-b", eff.branch, "origin/main")
+            await git(wt, "checkout", "--quiet", "-b", eff.branch, main)
 
     async def salvage(self, wt: Path, message: str) -> bool:
         """Commit whatever is uncommitted in ``wt`` on its current branch (work is never lost).
@@ -427,7 +438,8 @@ class Workers:
                 wt, f"{eff.ticket}: attempt {eff.attempt} by {eff.agent}\n\nTicket: {eff.ticket}"
             )
             head = await git(wt, "rev-parse", "HEAD")
-            changed = await git(wt, "diff", "--name-only", "origin/main...HEAD")
+            main = await main_commit(self.home.repo, self.home.work, self.repo_lock)
+            changed = await git(wt, "diff", "--name-only", f"{main}...HEAD")
             await git(wt, "checkout", "--quiet", "--detach")
         except GitError as exc:
             self._exited(
@@ -543,16 +555,17 @@ class Workers:
         option ``ci=skip``); feed Pushed; return the sha ("" when the push failed)."""
         options = [] if ci else ["-o", "ci=skip"]
         try:
-            async with self.repo_lock:
-                await git(
-                    self.home.work,
-                    "push",
-                    "--quiet",
-                    "--force",
-                    *options,
-                    "origin",
-                    f"refs/heads/{branch}:refs/heads/{branch}",
-                )
+            # No lock: the only ref this changes in the clone is the branch's own
+            # remote-tracking ref (git locks each ref it updates).
+            await git(
+                self.home.work,
+                "push",
+                "--quiet",
+                "--force",
+                *options,
+                "origin",
+                f"refs/heads/{branch}:refs/heads/{branch}",
+            )
             sha = await git(self.home.work, "rev-parse", f"refs/heads/{branch}")
         except GitError as exc:
             self.submit([Pushed(ticket, attempt, "", time.time(), error=str(exc))])

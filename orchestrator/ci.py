@@ -21,19 +21,19 @@ The contract (files, environment, exit codes, timeouts) is docs/ci.md.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
 import msgspec
 
+from orchestrator.cihook import without_git_env
 from orchestrator.shared.cistatus import CheckResult, make_status, write_status
 from orchestrator.shared.errors import OrchestratorError
 from orchestrator.shared.models import AcceptanceCheck, CIVerdict
@@ -46,7 +46,6 @@ KILL_AFTER_S = 10
 NOTIFY_TIMEOUT_S = 2.0
 #: Bytes of output kept in memory for ``log_tail`` (always covers 8000 characters).
 _KEEP_BYTES = 64 << 10
-_SHA_RE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
 
 
 # --- ci run (ci.sh) -----------------------------------------------------------
@@ -245,74 +244,12 @@ def notify(socket_path: Path, sha: str, timeout_s: float = NOTIFY_TIMEOUT_S) -> 
     return f"{'ok' if reply.ok else 'refused'}: {reply.message}"
 
 
-# --- ci hook / ci job (hooks/post-receive) ------------------------------------
-
-#: Merge queue commits, pushed by the daemon's merger (daemon/merger.py).
-QUEUE_REFS = "refs/orchestrator/queue/"
-
-
-def push_options(env: Mapping[str, str]) -> list[str]:
-    """The ``git push -o`` options as git hands them to hooks (githooks(5))."""
-    try:
-        count = int(env.get("GIT_PUSH_OPTION_COUNT", "0"))
-    except ValueError:
-        return []
-    return [env.get(f"GIT_PUSH_OPTION_{i}", "") for i in range(count)]
+# --- ci job (started by the post-receive hook, orchestrator/cihook.py) ----------
 
 
 def _log(text: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"[{stamp}] {text}", flush=True)
-
-
-def hook(lines: Iterable[str], git_dir: Path, push_options: Iterable[str] = ()) -> int:
-    """post-receive: start one detached CI job per pushed agent branch or merge queue
-    commit; returns 0.
-
-    ``lines`` are git's ``<old> <new> <ref>`` lines; ``push_options`` the push's
-    ``-o`` options (``GIT_PUSH_OPTION_<i>``). Tested: ``refs/heads/agent-*`` unless
-    an option is ``ci=skip`` (the daemon's push under auto approval, whose merge
-    queue run is its CI), and ``refs/orchestrator/queue/*``. Other refs, deletions
-    and malformed lines are skipped. Ref names are only ever passed as arguments,
-    never as code.
-    """
-    skip_branches = "ci=skip" in push_options
-    status_dir = git_dir / "ci-status"
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 3:
-            continue
-        _old, new, ref = parts
-        branch = ref.startswith("refs/heads/agent-") and not skip_branches
-        if not (branch or ref.startswith(QUEUE_REFS)) or not _SHA_RE.match(new):
-            continue
-        if set(new) == {"0"}:
-            continue  # a branch deletion
-        status_dir.mkdir(parents=True, exist_ok=True)
-        with open(status_dir / f"{new}.log", "wb") as job_log:
-            subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "ci", "job", str(git_dir), new, ref],
-                stdin=subprocess.DEVNULL,
-                stdout=job_log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # detached: survives the end of `git push`
-                env=_without_git_env(os.environ),
-            )
-        name = ref.removeprefix("refs/heads/").removeprefix("refs/orchestrator/")
-        print(f"orchestrator: CI started for {name} ({new[:12]})")
-    return 0
-
-
-def _without_git_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Hooks run with GIT_DIR, GIT_QUARANTINE_PATH...; they would break git in the checkout.
-
-    The daemon's ref token (``ORCH_REF_TOKEN``, docs/security.md) is dropped too: the
-    code under test was written by an agent and must not be able to move main. So is
-    an agent's ``ORCH_RUN_ID``: the job belongs to the hook, and must not end with the
-    attempt whose push started it (daemon/contain.py).
-    """
-    dropped = ("ORCH_REF_TOKEN", "ORCH_RUN_ID")
-    return {k: v for k, v in env.items() if not k.startswith("GIT_") and k not in dropped}
 
 
 def _git_config(git_dir: Path, key: str) -> str | None:
@@ -333,7 +270,7 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
     or an ``error`` status of its own; if even that cannot be written, the log
     says why) and returns 0.
     """
-    clean = _without_git_env(os.environ)
+    clean = without_git_env(os.environ)
     os.environ.clear()
     os.environ.update(clean)
     ci_script = Path(_git_config(git_dir, "orchestrator.ciScript") or git_dir.parent / "ci.sh")

@@ -518,8 +518,9 @@ def cmd_ci(args: argparse.Namespace) -> int:
     if args.action == "run":
         return ci.run(os.environ)
     if args.action == "hook":
-        git_dir = Path(os.environ.get("GIT_DIR", ".")).resolve()
-        return ci.hook(sys.stdin, git_dir, ci.push_options(os.environ))
+        from orchestrator import cihook
+
+        return cihook.main()
     if args.action == "job":
         return ci.job(Path(args.git_dir), args.sha, args.ref)
     socket_path = Path(args.socket) if args.socket else _config(args).socket_path

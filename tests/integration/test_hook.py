@@ -524,7 +524,7 @@ def test_shipped_scripts_hold_no_python(home: Home) -> None:
     for script in (HOOK_SRC, CI_SRC):
         text = script.read_text()
         assert "<<" not in text and " -c " not in text.replace("bash -c", ""), script
-        assert "-m orchestrator ci" in text or "orchestrator ci run" in text, script
+        assert "-m orchestrator.cihook" in text or "orchestrator ci run" in text, script
 
 
 def test_ci_notify_by_hand(home: Home, daemon: FakeDaemon, short_dir: Path) -> None:

@@ -141,8 +141,9 @@ class Sim:
         )
 
     def push(self, push: C.Push) -> str:
-        self.shas += 1
-        sha = f"{self.shas:040x}"
+        """Answer a Push as the shell would; returns the pushed commit (the attempt's
+        head, which the core already waits for CI on)."""
+        sha = self.rec(push.ticket).pushed_sha or ""
         self.feed(C.Pushed(push.ticket, push.attempt, sha, self.now))
         return sha
 
