@@ -1654,13 +1654,13 @@ class Core:
         if self._stacking is not None or not self.accepting:
             return
         testing = sum(
-            1 for t in queue[: self.config.merge.depth] if self.tickets[t].ci_sha is not None
+            1 for t in queue[: self.config.queue_depth] if self.tickets[t].ci_sha is not None
         )
-        for k, ticket_id in enumerate(queue[: self.config.merge.depth]):
+        for k, ticket_id in enumerate(queue[: self.config.queue_depth]):
             rec = self.tickets[ticket_id]
             if rec.queue_sha:
                 continue
-            if testing >= self.config.ci.parallel:
+            if testing >= self.config.ci_parallel:
                 return
             parent = self.tickets[queue[k - 1]].queue_sha if k else ""
             assert rec.branch is not None

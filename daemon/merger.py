@@ -23,8 +23,11 @@ git:
   a passing ``ci-status/<sha>.json`` or the branch commit CI passed on): otherwise
   the merge is refused with a one-line reason naming both trees.
 
-main in repo.git is only ever updated by a plain (non-forced) push, and
-repo.git's ``update`` hook (hooks/update) refuses anything but a fast-forward.
+main in repo.git is only ever updated by a push leased on the parent the
+entry was built on (``--force-with-lease=refs/heads/main:<parent>``: it moves
+only if main is still there), and repo.git's ``update`` hook (hooks/update)
+refuses anything but a fast-forward. Each step runs as few git processes as it
+can: the merger's throughput bounds the merge queue's (docs/performance.md).
 Neither method raises: git failures become ``error`` results.
 """
 
@@ -113,17 +116,23 @@ class Merger:
         def result(outcome: StackOutcome, **kw: object) -> Stacked:
             return Stacked(ticket, effect.gen, outcome, time.time(), **kw)  # type: ignore[arg-type]
 
-        main = await self._main()
-        recorded = await self._recorded(ticket, main)
-        if recorded:  # merged before (the daemon died right after the fast-forward)
-            passed = [recorded if await self._passed(recorded) else "", effect.verified_sha]
-            mismatch = await self._tree_mismatch(ticket, recorded, passed)
-            if mismatch:
-                return result(StackOutcome.ERROR, text=mismatch)
-            return result(StackOutcome.MERGED, sha=recorded)
-        parent = effect.parent or main
-        tip = await git(work, "rev-parse", f"refs/heads/{effect.branch}")
-        base = await git(work, "merge-base", tip, main)
+        parent = effect.parent
+        if not parent:  # the head of the queue: on main (merged before the daemon died?)
+            parent = await self._main()
+            recorded = await self._recorded(ticket, parent)
+            if recorded:
+                passed = [recorded if await self._passed(recorded) else "", effect.verified_sha]
+                mismatch = await self._tree_mismatch(ticket, recorded, passed)
+                if mismatch:
+                    return result(StackOutcome.ERROR, text=mismatch)
+                return result(StackOutcome.MERGED, sha=recorded)
+        # An entry behind the head cannot have been merged: main moves through the queue
+        # in order. Its parent descends from main by queue commits only, which no branch
+        # contains, so its merge base with the branch is the branch's merge base with main.
+        tip, parent_tree = (
+            await git(work, "rev-parse", f"refs/heads/{effect.branch}", f"{parent}^{{tree}}")
+        ).split()
+        base = await git(work, "merge-base", tip, parent)
         # The net change as one commit on the merge base; merging it into the parent is
         # a 3-way merge with that base, i.e. the net change applied onto the parent.
         net = await git(work, "commit-tree", f"{tip}^{{tree}}", "-p", base, stdin=b"net change\n")
@@ -137,7 +146,7 @@ class Merger:
         if merged.returncode != 0 or not lines:
             raise GitError(f"git merge-tree failed: {merged.stderr.decode(errors='replace')}")
         tree = lines[0]
-        if tree == await git(work, "rev-parse", f"{parent}^{{tree}}"):
+        if tree == parent_tree:
             return result(StackOutcome.EMPTY, parent=parent)
         sha = await git(work, "commit-tree", tree, "-p", parent, stdin=effect.message.encode())
         verified = bool(effect.verified_sha) and tree == await git(
@@ -156,28 +165,30 @@ class Merger:
 
     async def _fast_forward(self, effect: FastForward) -> MergeResult:
         ticket = effect.ticket
+        # One atomic compare-and-swap: main moves only if it is still at the parent
+        # (--force-with-lease with an explicit value; the update hook still refuses
+        # anything but a fast-forward). Only when it fails is repo.git asked why.
+        async with self.repo_lock:
+            push = await run_git(
+                self.home.work,
+                "push",
+                "--atomic",
+                "--quiet",
+                f"--force-with-lease=refs/heads/main:{effect.parent}",
+                "origin",
+                f"{effect.sha}:refs/heads/main",
+                f"{effect.sha}:{MERGED_REF}{ticket}",
+            )
+        if push.returncode == 0:
+            return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=effect.sha)
         main = await self._main()
-        if main == effect.parent:
-            async with self.repo_lock:
-                push = await run_git(
-                    self.home.work,
-                    "push",
-                    "--atomic",
-                    "--quiet",
-                    "origin",
-                    f"{effect.sha}:refs/heads/main",
-                    f"{effect.sha}:{MERGED_REF}{ticket}",
-                )
-            main = await self._main()
-            if push.returncode != 0 and main != effect.sha:
-                recorded = await self._recorded(ticket, main)
-                if not recorded and main == effect.parent:
-                    text = push.stderr.decode(errors="replace").strip()
-                    return MergeResult(ticket, MergeOutcome.ERROR, time.time(), text=text[-500:])
         recorded = await self._recorded(ticket, main)
-        if recorded:
+        if recorded:  # merged before (an earlier answer was lost)
             mismatch = await self._tree_mismatch(ticket, recorded, [effect.sha])
             if mismatch:
                 return MergeResult(ticket, MergeOutcome.ERROR, time.time(), text=mismatch)
             return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=recorded)
+        if main == effect.parent:
+            text = push.stderr.decode(errors="replace").strip()
+            return MergeResult(ticket, MergeOutcome.ERROR, time.time(), text=text[-500:])
         return MergeResult(ticket, MergeOutcome.MOVED, time.time(), sha=main)

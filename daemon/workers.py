@@ -7,7 +7,8 @@ Agents are started from argv lists (never a shell) by an ``AgentRunner``
 (daemon/runner.py; today local processes in their own session and process
 group), so a stop ends the whole tree: SIGTERM, a grace period, then SIGKILL
 (like watchfiles' process supervisor). A worker is an agent slot: it is busy
-from the worktree preparation to the push of the attempt's work. What escaped
+from the worktree preparation to the commit of the attempt's work; the push
+(:meth:`Workers.push`) runs after it, without the slot. What escaped
 the group (``setsid``) ends with the attempt too (daemon.contain).
 """
 

@@ -42,8 +42,9 @@ class CIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 600
     setup: bool = False
     """Run ``worktree.copy`` and ``worktree.setup`` in the CI checkout before the command."""
-    parallel: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
-    """How many merge queue entries may run CI at once (docs/ci.md)."""
+    parallel: Annotated[int, msgspec.Meta(ge=1, le=32)] | None = None
+    """How many merge queue entries may run CI at once (docs/ci.md); None: as many as
+    the queue stacks (:attr:`Config.ci_parallel`)."""
 
 
 class ReviewConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -59,8 +60,9 @@ class ReviewConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class MergeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    depth: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
-    """How many merge queue entries are stacked (and tested) ahead of main at once."""
+    depth: Annotated[int, msgspec.Meta(ge=1, le=32)] | None = None
+    """How many merge queue entries are stacked (and tested) ahead of main at once;
+    None: twice ``workers``, at least 4 (:attr:`Config.queue_depth`)."""
 
 
 class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -164,6 +166,25 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     repo_url: str = ""
     """The URL of repo.git as the Ray nodes reach it (an ``ssh://`` URL or a path on a
     shared file system); empty: repo.git's path on this machine."""
+
+    @property
+    def queue_depth(self) -> int:
+        """``merge.depth``, by default ``2 * workers`` (at least 4, at most 32).
+
+        Why twice the workers (Little's law): W agents of A seconds each hand in W/A
+        tickets a second, and each stays about C + overhead seconds in the queue (its
+        CI run), so W·C/A entries must be under test at once for the queue to keep
+        up; the default covers CI up to about twice the agents' time per ticket
+        (docs/performance.md, throughput).
+        """
+        if self.merge.depth is not None:
+            return self.merge.depth
+        return min(32, max(4, 2 * self.workers))
+
+    @property
+    def ci_parallel(self) -> int:
+        """``ci.parallel``, by default :attr:`queue_depth` (every stacked entry's CI runs)."""
+        return self.ci.parallel if self.ci.parallel is not None else self.queue_depth
 
 
 @dataclass(frozen=True)

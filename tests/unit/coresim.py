@@ -264,7 +264,7 @@ def check_queue(core: C.Core) -> None:
     started = [core._started(core.tickets[t]) for t in queue]
     # entries whose CI started form a prefix, no deeper than merge.depth
     assert started == sorted(started, reverse=True), started
-    assert sum(started) <= core.config.merge.depth
+    assert sum(started) <= core.config.queue_depth
     # each stacked entry is built on the commit of the entry ahead of it
     for k in range(1, len(queue)):
         rec = core.tickets[queue[k]]

@@ -51,6 +51,20 @@ def test_stacks_each_entry_on_the_one_ahead_up_to_the_depth():
     check_invariants(sim.core)
 
 
+def test_default_depth_scales_with_the_workers():
+    # Little's law: W agents hand in W/A tickets a second, each in CI for about C s.
+    for workers, depth in ((1, 4), (2, 4), (3, 6), (5, 10), (20, 32)):
+        sim = Sim.new(workers=workers, approval="auto")
+        assert (sim.core.config.queue_depth, sim.core.config.ci_parallel) == (depth, depth)
+        ids = [f"t{i}" for i in range(workers)]
+        approved(sim, *ids)
+        assert len(stack_all(sim)) == min(depth, workers), workers
+    set_both = Sim.new(workers=5, merge=MergeConfig(depth=3), ci=CIConfig(parallel=2)).core.config
+    assert (set_both.queue_depth, set_both.ci_parallel) == (3, 2)
+    only_depth = Sim.new(workers=5, merge=MergeConfig(depth=7)).core.config
+    assert only_depth.ci_parallel == 7
+
+
 def test_ci_parallel_bounds_entries_waiting_for_ci():
     sim = Sim.new(workers=4, approval="auto", merge=MergeConfig(depth=4), ci=CIConfig(parallel=2))
     approved(sim, "a", "b", "c", "d")
