@@ -545,7 +545,11 @@ class Workers:
                 continue
             digest = run.process.worktree_status
             if digest is None:  # a local agent: its worktree is here
-                result = await run_git(self.worktree(agent), "status", "--porcelain", "-z")
+                # --no-optional-locks: status must not take the worktree's index.lock, or
+                # a commit of the attempt's work running at the same moment fails on it.
+                result = await run_git(
+                    self.worktree(agent), "--no-optional-locks", "status", "--porcelain", "-z"
+                )
                 digest = hashlib.sha1(result.stdout, usedforsecurity=False).hexdigest()
             if run.status_hash and digest != run.status_hash:
                 self.submit([Progress(agent, time.time(), note="worktree changed")])
