@@ -68,6 +68,8 @@ _TRAILER_LIKE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[ \t]*:", re.MULTILINE)
 S = TicketState
 #: States in which the ticket's agent process may run (it holds a worker).
 AGENT_STATES = frozenset({S.RUNNING, S.NEEDS_INPUT})
+#: CI verdicts that fail a merge queue entry (or its batch).
+FAILED_CI = frozenset({CIState.FAIL, CIState.ERROR})
 #: A ticket in these states may be re-submitted under the same id.
 REPLACEABLE = frozenset({S.CANCELLED, S.REJECTED})
 
@@ -316,8 +318,9 @@ class ReviewResult:
 class Stacked:
     """A :class:`Stack` effect's result for generation ``gen`` of a queue entry.
 
-    ``outcome``: ``stacked`` (``sha`` is the new commit on ``parent``; ``verified``
-    when its tree is the tree CI already passed on), ``merged`` (the merger's record
+    ``outcome``: ``stacked`` (``sha`` is the commit on ``parent``; ``verified``
+    when its tree is the tree CI already passed on; ``test`` echoes the effect's: it
+    was pushed for CI), ``merged`` (the merger's record
     ``refs/orchestrator/merged/<id>`` is in main: merged before, ``sha``), ``conflict``
     (``text`` names the files), ``empty`` (changes nothing on ``parent``) or ``error``.
     """
@@ -330,6 +333,7 @@ class Stacked:
     parent: str = ""
     verified: bool = False
     text: str = ""
+    test: bool = True
 
 
 @dataclass(frozen=True)
@@ -470,8 +474,11 @@ class StopReview:
 class Stack:
     """Build a merge queue commit: the net change of ``branch`` (its tip against its
     merge base with main) applied onto ``parent`` (empty: main as it is now), with
-    ``message``; push it to ``refs/orchestrator/queue/<ticket>`` (the hook runs CI)
-    unless its tree equals ``verified_sha``'s tree. Answered by :class:`Stacked`."""
+    ``message``; when ``test``, push it to ``refs/orchestrator/queue/<ticket>`` (the
+    hook runs CI) unless its tree equals ``verified_sha``'s tree. ``reuse``: a commit
+    built for the entry before (a batch's bisection, a restart); when it has the same
+    parent and tree it is the answer, unchanged, so CI results on it still hold.
+    Answered by :class:`Stacked`."""
 
     ticket: str
     gen: int
@@ -479,17 +486,21 @@ class Stack:
     parent: str = ""
     verified_sha: str = ""
     message: str = ""
+    test: bool = True
+    reuse: str = ""
 
 
 @dataclass(frozen=True)
 class FastForward:
     """Fast-forward main from ``parent`` to ``sha`` (CI passed on exactly its tree) and
-    record ``refs/orchestrator/merged/<ticket>``, in one atomic push. Answered by
-    :class:`MergeResult`."""
+    record ``refs/orchestrator/merged/<ticket>``, in one atomic push; ``batch`` lists
+    the (ticket, commit) entries between ``parent`` and ``sha`` that reach main with
+    it (a batch, ``merge.batch``), each recorded too. Answered by :class:`MergeResult`."""
 
     ticket: str
     sha: str
     parent: str
+    batch: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -575,8 +586,14 @@ class Core:
         """(ticket, gen) of the one Stack effect out (stacking is sequential: each entry
         needs the commit of the one ahead). Cleared only by its answer, even when that
         entry was discarded meanwhile, so two pushes of one queue ref never overlap."""
-        self._fast_forwarding: str | None = None
-        """The entry whose FastForward effect is out."""
+        self._fast_forwarding: tuple[str, ...] = ()
+        """The entries whose FastForward effect is out (head first; one unless a batch)."""
+        self._split_after: set[str] = set()
+        """Entries after which a bisection split a failed batch (merge.batch): each ends
+        a batch of its own. In memory only: after a restart a batch is tested whole."""
+        self._reuse: dict[str, str] = {}
+        """Entry -> its queue commit before the restart, offered to its first Stack, so
+        a CI result already on disk for that exact commit is not run again."""
         self._encoded_views: dict[str, _EncodedView] = {}
         """ticket id -> its view's JSON split around the value of ``effective_priority``
         (the one field that changes with time) and its order key; dropped by
@@ -591,9 +608,11 @@ class Core:
         not counted again); CI and approval resume without a worker, taking their
         leases again (a branch in CI is pushed again, in case the crash came before
         its push); the merge queue is rebuilt in its order and every entry is
-        stacked and tested afresh (nothing reaches main on a result from before
-        the restart). The shell must stop any agent process that outlived the old
-        daemon and commit its work before feeding further inputs.
+        stacked again, offered its old commit (``Stack.reuse``): where the chain
+        below it did not change it gets that exact commit back, so a CI result
+        on disk for it holds and is not run again. The shell must stop any agent
+        process that outlived the old daemon and commit its work before feeding
+        further inputs.
         """
         self._out = Outcome()
         for rec in sorted(records, key=lambda r: r.seq):
@@ -634,6 +653,8 @@ class Core:
                         # (a ref that is already there starts nothing; its status is read)
                         self._effect(Push("", rec.id, rec.attempt, rec.branch, True))
                     if rec.state == S.MERGING:
+                        if rec.queue_sha:
+                            self._reuse[rec.id] = rec.queue_sha
                         self._reset_entry(rec)
                         self.merge_queue.append(rec.id)
                     elif rec.state == S.REVIEWING:  # its reviewer died with the daemon
@@ -1453,6 +1474,8 @@ class Core:
                 else:
                     self._enter_queue(rec, ev.now, "CI passed; auto-approved")
             return
+        if rec.state == S.MERGING and self.config.merge.batch > 1:
+            return  # with batches, _settle_failed_batch finds the culprit
         if rec.state == S.MERGING:
             behind = self._leave_queue(rec, ev.now)
             self._retry(
@@ -1627,42 +1650,144 @@ class Core:
             return ""
         k = self.merge_queue.index(rec.id)
         self.merge_queue.pop(k)
+        self._split_after.discard(rec.id)
         self._reset_entry(rec)
-        behind = [self.tickets[t] for t in self.merge_queue[k:]]
-        restacked = [r for r in behind if self._started(r)]
+        n = self._restack_from(k, f"restacked without {rec.id}", now)
+        return f"; {n} entr{'y' if n == 1 else 'ies'} behind restacked"
+
+    def _restack_from(self, k: int, reason: str, now: float) -> int:
+        """Discard the commits of the started entries from queue index ``k`` on (they are
+        built on a commit that changed or failed); returns how many."""
+        restacked = [r for r in (self.tickets[t] for t in self.merge_queue[k:]) if self._started(r)]
         for other in restacked:
             self._reset_entry(other)
-            other.reason = f"restacked without {rec.id}"
+            other.reason = reason
             self._emit(K.MERGE_RESTACKED, f"{other.id}: {other.reason}", other, now=now)
-        return f"; {len(restacked)} entr{'y' if len(restacked) == 1 else 'ies'} behind restacked"
+        return len(restacked)
+
+    def _tested(self, rec: TicketRecord) -> bool:
+        """Whether CI runs or ran on the entry's stacked commit (it ends a batch)."""
+        return bool(rec.queue_sha) and rec.ci is not None and rec.ci.sha == rec.queue_sha
+
+    def _batch_ends(self, upto: int) -> list[bool]:
+        """For the first ``upto`` queue entries, whether each ends a batch (CI runs on the
+        last entry of a batch only; docs/scheduling.md, "Batches"): it does when CI
+        runs or ran on its commit, when a bisection split its batch after it, when it is
+        the ``merge.batch``-th entry of its batch, or when it is the last entry and no
+        CI runs ahead of it (while one runs, the entries approved meanwhile gather into
+        the next batch, as in bors-ng). With ``merge.batch`` 1 every entry is a batch
+        of its own."""
+        queue, ends, size, busy = self.merge_queue, [], 0, False
+        for k, ticket_id in enumerate(queue[:upto]):
+            rec = self.tickets[ticket_id]
+            size += 1
+            end = (
+                size >= self.config.merge.batch
+                or (k == len(queue) - 1 and not busy)
+                or ticket_id in self._split_after
+                or self._tested(rec)
+            )
+            busy = busy or (self._tested(rec) and rec.ci_sha is not None)
+            ends.append(end)
+            size = 0 if end else size
+        return ends
+
+    def _batch_start(self, k: int) -> int:
+        """The queue index of the first entry of the batch that entry ``k`` ends."""
+        ends = self._batch_ends(k)
+        while k > 0 and not ends[k - 1]:
+            k -= 1
+        return k
+
+    def _settle_failed_batch(self, now: float) -> None:
+        """The first entry whose CI failed, if its batch holds more than one entry
+        (``merge.batch``): split the batch in two halves (bisection, as bors-ng does)
+        and restack what was built on the failed commit; each half is tested on its
+        own, the first half's last commit being tested next. When the failed entry is
+        alone in its batch (the halves before it passed and merged), it is the culprit:
+        it goes back to its agent with its CI log, like any entry failing CI. Nothing
+        is settled while CI still runs ahead of the failed entry."""
+        queue = self.merge_queue
+        window = max(self.config.queue_depth, self.config.merge.batch)
+        for k, ticket_id in enumerate(queue[:window]):  # only these can be stacked
+            rec = self.tickets[ticket_id]
+            if rec.ci_sha is not None and self._tested(rec):
+                return  # CI runs ahead: what fails behind it waits for that result
+            if not self._tested(rec) or rec.ci is None or rec.ci.status not in FAILED_CI:
+                continue
+            start = self._batch_start(k)
+            below = self.tickets[queue[k - 1]] if k else None
+            if (
+                start == k
+                and below is not None
+                and not (
+                    self._tested(below) and below.ci is not None and below.ci.status == CIState.PASS
+                )
+            ):
+                return  # alone, but the tree below it is not known to pass yet
+            if start == k:
+                status, log_tail = rec.ci.status, rec.ci.log_tail
+                behind = self._leave_queue(rec, now)
+                self._retry(
+                    rec,
+                    f"CI {status} in the merge queue (found by bisecting a batch){behind}",
+                    "CI failed on your change applied on top of main and the merge queue "
+                    f"entries ahead of it. Its output ended with:\n{log_tail}",
+                    now,
+                )
+                self._schedule(now)  # the retry takes a free worker now
+                return
+            mid = queue[start + (k - start - 1) // 2]
+            if mid in self._split_after:
+                return  # split already; its first half is being tested
+            self._split_after.add(mid)
+            self._emit(
+                K.MERGE_RESTACKED,
+                f"{rec.id}: CI failed on a batch of {k - start + 1}; testing its first "
+                f"{queue.index(mid) - start + 1} on their own",
+                rec,
+                now=now,
+            )
+            self._restack_from(k + 1, f"restacked: the batch ahead of it failed ({rec.id})", now)
+            return
 
     def _advance_queue(self, now: float) -> None:
-        """Fast-forward main to a passed head; stack the next entry within the depth."""
+        """Settle a failed batch; fast-forward main through the head's batch when CI
+        passed on its last commit; stack the next entry within the window."""
+        self._settle_failed_batch(now)
         queue = self.merge_queue
         if not queue:
             return
-        head = self.tickets[queue[0]]
-        if (
-            self._fast_forwarding is None
-            and head.queue_sha
-            and head.ci is not None
-            and head.ci.sha == head.queue_sha
-            and head.ci.status == CIState.PASS
-        ):
-            self._fast_forwarding = head.id
-            self._effect(FastForward(head.id, head.queue_sha, head.queue_parent))
+        if not self._fast_forwarding:
+            for k, ticket_id in enumerate(queue):
+                rec = self.tickets[ticket_id]
+                if rec.queue_sha and not self._tested(rec):
+                    continue  # in a batch: covered by the CI run on the batch's last commit
+                if self._tested(rec) and rec.ci is not None and rec.ci.status == CIState.PASS:
+                    ahead = tuple((t, self.tickets[t].queue_sha) for t in queue[:k])
+                    self._fast_forwarding = (*queue[:k], rec.id)
+                    parent = self.tickets[queue[0]].queue_parent
+                    self._effect(FastForward(rec.id, rec.queue_sha, parent, ahead))
+                break
         if self._stacking is not None or not self.accepting:
             return
-        testing = sum(
-            1 for t in queue[: self.config.queue_depth] if self.tickets[t].ci_sha is not None
-        )
-        for k, ticket_id in enumerate(queue[: self.config.queue_depth]):
+        window = max(self.config.queue_depth, self.config.merge.batch)
+        ends = self._batch_ends(window)
+        testing = sum(1 for t in queue[:window] if self.tickets[t].ci_sha is not None)
+        for k, ticket_id in enumerate(queue[:window]):
             rec = self.tickets[ticket_id]
-            if rec.queue_sha:
+            if self._tested(rec) and rec.ci is not None and rec.ci.status in FAILED_CI:
+                return  # nothing is built on a failed commit (its batch is being bisected)
+            if rec.queue_sha and (self._tested(rec) or not ends[k]):
                 continue
-            if testing >= self.config.ci_parallel:
+            if ends[k] and testing >= self.config.ci_parallel:
                 return
             parent = self.tickets[queue[k - 1]].queue_sha if k else ""
+            # An entry stacked without CI that now ends a batch is offered its commit
+            # again: the same commit, so nothing built on it changes.
+            reuse = rec.queue_sha or self._reuse.pop(rec.id, "")
+            if rec.queue_sha:
+                rec.queue_gen += 1  # keeps its commit until the answer (the same one)
             assert rec.branch is not None
             self._stacking = (rec.id, rec.queue_gen)
             self._effect(
@@ -1673,6 +1798,8 @@ class Core:
                     parent,
                     rec.verified_sha,
                     self._merge_message(rec),
+                    test=ends[k],
+                    reuse=reuse,
                 )
             )
             return
@@ -1695,12 +1822,17 @@ class Core:
                     log_tail="same tree as the branch commit CI passed on; not run again\n",
                 )
                 rec.reason = f"stacked on {on}; CI passed on this tree already"
-            else:
+            elif ev.test:
                 rec.ci_sha = ev.sha
                 rec.ci = CIView(sha=ev.sha)
                 rec.ci_started = ev.now
                 rec.reason = f"stacked on {on}; CI running on {ev.sha[:10]}"
+            else:
+                rec.reason = f"stacked on {on}; in a batch: CI runs on the batch's last commit"
             self._emit(K.MERGE_STACKED, f"{rec.id}: {rec.reason}", rec, now=ev.now)
+            nxt = self.tickets[self.merge_queue[k + 1]] if k + 1 < len(self.merge_queue) else None
+            if nxt is not None and nxt.queue_sha and nxt.queue_parent != ev.sha:
+                self._restack_from(k + 1, f"restacked: {rec.id} got a new commit", ev.now)
         elif ev.outcome == StackOutcome.MERGED:
             self._merged(rec, ev.sha, ev.now, "merged before the restart")
         elif ev.outcome == StackOutcome.CONFLICT:
@@ -1748,13 +1880,18 @@ class Core:
         )
 
     def _on_merge(self, ev: MergeResult) -> None:
-        if self._fast_forwarding == ev.ticket:
-            self._fast_forwarding = None
-        rec = self.tickets.get(ev.ticket)
-        if rec is None or rec.state != S.MERGING:
+        batch = self._fast_forwarding if ev.ticket in self._fast_forwarding else (ev.ticket,)
+        if self._fast_forwarding and self._fast_forwarding[-1] == ev.ticket:
+            self._fast_forwarding = ()
+        recs = [self.tickets[t] for t in batch if t in self.tickets]
+        recs = [r for r in recs if r.state == S.MERGING]
+        if not recs or recs[-1].id != ev.ticket:
             return
         if ev.outcome == MergeOutcome.MERGED:
-            self._merged(rec, ev.sha, ev.now, f"main fast-forwarded to {ev.sha[:10]}")
+            with_it = f" with {len(recs) - 1} more" if len(recs) > 1 else ""
+            for rec in recs:
+                sha = ev.sha if rec.id == ev.ticket else rec.queue_sha
+                self._merged(rec, sha, ev.now, f"main fast-forwarded to {ev.sha[:10]}{with_it}")
         elif ev.outcome == MergeOutcome.MOVED:
             self._emit(
                 K.WARNING,
@@ -1764,11 +1901,13 @@ class Core:
             for ticket_id in self.merge_queue:
                 self._reset_entry(self.tickets[ticket_id])
         else:
-            self._leave_queue(rec, ev.now)
-            rec.reason = f"fast-forward failed: {ev.text}; approve to try again"
-            self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
+            for rec in recs:
+                self._leave_queue(rec, ev.now)
+                rec.reason = f"fast-forward failed: {ev.text}; approve to try again"
+                self._set_state(rec, S.AWAITING_APPROVAL, ev.now)
 
     def _merged(self, rec: TicketRecord, sha: str, now: float, reason: str) -> None:
+        self._split_after.discard(rec.id)
         if self.merge_queue and self.merge_queue[0] == rec.id:
             self.merge_queue.pop(0)  # the entries behind are built on it: untouched
         else:
@@ -2033,7 +2172,7 @@ class Core:
                 f"{rec.id} is {rec.state}; only awaiting_approval or merging can be rejected",
             )
             return
-        if self._fast_forwarding == rec.id:
+        if rec.id in self._fast_forwarding:
             self._reply(False, f"{rec.id}: main is being fast-forwarded to it")
             return
         self._leave_queue(rec, now)
@@ -2214,7 +2353,7 @@ class Core:
             self._effect(StopAgent(worker.name, rec.id, StopReason.STOP))
             self._emit(K.AGENT_STOPPING, f"{worker.name}: stopping {rec.id}", rec, worker, now=now)
             self._reply(True, f"{rec.id}: stopping; its work will be committed on {rec.branch}")
-        elif st == S.MERGING and self._fast_forwarding == rec.id:
+        elif st == S.MERGING and rec.id in self._fast_forwarding:
             self._reply(False, f"{rec.id}: main is being fast-forwarded to it; it cannot stop")
         elif st in (
             S.QUEUED,

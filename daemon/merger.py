@@ -15,7 +15,8 @@ git:
   hook runs the real CI on exactly that tree (skipped when the tree is the one
   CI already passed on, ``verified_sha``).
 - :meth:`Merger.fast_forward` answers a :class:`FastForward`: one atomic push
-  of ``<sha>:refs/heads/main`` and ``<sha>:refs/orchestrator/merged/<ticket>``.
+  of ``<sha>:refs/heads/main`` and ``<sha>:refs/orchestrator/merged/<ticket>``
+  (with a batch, one such record for each of its entries, at its own commit).
   The second ref is the merger's record of the merge: after a crash, a ticket
   whose record is in main is known to be merged (never inferred from commit
   messages), so no ticket is merged twice. A record counts only when its tree is
@@ -148,13 +149,28 @@ class Merger:
         tree = lines[0]
         if tree == parent_tree:
             return result(StackOutcome.EMPTY, parent=parent)
-        sha = await git(work, "commit-tree", tree, "-p", parent, stdin=effect.message.encode())
+        sha = await self._reused(effect.reuse, parent, tree)
+        if not sha:
+            sha = await git(work, "commit-tree", tree, "-p", parent, stdin=effect.message.encode())
         verified = bool(effect.verified_sha) and tree == await git(
             work, "rev-parse", f"{effect.verified_sha}^{{tree}}"
         )
-        if not verified:  # updates no ref of the work clone: no lock needed
+        if effect.test and not verified:  # updates no ref of the work clone: no lock needed
+            # A queue ref already at this commit (reused) starts nothing: CI ran or runs
+            # on it, and its status file answers (read by the daemon after this).
             await git(work, "push", "--quiet", "--force", "origin", f"{sha}:{QUEUE_REF}{ticket}")
-        return result(StackOutcome.STACKED, sha=sha, parent=parent, verified=verified)
+        return result(
+            StackOutcome.STACKED, sha=sha, parent=parent, verified=verified, test=effect.test
+        )
+
+    async def _reused(self, commit: str, parent: str, tree: str) -> str:
+        """``commit`` when it is exactly the commit to build (its parent is ``parent``,
+        its tree ``tree``), else ""."""
+        if not commit:
+            return ""
+        found = await run_git(self.home.work, "rev-parse", f"{commit}^{{tree}}", f"{commit}^1")
+        lines = found.stdout.decode().split()
+        return commit if found.returncode == 0 and lines == [tree, parent] else ""
 
     async def fast_forward(self, effect: FastForward) -> MergeResult:
         """Fast-forward main to ``effect.sha`` and record the merge; never raises."""
@@ -168,6 +184,7 @@ class Merger:
         # One atomic compare-and-swap: main moves only if it is still at the parent
         # (--force-with-lease with an explicit value; the update hook still refuses
         # anything but a fast-forward). Only when it fails is repo.git asked why.
+        records = [f"{sha}:{MERGED_REF}{t}" for t, sha in (*effect.batch, (ticket, effect.sha))]
         async with self.repo_lock:
             push = await run_git(
                 self.home.work,
@@ -177,7 +194,7 @@ class Merger:
                 f"--force-with-lease=refs/heads/main:{effect.parent}",
                 "origin",
                 f"{effect.sha}:refs/heads/main",
-                f"{effect.sha}:{MERGED_REF}{ticket}",
+                *records,
             )
         if push.returncode == 0:
             return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=effect.sha)

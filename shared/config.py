@@ -63,6 +63,10 @@ class MergeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     depth: Annotated[int, msgspec.Meta(ge=1, le=32)] | None = None
     """How many merge queue entries are stacked (and tested) ahead of main at once;
     None: twice ``workers``, at least 4 (:attr:`Config.queue_depth`)."""
+    batch: Annotated[int, msgspec.Meta(ge=1, le=32)] = 1
+    """At most this many consecutive entries form a batch whose CI runs on its last
+    commit only, bisected on failure (docs/scheduling.md, "Batches"); 1: every entry
+    is tested on its own tree."""
 
 
 class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

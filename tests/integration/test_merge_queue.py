@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 
+from orchestrator.shared import protocol as P
 from tests.integration.conftest import Project, git
 
 HEAD = "import unittest\\n\\nclass T(unittest.TestCase):\\n    def test(self):\\n"
@@ -161,4 +163,185 @@ def test_manual_approval_runs_branch_ci_once_and_reuses_it_in_the_queue(make_pro
     assert any(r.startswith("refs/heads/agent-1/m") for r in refs), refs
     assert not any(r.endswith("/auto-one") and r.startswith("refs/heads/") for r in refs), refs
     assert "refs/orchestrator/queue/auto-one" in refs, refs
+    assert_every_main_commit_passed_ci(project)
+
+
+SLOW = HEAD.replace("class T", "import time\\n\\nclass T") + "        time.sleep({0})\\n"
+
+
+def queue_refs(project: Project) -> list[str]:
+    """The ref of every CI run so far (one status file per run)."""
+    docs = [json.loads(p.read_text()) for p in project.home.ci_status_dir.glob("*.json")]
+    return sorted(d["ref"] for d in docs)
+
+
+def ci_status(project: Project, sha: str) -> str:
+    path = project.home.ci_status_dir / f"{sha}.json"
+    return json.loads(path.read_text())["status"] if path.exists() else ""
+
+
+def assert_batch_tips_passed_ci(project: Project, untested: set[str]) -> None:
+    """merge.batch's guarantee: main moves only to commits CI passed on; the commits of a
+    batch's earlier entries (``untested``) are ancestors of such a commit."""
+    repo = project.home.repo
+    order = main_order(project)
+    commits = git(repo, "rev-list", "--reverse", "main").split()[1:]
+    assert len(commits) == len(order)
+    for tid, sha in zip(order, commits, strict=True):
+        if tid in untested:
+            later = commits[commits.index(sha) + 1 :]
+            assert any(ci_status(project, c) == "pass" for c in later), tid
+        else:
+            assert ci_status(project, sha) == "pass", f"{tid}: no CI pass on {sha[:10]}"
+    assert git(repo, "rev-list", "--merges", "main") == "", "linear history"
+
+
+def wait_stacked(project: Project, ids: list[str], timeout_s: float = 60.0) -> None:
+    project.wait_for(
+        lambda s: all(any(t.id == i and t.queue_sha for t in s.tickets) for i in ids),
+        timeout_s,
+        f"{ids} stacked in the merge queue",
+    )
+
+
+def test_a_batch_of_three_merges_after_one_ci_run(make_project):
+    # z goes first, alone; a, b and c hand in while z's CI runs and form one batch
+    project = make_project(
+        workers=4, approval="auto", ci_prefix="sleep 4 && ", extra="merge: {batch: 3}\n"
+    )
+    project.ticket("z", priority=0, locks=["src/z.py"], description="write src/z.py Z = 1\\n")
+    for tid in "abc":
+        project.ticket(
+            tid,
+            priority=1,
+            locks=[f"src/{tid}.py"],
+            description=f"spin 1\nwrite src/{tid}.py V=1\\n",
+        )
+    project.wait_for(all_merged(["z", "a", "b", "c"]), 90, "z, a, b and c merged")
+    assert queue_refs(project) == ["refs/orchestrator/queue/c", "refs/orchestrator/queue/z"]
+    order = main_order(project)
+    assert order[0] == "z" and sorted(order[1:]) == ["a", "b", "c"] and order[-1] == "c"
+    merged = event_messages(project, "ticket.state")
+    assert any("with 2 more" in m for m in merged), merged
+    # each ticket is still one commit of its own on main, recorded by the merger
+    for tid in "abc":
+        recorded = git(project.home.repo, "rev-parse", f"refs/orchestrator/merged/{tid}")
+        assert git(project.home.repo, "log", "-1", "--format=%s", recorded).startswith(tid)
+    assert_batch_tips_passed_ci(project, untested={"a", "b"})
+
+
+def test_a_batch_with_a_failing_ticket_finds_it_and_merges_the_others(make_project):
+    project = make_project(
+        workers=4, approval="auto", ci_prefix="sleep 3 && ", extra="merge: {batch: 3}\n"
+    )
+    project.ticket("z", priority=0, locks=["src/z.py"], description="write src/z.py Z = 1\\n")
+    project.ticket("a", priority=1, locks=["src/a.py"], description="spin 1\nwrite src/a.py A=1\\n")
+    project.ticket(
+        "b",
+        priority=1,
+        locks=["src/b.py", "tests/test_b.py"],
+        description="spin 1.2\nwrite src/b.py B = 1\\n\n"
+        f"a1: write tests/test_b.py {BROKEN.format('b')}\n"
+        f"a2: write tests/test_b.py {FIXED}",
+    )
+    project.ticket(
+        "c", priority=1, locks=["src/c.py"], description="spin 1.4\nwrite src/c.py C=1\\n"
+    )
+    snap = project.wait_for(all_merged(["z", "a", "b", "c"]), 120, "z, a, b and c merged")
+    attempts = {t.id: t.attempt for t in snap.tickets}
+    assert attempts == {"z": 1, "a": 1, "b": 2, "c": 1}
+    restacked = event_messages(project, "merge.restacked")
+    assert any("CI failed on a batch of 3" in m for m in restacked), restacked
+    failed = event_messages(project, "attempt.failed")
+    assert len(failed) == 1 and failed[0].startswith("b: ") and "bisecting" in failed[0], failed
+    feedback = (project.home.runs / "b" / "2" / "feedback.md").read_text()
+    assert "merge queue" in feedback and "deliberate b" in feedback, feedback
+    assert main_order(project)[:3] == ["z", "a", "c"], "a and c merged before b came back"
+    assert_every_main_commit_passed_ci(project)
+
+
+def test_a_hanging_ci_run_in_the_stack_times_out_and_the_others_merge(make_project):
+    project = make_project(workers=2, approval="auto", start=False)
+    config = project.config.read_text().replace("  timeout_s: 600\n", "  timeout_s: 2\n")
+    project.config.write_text(config)
+    project.start()
+    project.ticket(
+        "a",
+        priority=0,
+        locks=["src/a.py", "tests/test_a.py"],
+        description="write src/a.py A = 1\\n\n"
+        f"a1: write tests/test_a.py {SLOW.format(600)}\n"
+        f"a2: write tests/test_a.py {FIXED}",
+    )
+    project.ticket(
+        "b", priority=1, locks=["src/b.py"], description="spin 0.5\nwrite src/b.py B=1\\n"
+    )
+    snap = project.wait_for(all_merged(["a", "b"]), 90, "a and b merged")
+    assert {t.id: t.attempt for t in snap.tickets} == {"a": 2, "b": 1}
+    feedback = (project.home.runs / "a" / "2" / "feedback.md").read_text()
+    assert "CI error in the merge queue" in feedback and "timed out after 2 s" in feedback, feedback
+    stacked = event_messages(project, "merge.stacked")
+    assert any(m.startswith("b: stacked on a;") for m in stacked), "b was stacked behind a"
+    assert "b: restacked without a" in event_messages(project, "merge.restacked")
+    assert main_order(project) == ["b", "a"]
+    assert_every_main_commit_passed_ci(project)
+
+
+def test_stop_and_reject_in_the_stack_restack_the_entries_behind_and_lose_nothing(make_project):
+    project = make_project(workers=4, approval="auto", ci_prefix="sleep 5 && ")
+    for i, tid in enumerate("abcd"):
+        project.ticket(
+            tid,
+            priority=i,
+            locks=[f"src/{tid}.py"],
+            description=f"spin {0.3 * i:.1f}\na1: write src/{tid}.py V = {i}\\n\n"
+            f"a2: write src/{tid}.py V = 30\\n",
+        )
+    wait_stacked(project, ["a", "b", "c", "d"])
+    assert project.send(P.Stop(ticket="b")).ok
+    assert project.send(P.Reject(ticket="c", feedback="use V = 30")).ok
+    snap = project.snapshot()
+    states = {t.id: t.state for t in snap.tickets}
+    assert states["b"] == "stopped" and states["c"] in ("queued", "running"), states
+    restacked = event_messages(project, "merge.restacked")
+    assert "c: restacked without b" in restacked and "d: restacked without b" in restacked
+    project.wait_for(all_merged(["a", "c", "d"]), 90, "a, c and d merged")
+    assert project.send(P.Continue(ticket="b")).ok  # back into the queue, no agent run
+    snap = project.wait_for(all_merged(["a", "b", "c", "d"]), 90, "b merged too")
+    assert {t.id: t.attempt for t in snap.tickets} == {"a": 1, "b": 1, "c": 2, "d": 1}
+    feedback = (project.home.runs / "c" / "2" / "feedback.md").read_text()
+    assert "use V = 30" in feedback, feedback
+    assert sorted(main_order(project)) == ["a", "b", "c", "d"]
+    assert main_order(project)[-1] == "b"
+    assert_every_main_commit_passed_ci(project)
+
+
+def test_after_a_restart_the_queue_does_not_test_a_passed_stack_again(make_project):
+    # a's acceptance check takes 6 s, so b (stacked on a) passes first; the daemon dies then
+    project = make_project(workers=2, approval="auto")
+    project.ticket(
+        "a",
+        priority=0,
+        locks=["src/a.py"],
+        description="write src/a.py A = 1\\n",
+        acceptance=[{"run": ["sleep", "6"]}],
+    )
+    project.ticket(
+        "b", priority=1, locks=["src/b.py"], description="spin 0.5\nwrite src/b.py B=1\\n"
+    )
+    wait_stacked(project, ["a", "b"])
+    b_commit = next(t.queue_sha for t in project.snapshot().tickets if t.id == "b")
+    assert b_commit is not None
+    deadline = time.monotonic() + 30
+    while ci_status(project, b_commit) != "pass":
+        assert time.monotonic() < deadline, "b's CI did not pass"
+        time.sleep(0.1)
+    a_commit = next(t.queue_sha for t in project.snapshot().tickets if t.id == "a")
+    assert ci_status(project, a_commit or "") == "", "a's CI still runs"
+    project.kill9()
+    project.start()
+    project.wait_for(all_merged(["a", "b"]), 60, "a and b merged after the restart")
+    assert len(queue_refs(project)) == 2, "one CI run each: none was run again"
+    assert git(project.home.repo, "rev-parse", "main") == b_commit
+    assert git(project.home.repo, "rev-parse", "main^") == a_commit
     assert_every_main_commit_passed_ci(project)

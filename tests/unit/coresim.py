@@ -65,6 +65,10 @@ class Sim:
     main: str = "0" * 40
     merged: list[str] = field(default_factory=list)
     """Ticket ids in the order main was fast-forwarded to them."""
+    parents: dict[str, str] = field(default_factory=dict)
+    """Queue commit -> its parent (the merger's commits)."""
+    pushed: list[str] = field(default_factory=list)
+    """Queue commits pushed for CI (``Stack.test``), in order: one CI run each."""
 
     @classmethod
     def new(cls, workers: int = 3, **config: object) -> Sim:
@@ -151,9 +155,17 @@ class Sim:
         self.feed(C.CIResult(sha=sha, status=status, now=self.now, exit_code=0, log_tail=tail))
 
     def stack(self, eff: C.Stack, outcome: str = "stacked", verified: bool = False) -> str:
-        """Answer a Stack effect as the merger would; returns the new commit."""
-        self.shas += 1
-        sha = f"{self.shas:040x}"
+        """Answer a Stack effect as the merger would; returns the commit (``reuse`` when
+        it was built on the same parent before: the same tree, as the merger checks)."""
+        parent = eff.parent or self.main
+        if eff.reuse and self.parents.get(eff.reuse) == parent:
+            sha = eff.reuse
+        else:
+            self.shas += 1
+            sha = f"{self.shas:040x}"
+            self.parents[sha] = parent
+        if eff.test and outcome == "stacked" and not verified:
+            self.pushed.append(sha)
         self.feed(
             C.Stacked(
                 eff.ticket,
@@ -161,9 +173,10 @@ class Sim:
                 outcome,
                 self.now,
                 sha=sha,
-                parent=eff.parent or self.main,
+                parent=parent,
                 verified=verified,
                 text="conflicting files: a.py" if outcome == "conflict" else "",
+                test=eff.test,
             )
         )
         return sha
@@ -174,7 +187,7 @@ class Sim:
             outcome = "moved"
         if outcome == "merged":
             self.main = eff.sha
-            self.merged.append(eff.ticket)
+            self.merged += [t for t, _ in eff.batch] + [eff.ticket]
         self.feed(C.MergeResult(eff.ticket, outcome, self.now, sha=eff.sha))
 
     def settle(self, fail: frozenset[str] = frozenset(), rounds: int = 100) -> None:
@@ -264,7 +277,7 @@ def check_queue(core: C.Core) -> None:
     started = [core._started(core.tickets[t]) for t in queue]
     # entries whose CI started form a prefix, no deeper than merge.depth
     assert started == sorted(started, reverse=True), started
-    assert sum(started) <= core.config.queue_depth
+    assert sum(started) <= max(core.config.queue_depth, core.config.merge.batch)
     # each stacked entry is built on the commit of the entry ahead of it
     for k in range(1, len(queue)):
         rec = core.tickets[queue[k]]
@@ -274,8 +287,11 @@ def check_queue(core: C.Core) -> None:
     waiting = [core._queue_key(t) for t, s in zip(queue, started, strict=True) if not s]
     assert waiting == sorted(waiting), waiting
     # main is fast-forwarded only to the head, only after CI passed on its commit
+    # (with batches: through the head's batch, after CI passed on its last commit)
     ff = core._fast_forwarding
-    if ff is not None and ff in core.tickets and core.tickets[ff].state == TicketState.MERGING:
-        head = core.tickets[ff]
-        assert queue and queue[0] == ff
-        assert head.ci is not None and head.ci.status == "pass" and head.ci.sha == head.queue_sha
+    if ff and all(t in core.tickets for t in ff):
+        if all(core.tickets[t].state == TicketState.MERGING for t in ff):
+            assert tuple(queue[: len(ff)]) == ff, (queue, ff)
+            tip = core.tickets[ff[-1]]
+            assert tip.ci is not None and tip.ci.status == "pass" and tip.ci.sha == tip.queue_sha
+            assert len(ff) <= core.config.merge.batch

@@ -293,3 +293,149 @@ def test_a_stacking_error_is_retried_then_waits_for_a_person():
     (eff,) = sim.take(C.Stack)
     sim.stack(eff, "error")
     assert sim.state("a") == S.AWAITING_APPROVAL and "merge queue error" in sim.rec("a").reason
+
+
+# --- batches (merge.batch) ----------------------------------------------------
+
+
+def drain_stacks(sim: Sim) -> list[C.Stack]:
+    """Answer Stack effects until none is out; returns them in order."""
+    done = []
+    while stacks := sim.take(C.Stack):
+        for eff in stacks:
+            sim.stack(eff)
+            done.append(eff)
+    return done
+
+
+def gather_batch(sim: Sim, ids: str, first: str = "z") -> None:
+    """``first`` is stacked and under CI alone; ``ids`` hand in meanwhile and gather."""
+    approved(sim, first)
+    (alone,) = drain_stacks(sim)
+    assert alone.test, "an entry alone in the queue, nothing under CI ahead: tested at once"
+    approved(sim, *ids)
+
+
+def test_a_batch_is_tested_once_on_its_last_commit_and_merges_in_one_fast_forward():
+    sim = Sim.new(workers=5, approval="auto", merge=MergeConfig(batch=3))
+    gather_batch(sim, "abc")
+    stacks = drain_stacks(sim)
+    assert [(e.ticket, e.test) for e in stacks] == [("a", False), ("b", False), ("c", True)]
+    assert sim.pushed == [sim.rec("z").queue_sha, sim.rec("c").queue_sha], "two CI runs"
+    sim.ci(sim.rec("c").queue_sha)  # the batch passed before z: it waits for z
+    assert sim.take(C.FastForward) == []
+    sim.ci(sim.rec("z").queue_sha)
+    (ff,) = sim.take(C.FastForward)
+    sim.fast_forward(ff)
+    (ff,) = sim.take(C.FastForward)
+    assert (ff.ticket, [t for t, _ in ff.batch]) == ("c", ["a", "b"])
+    commits = {t: sim.rec(t).queue_sha for t in "abc"}
+    sim.fast_forward(ff)
+    assert sim.merged == ["z", "a", "b", "c"] and sim.main == commits["c"]
+    assert {t: sim.rec(t).merged_sha for t in "abc"} == commits, "each its own commit"
+    check_invariants(sim.core)
+
+
+def test_a_partial_batch_is_closed_when_nothing_runs_ahead_of_it():
+    sim = Sim.new(workers=5, approval="auto", merge=MergeConfig(batch=4))
+    gather_batch(sim, "ab")
+    assert [(e.ticket, e.test) for e in drain_stacks(sim)] == [("a", False), ("b", False)]
+    sim.ci(sim.rec("z").queue_sha)
+    (ff,) = sim.take(C.FastForward)
+    b_commit = sim.rec("b").queue_sha
+    sim.fast_forward(ff)
+    (again,) = drain_stacks(sim)  # z merged: b closes the batch, on the same commit
+    assert (again.ticket, again.test, again.reuse) == ("b", True, b_commit)
+    assert sim.rec("b").queue_sha == b_commit and sim.pushed[-1] == b_commit
+    sim.ci(b_commit)
+    (ff,) = sim.take(C.FastForward)
+    sim.fast_forward(ff)
+    assert sim.merged == ["z", "a", "b"]
+    check_invariants(sim.core)
+
+
+def test_a_failed_batch_is_bisected_the_culprit_goes_back_the_rest_merge():
+    sim = Sim.new(workers=5, approval="auto", merge=MergeConfig(batch=4))
+    gather_batch(sim, "abcd")
+    drain_stacks(sim)
+    sim.ci(sim.rec("z").queue_sha)
+    sim.fast_forward(sim.take(C.FastForward)[0])
+    commits = {t: sim.rec(t).queue_sha for t in "abcd"}
+    runs = len(sim.pushed)
+    sim.ci(commits["d"], "fail", tail="test_c failed")  # c is the culprit
+    assert sim.state("d") == S.MERGING, "nobody is sent back before the culprit is known"
+    (half,) = drain_stacks(sim)  # the first half, a+b, is tested on b's (same) commit
+    assert (half.ticket, half.test, sim.rec("b").queue_sha) == ("b", True, commits["b"])
+    sim.ci(commits["b"])
+    (ff,) = sim.take(C.FastForward)
+    assert (ff.ticket, ff.batch) == ("b", (("a", commits["a"]),))
+    sim.fast_forward(ff)
+    (half,) = drain_stacks(sim)  # d's batch is now c+d: c is tested alone
+    assert (half.ticket, half.test, sim.rec("c").queue_sha) == ("c", True, commits["c"])
+    sim.ci(commits["c"], "fail", tail="test_c failed")
+    starts = sim.take(C.StartAgent)
+    assert [e.ticket for e in starts] == ["c"], starts
+    (retry,) = starts  # c goes back to an agent with its CI log
+    assert retry.ticket == "c" and "test_c failed" in retry.feedback
+    (again,) = drain_stacks(sim)  # d is restacked on main without c
+    assert again.ticket == "d" and again.test and sim.rec("d").queue_parent == sim.main
+    sim.ci(sim.rec("d").queue_sha)
+    sim.fast_forward(sim.take(C.FastForward)[0])
+    assert sim.merged == ["z", "a", "b", "d"]
+    assert len(sim.pushed) - runs == 3, "b, c and d's new commit: the bisection's runs"
+    check_invariants(sim.core)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=9),
+    st.integers(2, 5),
+    st.integers(1, 6),
+)
+def test_batches_merge_every_passing_ticket_once_and_only_passed_trees(plan, batch, depth):
+    """Random first-attempt failures with batches: CI fails on a commit whose chain holds
+    a failing change; each ticket reaches main once; main only moves to passed commits."""
+    sim = Sim.new(
+        workers=3,
+        approval="auto",
+        merge=MergeConfig(batch=batch, depth=depth),
+        max_attempts=5,
+    )
+    ids = [f"t{i}" for i in range(len(plan))]
+    for tid in ids:
+        sim.add(ticket(tid, locks=[f"src/{tid}.py"]))
+    failing = {tid for tid, fail in zip(ids, plan, strict=True) if fail}
+    owner: dict[str, tuple[str, int]] = {}
+    passed: set[str] = set()
+
+    def bad(sha: str) -> bool:
+        while sha in owner:
+            tid, attempt = owner[sha]
+            if tid in failing and attempt == 1:
+                return True
+            sha = sim.parents[sha]
+        return False
+
+    for _ in range(600):
+        for eff in sim.take(C.StartAgent):
+            sim.start(eff)
+            sim.exit(eff)
+        for push in sim.take(C.Push):
+            sim.push(push)
+        for eff in sim.take(C.Stack):
+            sha = sim.stack(eff)
+            owner[sha] = (eff.ticket, sim.rec(eff.ticket).attempt)
+        for rec in list(sim.core.tickets.values()):
+            if rec.state == S.MERGING and rec.ci_sha:
+                fail = bad(rec.ci_sha)
+                if not fail:
+                    passed.add(rec.ci_sha)
+                sim.ci(rec.ci_sha, "fail" if fail else "pass")
+        for ff in sim.take(C.FastForward):
+            assert ff.sha in passed
+            assert not bad(ff.sha)
+            sim.fast_forward(ff)
+        check_invariants(sim.core)
+        if all(sim.state(t) == S.MERGED for t in ids):
+            break
+    assert sorted(sim.merged) == sorted(ids) and len(sim.merged) == len(ids)
