@@ -205,17 +205,15 @@ def wait_stacked(project: Project, ids: list[str], timeout_s: float = 60.0) -> N
 
 
 def test_a_batch_of_three_merges_after_one_ci_run(make_project):
-    # z goes first, alone; a, b and c hand in while z's CI runs and form one batch
+    # z (P0) goes first and is tested alone; the one worker then runs a, b and c, which
+    # hand in while z's CI runs and form one batch
     project = make_project(
-        workers=4, approval="auto", ci_prefix="sleep 4 && ", extra="merge: {batch: 3}\n"
+        workers=1, approval="auto", ci_prefix="sleep 6 && ", extra="merge: {batch: 3}\n"
     )
     project.ticket("z", priority=0, locks=["src/z.py"], description="write src/z.py Z = 1\\n")
     for tid in "abc":
         project.ticket(
-            tid,
-            priority=1,
-            locks=[f"src/{tid}.py"],
-            description=f"spin 1\nwrite src/{tid}.py V=1\\n",
+            tid, priority=1, locks=[f"src/{tid}.py"], description=f"write src/{tid}.py V=1\\n"
         )
     project.wait_for(all_merged(["z", "a", "b", "c"]), 90, "z, a, b and c merged")
     assert queue_refs(project) == ["refs/orchestrator/queue/c", "refs/orchestrator/queue/z"]
@@ -231,22 +229,21 @@ def test_a_batch_of_three_merges_after_one_ci_run(make_project):
 
 
 def test_a_batch_with_a_failing_ticket_finds_it_and_merges_the_others(make_project):
+    # as above: z alone first, then a, b (its first attempt breaks a test) and c in a batch
     project = make_project(
-        workers=4, approval="auto", ci_prefix="sleep 3 && ", extra="merge: {batch: 3}\n"
+        workers=1, approval="auto", ci_prefix="sleep 5 && ", extra="merge: {batch: 3}\n"
     )
     project.ticket("z", priority=0, locks=["src/z.py"], description="write src/z.py Z = 1\\n")
-    project.ticket("a", priority=1, locks=["src/a.py"], description="spin 1\nwrite src/a.py A=1\\n")
+    project.ticket("a", priority=1, locks=["src/a.py"], description="write src/a.py A=1\\n")
     project.ticket(
         "b",
         priority=1,
         locks=["src/b.py", "tests/test_b.py"],
-        description="spin 1.2\nwrite src/b.py B = 1\\n\n"
+        description="write src/b.py B = 1\\n\n"
         f"a1: write tests/test_b.py {BROKEN.format('b')}\n"
         f"a2: write tests/test_b.py {FIXED}",
     )
-    project.ticket(
-        "c", priority=1, locks=["src/c.py"], description="spin 1.4\nwrite src/c.py C=1\\n"
-    )
+    project.ticket("c", priority=1, locks=["src/c.py"], description="write src/c.py C=1\\n")
     snap = project.wait_for(all_merged(["z", "a", "b", "c"]), 120, "z, a, b and c merged")
     attempts = {t.id: t.attempt for t in snap.tickets}
     assert attempts == {"z": 1, "a": 1, "b": 2, "c": 1}
