@@ -205,55 +205,60 @@ def wait_stacked(project: Project, ids: list[str], timeout_s: float = 60.0) -> N
 
 
 def test_a_batch_of_three_merges_after_one_ci_run(make_project):
-    # z (P0) goes first and is tested alone; the one worker then runs a, b and c, which
-    # hand in while z's CI runs and form one batch
+    # The tickets are in the backlog before the daemon starts, so the one worker takes
+    # them in name order: a is tested alone, and b, c, d hand in while a's CI runs and
+    # form one batch.
     project = make_project(
-        workers=1, approval="auto", ci_prefix="sleep 6 && ", extra="merge: {batch: 3}\n"
+        workers=1,
+        approval="auto",
+        ci_prefix="sleep 6 && ",
+        extra="merge: {batch: 3}\n",
+        start=False,
     )
-    project.ticket("z", priority=0, locks=["src/z.py"], description="write src/z.py Z = 1\\n")
-    for tid in "abc":
-        project.ticket(
-            tid, priority=1, locks=[f"src/{tid}.py"], description=f"write src/{tid}.py V=1\\n"
-        )
-    project.wait_for(all_merged(["z", "a", "b", "c"]), 90, "z, a, b and c merged")
-    assert queue_refs(project) == ["refs/orchestrator/queue/c", "refs/orchestrator/queue/z"]
-    order = main_order(project)
-    assert order[0] == "z" and sorted(order[1:]) == ["a", "b", "c"] and order[-1] == "c"
+    for tid in "abcd":
+        project.ticket(tid, locks=[f"src/{tid}.py"], description=f"write src/{tid}.py V=1\\n")
+    project.start()
+    project.wait_for(all_merged(["a", "b", "c", "d"]), 90, "a, b, c and d merged")
+    assert queue_refs(project) == ["refs/orchestrator/queue/a", "refs/orchestrator/queue/d"]
+    assert main_order(project) == ["a", "b", "c", "d"]
     merged = event_messages(project, "ticket.state")
-    assert any("with 2 more" in m for m in merged), merged
+    assert any(m.startswith("d: merged") and "with 2 more" in m for m in merged), merged
     # each ticket is still one commit of its own on main, recorded by the merger
-    for tid in "abc":
+    for tid in "bcd":
         recorded = git(project.home.repo, "rev-parse", f"refs/orchestrator/merged/{tid}")
         assert git(project.home.repo, "log", "-1", "--format=%s", recorded).startswith(tid)
-    assert_batch_tips_passed_ci(project, untested={"a", "b"})
+    assert_batch_tips_passed_ci(project, untested={"b", "c"})
 
 
 def test_a_batch_with_a_failing_ticket_finds_it_and_merges_the_others(make_project):
-    # as above: z alone first, then a, b (its first attempt breaks a test) and c in a batch
+    # as above: a alone first, then b, c (its first attempt breaks a test) and d in a batch
     project = make_project(
-        workers=1, approval="auto", ci_prefix="sleep 5 && ", extra="merge: {batch: 3}\n"
+        workers=1,
+        approval="auto",
+        ci_prefix="sleep 5 && ",
+        extra="merge: {batch: 3}\n",
+        start=False,
     )
-    project.ticket("z", priority=0, locks=["src/z.py"], description="write src/z.py Z = 1\\n")
-    project.ticket("a", priority=1, locks=["src/a.py"], description="write src/a.py A=1\\n")
+    for tid in "abd":
+        project.ticket(tid, locks=[f"src/{tid}.py"], description=f"write src/{tid}.py V=1\\n")
     project.ticket(
-        "b",
-        priority=1,
-        locks=["src/b.py", "tests/test_b.py"],
-        description="write src/b.py B = 1\\n\n"
-        f"a1: write tests/test_b.py {BROKEN.format('b')}\n"
-        f"a2: write tests/test_b.py {FIXED}",
+        "c",
+        locks=["src/c.py", "tests/test_c.py"],
+        description="write src/c.py C = 1\\n\n"
+        f"a1: write tests/test_c.py {BROKEN.format('c')}\n"
+        f"a2: write tests/test_c.py {FIXED}",
     )
-    project.ticket("c", priority=1, locks=["src/c.py"], description="write src/c.py C=1\\n")
-    snap = project.wait_for(all_merged(["z", "a", "b", "c"]), 120, "z, a, b and c merged")
+    project.start()
+    snap = project.wait_for(all_merged(["a", "b", "c", "d"]), 120, "a, b, c and d merged")
     attempts = {t.id: t.attempt for t in snap.tickets}
-    assert attempts == {"z": 1, "a": 1, "b": 2, "c": 1}
+    assert attempts == {"a": 1, "b": 1, "c": 2, "d": 1}
     restacked = event_messages(project, "merge.restacked")
     assert any("CI failed on a batch of 3" in m for m in restacked), restacked
     failed = event_messages(project, "attempt.failed")
-    assert len(failed) == 1 and failed[0].startswith("b: ") and "bisecting" in failed[0], failed
-    feedback = (project.home.runs / "b" / "2" / "feedback.md").read_text()
-    assert "merge queue" in feedback and "deliberate b" in feedback, feedback
-    assert main_order(project)[:3] == ["z", "a", "c"], "a and c merged before b came back"
+    assert len(failed) == 1 and failed[0].startswith("c: ") and "bisecting" in failed[0], failed
+    feedback = (project.home.runs / "c" / "2" / "feedback.md").read_text()
+    assert "merge queue" in feedback and "deliberate c" in feedback, feedback
+    assert main_order(project) == ["a", "b", "d", "c"], "b and d merged before c came back"
     assert_every_main_commit_passed_ci(project)
 
 
