@@ -157,7 +157,12 @@ class Merger:
         )
         if effect.test and not verified:  # updates no ref of the work clone: no lock needed
             # A queue ref already at this commit (reused) starts nothing: CI ran or runs
-            # on it, and its status file answers (read by the daemon after this).
+            # on it, and its status file answers (read by the daemon after this). If no
+            # CI job ever started for it (no log: the daemon died inside the push), the
+            # ref is deleted first, so the push below starts one.
+            status = self.home.ci_status_dir / sha
+            if sha == effect.reuse and not status.with_suffix(".log").exists():
+                await run_git(work, "push", "--quiet", "origin", f":{QUEUE_REF}{ticket}")
             await git(work, "push", "--quiet", "--force", "origin", f"{sha}:{QUEUE_REF}{ticket}")
         return result(
             StackOutcome.STACKED, sha=sha, parent=parent, verified=verified, test=effect.test

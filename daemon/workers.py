@@ -169,9 +169,11 @@ class Workers:
         self.publish = publish
         self.repo_lock = repo_lock
         self.idle = anyio.Event()
-        """Set while no attempt runs (replaced when one starts); shutdown waits on it."""
+        """Set while no attempt runs and no push is under way (replaced when one starts);
+        shutdown waits on it, so a ticket in ``ci_running`` has its branch pushed."""
         self.idle.set()
         self.runs: dict[str, _Run] = {}
+        self._pushes = 0
 
     def kill_all(self) -> None:
         """SIGKILL every agent still running (last step of a shutdown)."""
@@ -208,7 +210,7 @@ class Workers:
             self._exited(effect, None, reason=f"internal error: {exc}")
         finally:
             self.runs.pop(effect.agent, None)
-            if not self.runs:
+            if not self.runs and not self._pushes:
                 self.idle.set()
 
     async def _run(self, run: _Run) -> None:
@@ -559,6 +561,17 @@ class Workers:
         """Push the branch to repo.git (post-receive starts CI unless ``ci`` is False: push
         option ``ci=skip``); feed Pushed; return the sha ("" when the push failed)."""
         options = [] if ci else ["-o", "ci=skip"]
+        self._pushes += 1
+        if self.idle.is_set():
+            self.idle = anyio.Event()
+        try:
+            return await self._push(ticket, attempt, branch, options)
+        finally:
+            self._pushes -= 1
+            if not self.runs and not self._pushes:
+                self.idle.set()
+
+    async def _push(self, ticket: str, attempt: int, branch: str, options: list[str]) -> str:
         try:
             # No lock: the only ref this changes in the clone is the branch's own
             # remote-tracking ref (git locks each ref it updates).
