@@ -165,10 +165,13 @@ def test_without_a_daemon_one_line_and_non_zero_exit(make_project) -> None:
     assert done.stderr.startswith(f"orchestrator: no daemon answers on {project.home.socket_path}")
 
 
-#: An editor that needs the terminal: it says so, reads a line typed there, writes a ticket.
+#: An editor that needs the terminal: it sets the terminal's mode (as editors do: the one
+#: the TUI leaves behind is not the editor's business), says so, reads a line typed
+#: there, writes a ticket.
 TERMINAL_EDITOR = """\
-import sys
+import subprocess, sys
 draft = sys.argv[-1]
+subprocess.run(["stty", "sane"], check=True)
 print("EDITOR HAS THE TERMINAL", flush=True)
 word = sys.stdin.readline().strip()
 with open(draft, "w") as f:
