@@ -5,14 +5,15 @@ only the agent processes run on the cluster. Code travels through git, never
 through Ray's object store:
 
 1. The worker prepares the ticket's branch in its local worktree as for a local
-   agent; :meth:`RayRunner.start` pushes that commit to the ticket's private WIP
-   ref ``refs/orchestrator/wip/<ticket>`` in repo.git and draws a per-attempt
+   agent; :meth:`RayRunner.start` points the ticket's private WIP ref
+   ``refs/orchestrator/wip/<ticket>`` in repo.git at that commit (set there
+   directly when repo.git has it, else pushed) and draws a per-attempt
    WIP token (its SHA-256 goes to ``repo.git/orchestrator-wip/<ticket>.sha256``,
    hooks/update lets only its holder push that ref).
 2. Each worker ``agent-K`` has a detached, named Ray actor (:class:`NodeAgent`,
    ``orch-<home>-agent-K``), placed by Ray's scheduler with the configured resources
-   (``ray.num_cpus``, ``ray.memory_mb``, ``ray.resources``) when the worker first
-   needs it and reused for its next attempts (no process start per attempt); a new
+   (``ray.num_cpus``, ``ray.memory_mb``, ``ray.resources``) when the daemon starts
+   and reused for all the worker's attempts (no process start per attempt); a new
    one is placed when its node was lost. On its node it fetches the WIP ref from
    ``repo_url`` into a node-local bare cache (incremental fetches), adds a worktree
    on the ticket's branch, and runs the same agent argv with the same ``ORCH_*``
@@ -173,8 +174,10 @@ class RayRunner:
 
     # --- connection --------------------------------------------------------
 
-    def connect(self) -> None:
-        """Connect to ``ray.address``, or start a local Ray when it is empty (blocking).
+    def connect(self, agents: Sequence[str]) -> None:
+        """Connect to ``ray.address``, or start a local Ray when it is empty (blocking),
+        and ask Ray to place the actors of the workers named ``agents`` (not waiting for
+        them), so that a worker's first attempt does not wait for its actor's process.
 
         Raises:
             RunnerError: Ray is not installed, or the cluster cannot be reached (one line).
@@ -231,6 +234,8 @@ class RayRunner:
                 f"{k} {v:g}" for k, v in self._ray.cluster_resources().items() if "node:" not in k
             ),
         )
+        for agent in agents:
+            self._slot(agent)
 
     def close(self) -> None:
         """Give the workers' actors back (their resources) and disconnect; a local Ray
@@ -307,7 +312,7 @@ class RayRunner:
         ticket = env["ORCH_TICKET_ID"]
         try:
             token = await anyio.to_thread.run_sync(issue_wip_token, self.home.repo, ticket)
-            await git(cwd, "push", "--quiet", "--force", "origin", f"HEAD:{wip_ref(ticket)}")
+            await self._hand_over(cwd, ticket)
         except (OSError, GitError) as exc:
             raise OSError(f"cannot hand the branch to the cluster: {exc}") from None
         spec = self._spec(argv, cwd, env, token)
@@ -347,6 +352,22 @@ class RayRunner:
             raise OSError(info["error"])
         usage_file = Path(env["ORCH_USAGE_FILE"]) if env.get("ORCH_USAGE_FILE") else None
         return RayAgent(self, actor, info, ticket, agent, cwd, usage_file)
+
+    async def _hand_over(self, cwd: Path, ticket: str) -> None:
+        """Point ``ticket``'s WIP ref in repo.git at ``cwd``'s commit, which the node
+        fetches. That commit is nearly always in repo.git already (main, or a branch
+        pushed before): then the ref is set there directly, without a push and its
+        hooks (a few hundred ms of every dispatch); otherwise it is pushed.
+
+        Raises:
+            GitError: git failed.
+        """
+        head = await git(cwd, "rev-parse", "HEAD")
+        repo = self.home.repo
+        if (await run_git(repo, "cat-file", "-e", f"{head}^{{commit}}")).returncode == 0:
+            await git(repo, "update-ref", wip_ref(ticket), head)
+        else:
+            await git(cwd, "push", "--quiet", "--force", "origin", f"HEAD:{wip_ref(ticket)}")
 
     def _spec(
         self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], token: str
@@ -406,15 +427,15 @@ class RayRunner:
         """
         try:
             await git(worktree, "fetch", "--quiet", "origin", wip_ref(ticket))
-            wip = await git(worktree, "rev-parse", "FETCH_HEAD")
-            head = await git(worktree, "rev-parse", "HEAD")
-            if wip == head:
-                return head
-            if await _is_ancestor(worktree, head, wip):
-                await git(worktree, "merge", "--quiet", "--ff-only", wip)
-                return wip
-            log.warning("%s: its WIP ref %s does not descend from the branch; kept", ticket, wip)
-            return head
+            merged = await run_git(worktree, "merge", "--quiet", "--ff-only", "FETCH_HEAD")
+            if merged.returncode != 0:  # e.g. it does not descend from the branch
+                err = merged.stderr.decode(errors="replace").strip().splitlines()
+                log.warning(
+                    "%s: cannot fast-forward the branch to its WIP ref (branch kept): %s",
+                    ticket,
+                    err[-1] if err else merged.returncode,
+                )
+            return await git(worktree, "rev-parse", "HEAD")
         except GitError as exc:
             log.warning("%s: cannot bring the node's work home: %s", ticket, exc)
             return ""
@@ -437,11 +458,6 @@ class RayRunner:
             log.info("%s: found its agent on the cluster after a restart; stopped it", ticket)
         await anyio.to_thread.run_sync(revoke_wip_token, self.home.repo, ticket)
         await self.collect(ticket, worktree)
-
-
-async def _is_ancestor(repo: Path, old: str, new: str) -> bool:
-    result = await run_git(repo, "merge-base", "--is-ancestor", old, new)
-    return result.returncode == 0
 
 
 def _is_loopback(host: str) -> bool:

@@ -84,8 +84,9 @@ class AgentProcess(Protocol):
 
 
 class AgentRunner(Protocol):
-    def connect(self) -> None:
-        """Get ready before the first start (blocking; run in a thread).
+    def connect(self, agents: Sequence[str]) -> None:
+        """Get ready before the first start of the workers named ``agents`` (blocking;
+        run in a thread).
 
         Raises:
             RunnerError: the runner cannot be used (a one-line reason).
@@ -161,7 +162,7 @@ class LocalAgent:
 class LocalRunner:
     """Runs agents as local processes (stdin /dev/null, stderr into stdout)."""
 
-    def connect(self) -> None:
+    def connect(self, agents: Sequence[str]) -> None:
         pass
 
     def close(self) -> None:

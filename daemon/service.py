@@ -193,7 +193,7 @@ class Daemon:
     async def _start(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         assert self.store is not None
         # runner: ray joins (or starts) its cluster here; RunnerError: one line, exit 2.
-        await anyio.to_thread.run_sync(self.runner.connect)
+        await anyio.to_thread.run_sync(self.runner.connect, self.names)
         try:
             await self._run_daemon(task_status)
         finally:
