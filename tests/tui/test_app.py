@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -31,6 +32,7 @@ from orchestrator.tui.editor import ERROR_MARK, TEMPLATE, editor_command, read_d
 from orchestrator.tui.notify import Notifier, desktop_available
 from orchestrator.tui.widgets.agents_table import AgentsTable
 from orchestrator.tui.widgets.banner import Banner
+from orchestrator.tui.widgets.board_table import BoardTable
 from orchestrator.tui.widgets.confirm_screen import ConfirmScreen
 from orchestrator.tui.widgets.detail_pane import DetailPane
 from orchestrator.tui.widgets.event_log import EventLog
@@ -665,6 +667,72 @@ async def test_rows_changed_off_screen_show_their_change_when_scrolled_into_view
         assert f"{ordinal(position)}&#160;in&#160;line" in screen
 
 
+async def test_the_rows_drawn_are_the_rows_held_after_changes_and_moves(
+    make_app, fake_daemon
+) -> None:
+    """The tickets table keeps rendered rows cached by row and drops only those that
+    changed or moved: after rounds of renames and moves on and off screen, every line
+    drawn shows the row held at its place with its latest title, and a click lands
+    on the row drawn under the pointer."""
+    async with make_app().run_test(size=SIZE) as pilot:
+        app = await connected(pilot)
+        tickets = app.query_one(TicketsTable)
+        tickets.focus()
+        fake_daemon.push(
+            *(
+                fake_daemon.ticket_event(
+                    "T-8", id=f"Q-{k:02}", title=f"queued {k}", rank=100.0 + k, queued_at=NOW + k
+                )
+                for k in range(40)
+            )
+        )
+        await until(pilot, lambda: "Q-39" in tickets.row_keys)
+        rank = {f"Q-{k:02}": 100.0 + k for k in range(40)}
+        for step in range(6):
+            # Rename two rows on screen and one below it; move one up and one down.
+            renames = {"Q-01": step, "Q-03": step, "Q-35": step}
+            moves = {f"Q-{(7 * step) % 40:02}": 99.0 - step, f"Q-{(11 * step + 2) % 40:02}": 200.0}
+            rank.update(moves)
+            fake_daemon.push(
+                *(
+                    fake_daemon.ticket_event(
+                        "T-8",
+                        id=tid,
+                        title=f"{tid} v{renames.get(tid, 'x')}",
+                        rank=rank[tid],
+                        queued_at=NOW + int(tid[2:]),
+                    )
+                    for tid in sorted(set(renames) | set(moves))
+                )
+            )
+            await until(
+                pilot, lambda: all(app.board.tickets[t].rank == r for t, r in moves.items())
+            )
+            await pilot.pause(0.1)
+            await until(pilot, lambda: not app._update_pending)
+            await pilot.pause(0.05)
+            keys = tickets.row_keys
+            top = int(tickets.scroll_y)
+            header = tickets.header_height
+            for y in range(header, tickets.size.height):
+                line = tickets.render_line(y).text
+                index = top + y - header
+                if index >= len(keys):
+                    break
+                key = keys[index]
+                assert key in line, (step, y, key, line)
+                title = app.board.tickets[key].title
+                assert title[:12] in line, (step, y, key, line)
+            # A click on a row drawn selects the row held there (each cell carries
+            # its row's index for the mouse: a row that moved must not keep the old).
+            border = tickets.content_region.y - tickets.region.y
+            for row in (0, 3, 6):
+                await pilot.click(TicketsTable, offset=(3, border + tickets.header_height + row))
+                await pilot.pause(0.02)
+                assert tickets.cursor_row == int(tickets.scroll_y) + row, (step, row)
+                assert app.subject == tickets.row_keys[tickets.cursor_row]
+
+
 # --- n with $EDITOR (tui/editor.py) ----------------------------------------------
 
 #: An "editor": appends the draft's path and text to the log file argv[1], then
@@ -792,3 +860,46 @@ def test_a_draft_without_an_id_is_named_after_its_title_and_errors_do_not_pile_u
     assert read_draft(draft) is None
     assert editor_command({"EDITOR": "code --wait", "VISUAL": ""}) == ["code", "--wait"]
     assert editor_command({"VISUAL": "vi"}) == ["vi"] and editor_command({}) is None
+
+
+# --- BoardTable's render caches (tui/widgets/board_table.py) -------------------------
+
+
+class _PlainTable(BoardTable):
+    COLUMNS = (("ID", "id"), ("Title", "title"))
+
+
+class _TableApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield _PlainTable(id="plain")
+
+
+async def test_a_click_after_a_reorder_selects_the_row_drawn_there() -> None:
+    """Rows keep their cached renders across a reorder unless they moved: a cell
+    carries its row's index for the mouse, so the moved rows' renders are dropped
+    and a click on a moved row selects it, not the row that was there before."""
+    app = _TableApp()
+    async with app.run_test(size=(60, 16)) as pilot:
+        table = app.query_one(_PlainTable)
+        keys = [f"R-{k}" for k in range(30)]
+        table.set_rows([(key, (key, f"title {key}")) for key in keys])
+        await pilot.pause(0.05)
+        moved = keys[5:0:-1] + keys[:1] + keys[6:]  # rows 0..5 reversed: R-5 first
+        table.reorder(moved)
+        await pilot.pause(0.05)
+        for row in range(6):
+            await pilot.click(_PlainTable, offset=(2, table.header_height + row))
+            await pilot.pause(0.02)
+            assert table.selected_key == moved[row], row
+            assert moved[row] in table.render_line(table.header_height + row).text
+        # R-20 is drawn (and cached), scrolled away, changed off screen, scrolled back.
+        table.scroll_to(y=14, animate=False)
+        await pilot.pause(0.05)
+        table.scroll_to(y=0, animate=False)
+        await pilot.pause(0.05)
+        table.upsert("R-20", ("R-20", "TITLE R-20"))  # same width
+        await pilot.pause(0.05)
+        table.scroll_to(y=14, animate=False)
+        await pilot.pause(0.05)
+        drawn = [table.render_line(y).text for y in range(table.size.height)]
+        assert any("TITLE R-20" in line for line in drawn), drawn

@@ -137,7 +137,13 @@ class DetailPane(VerticalScroll):
         # A highlight can arrive before compose or while the app closes, when the body is
         # not mounted; compose shows ``self._body`` once it is.
         for body in self.query("#detail-body").results(Static):
-            body.update(text)
+            # A layout pass redraws the whole screen (the tickets table included): only
+            # when the body's height changes, not for every ticket the cursor passes.
+            size = body.content_size
+            body.update(text, layout=False)
+            body.clear_cached_dimensions()
+            if not size.width or body.get_content_height(size, size, size.width) != size.height:
+                body.refresh(layout=True)
 
     def _maybe_start_diff(
         self, ticket: TicketView, agent: AgentView | None, git_dir: Path | None
