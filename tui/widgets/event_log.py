@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
+from textual.cache import LRUCache
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -21,6 +22,8 @@ from orchestrator.tui.board import LogEntry
 from orchestrator.tui.format import clock
 
 MAX_LINES = 1000
+#: Strips kept for lines drawn: a few screens of a tall terminal.
+STRIP_CACHE_LINES = 300
 HEARTBEAT_KINDS = frozenset({EventKind.AGENT_HEARTBEAT})
 
 _KIND_STYLES = {
@@ -39,16 +42,17 @@ _STYLES = {name: Style.parse(name) for name in ("", "dim", "bold red", *_KIND_ST
 class EventLog(ScrollView, can_focus=True):
     """The last :data:`MAX_LINES` lines, fed in batches by the app, newest last.
 
-    Textual's Line API: each entry becomes one :class:`Strip` built from its
-    segments when it arrives (no Rich rendering: under a stream of events the
-    log writes hundreds of lines a second), and only the lines on screen are
-    cropped to the panel when drawn. The view follows new lines while it is at
+    Textual's Line API: the entries are held as they arrive, and only the lines
+    on screen become a :class:`Strip`, built from segments (no Rich rendering)
+    when first drawn and cached for a few screens. Under a stream of events the
+    log takes hundreds of lines a second; a strip for each would be work and
+    garbage for lines nobody sees. The view follows new lines while it is at
     the end; scrolled up, it stays where it is.
 
     Attributes:
         ticket: only this ticket's events are shown (None: all).
         heartbeats: heartbeat events are shown.
-        lines: the strips held, oldest first.
+        entries: the entries held, oldest first.
     """
 
     DEFAULT_CSS = """
@@ -66,8 +70,20 @@ class EventLog(ScrollView, can_focus=True):
         super().__init__(id=id)
         self.ticket: str | None = None
         self.heartbeats = False
-        self.lines: deque[Strip] = deque(maxlen=MAX_LINES)
+        self.entries: deque[LogEntry] = deque(maxlen=MAX_LINES)
+        self._strips: LRUCache[LogEntry, Strip] = LRUCache(STRIP_CACHE_LINES)
         self._widest = 0
+
+    @property
+    def lines(self) -> list[Strip]:
+        """Every line held as a strip, oldest first (built now: for tests and tools)."""
+        return [self._strip(entry) for entry in self.entries]
+
+    def _strip(self, entry: LogEntry) -> Strip:
+        strip = self._strips.get(entry)
+        if strip is None:
+            strip = self._strips[entry] = entry_strip(entry)
+        return strip
 
     def shows(self, entry: LogEntry) -> bool:
         if not self.heartbeats and entry.kind in HEARTBEAT_KINDS:
@@ -76,19 +92,20 @@ class EventLog(ScrollView, can_focus=True):
 
     def add(self, entries: Iterable[LogEntry]) -> None:
         """Append the entries this log shows; one redraw per batch."""
-        strips = [entry_strip(entry) for entry in entries if self.shows(entry)][-MAX_LINES:]
-        if not strips:
+        shown = [entry for entry in entries if self.shows(entry)][-MAX_LINES:]
+        if not shown:
             return
         following = self.scroll_y >= self.max_scroll_y
-        self.lines.extend(strips)
-        self._widest = max(self._widest, *(strip.cell_length for strip in strips))
-        self.virtual_size = Size(self._widest, len(self.lines))
+        self.entries.extend(shown)
+        self._widest = max(self._widest, *map(entry_width, shown))
+        self.virtual_size = Size(self._widest, len(self.entries))
         if following:
             self.scroll_end(animate=False, immediate=False, x_axis=False)
         self.refresh()
 
     def clear(self) -> None:
-        self.lines.clear()
+        self.entries.clear()
+        self._strips.clear()
         self._widest = 0
         self.virtual_size = Size(0, 0)
         self.scroll_to(0, 0, animate=False)
@@ -98,10 +115,11 @@ class EventLog(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
         width = self.scrollable_content_region.width
-        if not 0 <= index < len(self.lines):
+        if not 0 <= index < len(self.entries):
             return Strip.blank(width, self.rich_style)
-        line = self.lines[index].crop_extend(scroll_x, scroll_x + width, self.rich_style)
-        return line.apply_style(self.rich_style)
+        style = self.rich_style
+        line = self._strip(self.entries[index]).crop_extend(scroll_x, scroll_x + width, style)
+        return line.apply_style(style)
 
     def set_filter(
         self,
@@ -126,6 +144,15 @@ class EventLog(ScrollView, can_focus=True):
         return " · ".join(parts)
 
 
+def entry_width(entry: LogEntry) -> int:
+    """The cells :func:`entry_strip` takes for ``entry``."""
+    return cell_len(clock(entry.ts)) + cell_len(entry.kind) + 2 + cell_len(_message(entry))
+
+
+def _message(entry: LogEntry) -> str:
+    return " ⏎ ".join(entry.message.splitlines())
+
+
 def entry_strip(entry: LogEntry) -> Strip:
     """One log line as a strip: ``HH:MM:SS kind message``, the kind coloured by its
     family (red for failures), a message of several lines joined with ``⏎``. The
@@ -134,7 +161,7 @@ def entry_strip(entry: LogEntry) -> Strip:
     if any(word in entry.kind for word in _ALERT_WORDS):
         style = "bold red"
     time_text = clock(entry.ts)
-    message = " ⏎ ".join(entry.message.splitlines())
+    message = _message(entry)
     segments = [
         Segment(time_text, _STYLES["dim"]),
         Segment(" "),
