@@ -256,9 +256,13 @@ class BoardTable(DataTable[Any]):
         # whose place changed (a ticket moving up or down a few places in 10,000).
         first = _first_difference(keys, old)
         end = len(keys) - _first_difference(keys[::-1], old[::-1])
+        # TwoWayDict.__setitem__ per row is a Python call per row; its two dicts are
+        # updated from iterators instead (the span is most of the table when several
+        # rows move in one batch).
+        moved = list(map(row_key_of.__getitem__, keys[first:end]))
         locations = self._row_locations
-        for index in range(first, end):
-            locations[row_key_of[keys[index]]] = index
+        locations._forward.update(zip(moved, range(first, end), strict=True))
+        locations._reverse.update(zip(range(first, end), moved, strict=True))
         # A cached cell carries its row index (for mouse clicks), and cached lines and
         # rows their place: those of the rows in the span that moved are dropped
         # before the next frame (:meth:`_drop_stale`), the others are kept.
