@@ -664,7 +664,9 @@ class NodeAttempt:
         url_key = hashlib.sha256(spec["repo_url"].encode()).hexdigest()[:16]
         key = f"{spec['home_id']}-{spec['ticket']}-{spec['attempt']}"
         self.mirror = root / "git" / f"{url_key}.git"
-        self.worktree = root / "worktrees" / key
+        #: The worker's worktree on this node, kept from one attempt to the next (like
+        #: a local worker's): each checkout changes only the files that differ.
+        self.worktree = root / "worktrees" / f"{spec['home_id']}-{spec['agent'] or 'agent'}"
         self.run_dir = root / "runs" / key
         self.proc: subprocess.Popen[bytes] | None = None
         self.buf = bytearray()
@@ -725,14 +727,33 @@ class NodeAttempt:
         }
 
     def _checkout(self) -> None:
+        """Fetch the WIP ref into the node's cache; check the branch out at it in the
+        worker's worktree (added when missing or unusable). What the last attempt
+        left there was committed and pushed by :meth:`finish`; files git ignores
+        stay, as in a local worker's worktree."""
         spec = self.spec
+        ref, branch = spec["ref"], spec["branch"]
         self.mirror.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{self.mirror}.lock", "w") as lock:  # attempts on one node share the cache
+        with open(f"{self.mirror}.lock", "w") as lock:  # the workers on a node share the cache
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (self.mirror / "HEAD").exists():
                 _node_git(self.mirror.parent, "init", "--quiet", "--bare", str(self.mirror))
-            ref = spec["ref"]
             _node_git(self.mirror, "fetch", "--quiet", "--force", spec["repo_url"], f"+{ref}:{ref}")
+            if (self.worktree / ".git").exists():
+                try:  # another worker's idle worktree may still have the branch
+                    _node_git(
+                        self.worktree,
+                        "checkout",
+                        "--quiet",
+                        "--force",
+                        "--ignore-other-worktrees",
+                        "-B",
+                        branch,
+                        ref,
+                    )
+                    return
+                except GitError as exc:
+                    log.warning("%s: worktree not reusable, adding it again: %s", branch, exc)
             if self.worktree.exists():
                 shutil.rmtree(self.worktree)
             _node_git(self.mirror, "worktree", "prune")
@@ -743,7 +764,7 @@ class NodeAttempt:
                 "--quiet",
                 "--force",
                 "-B",
-                spec["branch"],
+                branch,
                 str(self.worktree),
                 ref,
             )
@@ -865,9 +886,8 @@ class NodeAttempt:
 
     def finish(self, grace_s: float | None) -> dict[str, Any]:
         """End the agent (``grace_s`` given: SIGTERM to its group, that long, then SIGKILL)
-        and everything it left, commit what is in the worktree, push it to the WIP ref,
-        remove the worktree. Returns ``{"head", "usage", "error"}``; called again, the
-        same answer."""
+        and everything it left, commit what is in the worktree, push it to the WIP ref.
+        Returns ``{"head", "usage", "error"}``; called again, the same answer."""
         if self.finished is not None:
             return self.finished
         proc = self.proc
@@ -913,8 +933,6 @@ class NodeAttempt:
         return result
 
     def _cleanup(self) -> None:
-        try:
-            _node_git(self.mirror, "worktree", "remove", "--force", str(self.worktree))
-        except GitError:
-            shutil.rmtree(self.worktree, ignore_errors=True)
+        """Remove the attempt's run directory (the worktree stays for the worker's next
+        attempt)."""
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -107,7 +107,7 @@ def test_lost_node_requeues_from_its_wip_push(make_project, ray_cluster, tmp_pat
         extra=ray_config(ray_cluster, tmp_path / "cache", resources="{agent2: 1}"),
     )
     project.ticket("l1", description=until_marker(marker, "l1"), locks=["l1/"])
-    wait_path("worktrees/*-l1-1/l1/before.txt", tmp_path / "cache")
+    wait_path("worktrees/*-agent-1/l1/before.txt", tmp_path / "cache")
     # The WIP push (every 0.5 s) carries before.txt to repo.git.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -176,8 +176,8 @@ def test_daemon_kill9_with_remote_agents_loses_nothing(make_project, ray_cluster
     )
     for tid in ("k1", "k2"):
         project.ticket(tid, description=until_marker(marker, tid), locks=[f"{tid}/"])
-    wait_path("worktrees/*-k1-1/k1/before.txt", tmp_path / "cache")
-    wait_path("worktrees/*-k2-1/k2/before.txt", tmp_path / "cache")
+    wait_path("worktrees/*-agent-*/k1/before.txt", tmp_path / "cache")
+    wait_path("worktrees/*-agent-*/k2/before.txt", tmp_path / "cache")
     project.kill9()
     marker.write_text("")
     project.start()
