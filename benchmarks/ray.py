@@ -9,12 +9,15 @@ a second node, both on loopback addresses) and real daemons with ``runner: ray``
   both clocks are this machine's. N tickets, 2 workers, agents that exit at once.
 - ``ray.efficiency``: N short agents (A s each) with W workers on the two nodes,
   auto approval, a CI command that sleeps C s: (N·A/W + C) / wall, as in
-  benchmarks/throughput.py (the first drop -> the last ``merged`` event).
+  benchmarks/throughput.py (the first drop -> the last ``merged`` event); its note
+  says how many agents ran on each node. ``local.efficiency``: the same run with
+  ``runner: local``, for comparison (the control host's share: commits, pushes,
+  CI, the merge queue).
 - ``ray.daemon_cpu_idle``/``_rss_idle``: the daemon connected to the cluster with
   no ticket, over a window; ``ray.daemon_cpu_busy``/``_rss_busy``: over the
   throughput run (CPU as a share of one core; RSS at the end).
 
-``--quick``: fewer tickets (dispatch 8, throughput 16 agents of 1 s).
+``--quick``: fewer tickets (dispatch 8, throughput 16 agents of 1 s, no local run).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.harness import (
+    CLK_TCK,
     BenchmarkError,
     Connection,
     Figure,
@@ -58,6 +63,8 @@ class _Watch:
         self.assigned: dict[str, float] = {}
         self.started: dict[str, float] = {}
         self.merged: dict[str, float] = {}
+        self.node: dict[str, str] = {}
+        """Ticket -> the Ray node its (last) agent ran on ("" on this machine)."""
         self.lock = threading.Lock()
         self.wake = threading.Event()
 
@@ -66,6 +73,8 @@ class _Watch:
             return
         ticket, view = message.ticket, message.ticket_view
         with self.lock:
+            if message.kind == P.EventKind.AGENT_STARTED and message.agent_view is not None:
+                self.node[ticket] = message.agent_view.node
             if message.kind == P.EventKind.AGENT_OUTPUT and ticket not in self.started:
                 found = T0_RE.search(message.text or "")
                 if found:
@@ -155,41 +164,33 @@ def _measure(quick: bool, cluster: RayCluster, root: Path) -> list[Figure]:
                 )
             )
     n, workers, agent_s, ci_s = (16, 8, 1.0, 0.5) if quick else (100, 8, 2.0, 0.5)
-    print(f"[ray] throughput: {n} agents of {agent_s} s, {workers} workers", file=sys.stderr)
-    agent = [sys.executable, "-c", AGENT_CODE, str(agent_s)]
-    with Project(
-        workers=workers,
-        agent_command=agent,
-        approval="auto",
-        ci_command=f"sleep {ci_s}",
-        config=_ray_config(cluster, root / "cache-tp", 0.25),
-    ) as project:
-        project.start()
-        time.sleep(2.0)  # start-up work (git fetch, worktrees) is over
-        pid = project.pid
-        window_s = 5.0 if quick else 20.0
-        cpu0, t0 = cpu_s(pid), time.monotonic()
-        time.sleep(window_s)
-        cpu_idle = (cpu_s(pid) - cpu0) / (time.monotonic() - t0) * 100
-        rss_idle = rss_mb(pid)
-        cpu0, t0 = cpu_s(pid), time.monotonic()
-        watch, _, wall = _drive(project, n, 120 + 10 * n * agent_s)
-        cpu_busy = (cpu_s(pid) - cpu0) / (time.monotonic() - t0) * 100
-        rss_busy = rss_mb(pid)
     bound = n * agent_s / workers + ci_s
-    load = os.getloadavg()[0]
+    for runner in ("ray",) if quick else ("local", "ray"):
+        print(
+            f"[ray] throughput, runner {runner}: {n} agents of {agent_s} s, {workers} workers",
+            file=sys.stderr,
+            flush=True,
+        )
+        watch, wall, daemon = _throughput(runner, cluster, root, quick, n, workers, agent_s, ci_s)
+        where = ""
+        if runner == "ray":
+            per_node = sorted(Counter(watch.node.values()).values(), reverse=True)
+            where = f" on 2 Ray nodes (agents per node: {'/'.join(map(str, per_node))})"
+        figures += [
+            Figure(
+                f"{runner}.efficiency",
+                bound / wall,
+                "ratio",
+                TARGET_EFFICIENCY if runner == "ray" else None,
+                higher_is_better=True,
+                samples=len(watch.merged),
+                note=f"{n} agents of {agent_s:g} s, {workers} workers{where}, CI {ci_s:g} s: "
+                f"bound {bound:.1f} s / wall {wall:.1f} s (load {os.getloadavg()[0]:.1f})",
+            ),
+            Figure(f"{runner}.wall", wall, "s", None, note="first drop -> last merged"),
+        ]
+    cpu_idle, rss_idle, cpu_busy, tree_busy, rss_busy, window_s = daemon
     figures += [
-        Figure(
-            "ray.efficiency",
-            bound / wall,
-            "ratio",
-            TARGET_EFFICIENCY,
-            higher_is_better=True,
-            samples=len(watch.merged),
-            note=f"{n} agents of {agent_s:g} s, {workers} workers on 2 Ray nodes, CI "
-            f"{ci_s:g} s: bound {bound:.1f} s / wall {wall:.1f} s (load {load:.1f})",
-        ),
-        Figure("ray.wall", wall, "s", None, note="first drop -> last merged"),
         Figure(
             "ray.daemon_cpu_idle",
             cpu_idle,
@@ -203,8 +204,62 @@ def _measure(quick: bool, cluster: RayCluster, root: Path) -> list[Figure]:
             cpu_busy,
             "%",
             None,
-            note=f"daemon user+sys CPU over the throughput run ({wall:.0f} s)",
+            note="daemon user+sys CPU (its own, not its git children's) over the throughput run",
+        ),
+        Figure(
+            "ray.daemon_git_cpu_busy",
+            tree_busy,
+            "%",
+            None,
+            note="the same with the git processes it started (and their hooks)",
         ),
         Figure("ray.daemon_rss_busy", rss_busy, "MB", None, note="daemon VmRSS after that run"),
     ]
     return figures
+
+
+def _throughput(
+    runner: str,
+    cluster: RayCluster,
+    root: Path,
+    quick: bool,
+    n: int,
+    workers: int,
+    agent_s: float,
+    ci_s: float,
+) -> tuple[_Watch, float, tuple[float, float, float, float, float, float]]:
+    """One throughput run: (watch, wall, (daemon CPU % idle, RSS MB idle, CPU % busy,
+    CPU % busy with its git children, RSS MB busy, idle window s))."""
+    agent = [sys.executable, "-c", AGENT_CODE, str(agent_s)]
+    config = _ray_config(cluster, root / f"cache-tp-{runner}", 0.25) if runner == "ray" else {}
+    with Project(
+        workers=workers,
+        agent_command=agent,
+        approval="auto",
+        ci_command=f"sleep {ci_s}",
+        config=config,
+    ) as project:
+        project.start()
+        time.sleep(2.0)  # start-up work (git fetch, worktrees, actors) is over
+        pid = project.pid
+        window_s = 5.0 if quick else 20.0
+        cpu0, t0 = cpu_s(pid), time.monotonic()
+        time.sleep(window_s)
+        cpu_idle = (cpu_s(pid) - cpu0) / (time.monotonic() - t0) * 100
+        rss_idle = rss_mb(pid)
+        cpu0, tree0, t0 = cpu_s(pid), _tree_cpu_s(pid), time.monotonic()
+        watch, _, wall = _drive(project, n, 120 + 10 * n * agent_s)
+        elapsed = time.monotonic() - t0
+        cpu_busy = (cpu_s(pid) - cpu0) / elapsed * 100
+        tree_busy = (_tree_cpu_s(pid) - tree0) / elapsed * 100
+        rss_busy = rss_mb(pid)
+    return watch, wall, (cpu_idle, rss_idle, cpu_busy, tree_busy, rss_busy, window_s)
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and of its children it has waited for
+    (fields 14-17 of /proc/<pid>/stat: the daemon's git calls and their hooks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2 :].split()
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK

@@ -357,16 +357,14 @@ class RayRunner:
         """Point ``ticket``'s WIP ref in repo.git at ``cwd``'s commit, which the node
         fetches. That commit is nearly always in repo.git already (main, or a branch
         pushed before): then the ref is set there directly, without a push and its
-        hooks (a few hundred ms of every dispatch); otherwise it is pushed.
+        hooks (a few hundred ms of every dispatch); otherwise (update-ref refuses a
+        commit repo.git does not have) it is pushed.
 
         Raises:
             GitError: git failed.
         """
         head = await git(cwd, "rev-parse", "HEAD")
-        repo = self.home.repo
-        if (await run_git(repo, "cat-file", "-e", f"{head}^{{commit}}")).returncode == 0:
-            await git(repo, "update-ref", wip_ref(ticket), head)
-        else:
+        if (await run_git(self.home.repo, "update-ref", wip_ref(ticket), head)).returncode != 0:
             await git(cwd, "push", "--quiet", "--force", "origin", f"HEAD:{wip_ref(ticket)}")
 
     def _spec(
@@ -419,8 +417,8 @@ class RayRunner:
             if result.get("error"):
                 log.warning("%s: %s", ticket, result["error"])
 
-    async def collect(self, ticket: str, worktree: Path) -> str:
-        """Fast-forward ``worktree``'s branch to the ticket's WIP ref; return its commit.
+    async def collect(self, ticket: str, worktree: Path) -> None:
+        """Fast-forward ``worktree``'s branch to the ticket's WIP ref.
 
         The WIP ref descends from the commit the attempt started on; when it does not
         (someone moved the branch meanwhile) the branch is kept and a warning logged.
@@ -435,10 +433,8 @@ class RayRunner:
                     ticket,
                     err[-1] if err else merged.returncode,
                 )
-            return await git(worktree, "rev-parse", "HEAD")
         except GitError as exc:
             log.warning("%s: cannot bring the node's work home: %s", ticket, exc)
-            return ""
 
     async def recover(
         self, agent: str, ticket: str, attempt: int, pid: int | None, worktree: Path

@@ -261,6 +261,34 @@ def test_only_the_current_attempt_pushes_its_wip_ref(make_project, tmp_path):
     assert push(current).returncode != 0
 
 
+def test_hand_over_sets_the_wip_ref_and_pushes_only_what_repo_git_lacks(make_project, tmp_path):
+    """The attempt's commit reaches refs/orchestrator/wip/<ticket> (what the node fetches):
+    set in repo.git when it has the commit, pushed when it does not (no cluster needed)."""
+    import anyio
+
+    from orchestrator.daemon.git import install_ref_token
+    from orchestrator.daemon.ray_runner import RayRunner
+
+    project = make_project(start=False)
+    repo = project.home.repo
+    install_ref_token(repo)  # as the daemon does at its start
+    clone = tmp_path / "attempt"
+    git(tmp_path, "clone", "--quiet", str(repo), str(clone))
+    runner = RayRunner(project.home)
+
+    main = git(repo, "rev-parse", "refs/heads/main")
+    anyio.run(runner._hand_over, clone, "h1")
+    assert git(repo, "rev-parse", "refs/orchestrator/wip/h1") == main
+
+    (clone / "new.txt").write_text("only in the attempt's worktree\n")
+    git(clone, "add", "new.txt")
+    git(clone, "commit", "--quiet", "-m", "not in repo.git yet")
+    head = git(clone, "rev-parse", "HEAD")
+    anyio.run(runner._hand_over, clone, "h1")
+    assert git(repo, "rev-parse", "refs/orchestrator/wip/h1") == head
+    assert git(repo, "show", "refs/orchestrator/wip/h1:new.txt") == "only in the attempt's worktree"
+
+
 def test_demo_runs_on_a_local_ray_with_one_command(tmp_path):
     """docs/scale-out.md's one command: the daemon starts a local Ray (ray.address empty)
     and every sample ticket's agent runs on it, all merged."""
