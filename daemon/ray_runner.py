@@ -39,6 +39,7 @@ install does not need it (``pip install 'orchestrator[ray]'``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import ipaddress
@@ -51,7 +52,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,10 +313,10 @@ class RayRunner:
         ticket = env["ORCH_TICKET_ID"]
         try:
             token = await anyio.to_thread.run_sync(issue_wip_token, self.home.repo, ticket)
-            await self._hand_over(cwd, ticket)
+            commit = await self._hand_over(cwd, ticket)
         except (OSError, GitError) as exc:
             raise OSError(f"cannot hand the branch to the cluster: {exc}") from None
-        spec = self._spec(argv, cwd, env, token)
+        spec = self._spec(argv, cwd, env, token, commit)
         agent = env.get("ORCH_AGENT", "agent")
         errors = self._ray.exceptions
         for again in (True, False):
@@ -353,9 +354,9 @@ class RayRunner:
         usage_file = Path(env["ORCH_USAGE_FILE"]) if env.get("ORCH_USAGE_FILE") else None
         return RayAgent(self, actor, info, ticket, agent, cwd, usage_file)
 
-    async def _hand_over(self, cwd: Path, ticket: str) -> None:
-        """Point ``ticket``'s WIP ref in repo.git at ``cwd``'s commit, which the node
-        fetches. That commit is nearly always in repo.git already (main, or a branch
+    async def _hand_over(self, cwd: Path, ticket: str) -> str:
+        """Point ``ticket``'s WIP ref in repo.git at ``cwd``'s commit (returned), which
+        the node fetches. That commit is nearly always in repo.git already (main, or a branch
         pushed before): then the ref is set there directly, without a push and its
         hooks (a few hundred ms of every dispatch); otherwise (update-ref refuses a
         commit repo.git does not have) it is pushed.
@@ -365,10 +366,11 @@ class RayRunner:
         """
         head = await git(cwd, "rev-parse", "HEAD")
         if (await run_git(self.home.repo, "update-ref", wip_ref(ticket), head)).returncode != 0:
-            await git(cwd, "push", "--quiet", "--force", "origin", f"HEAD:{wip_ref(ticket)}")
+            await git(cwd, "push", "--quiet", "--force", "origin", f"{head}:{wip_ref(ticket)}")
+        return head
 
     def _spec(
-        self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], token: str
+        self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], token: str, commit: str
     ) -> dict[str, Any]:
         """What the node needs: argv and ORCH_* (local paths, mapped there), the files
         they name, the repository URL, and nothing of this machine's environment."""
@@ -390,6 +392,7 @@ class RayRunner:
             "branch": env["ORCH_BRANCH"],
             "repo_url": self.home.repo_url,
             "ref": wip_ref(ticket),
+            "commit": commit,
             "token": token,
             "wip_push_s": self.config.wip_push_s,
             "argv": list(argv),
@@ -723,47 +726,67 @@ class NodeAttempt:
         }
 
     def _checkout(self) -> None:
-        """Fetch the WIP ref into the node's cache; check the branch out at it in the
-        worker's worktree (added when missing or unusable). What the last attempt
-        left there was committed and pushed by :meth:`finish`; files git ignores
-        stay, as in a local worker's worktree."""
+        """Bring the attempt's commit into the node's cache (fetched only when the
+        cache lacks it); check the branch out at it in the worker's worktree (added
+        when missing or unusable). What the last attempt left there was committed and
+        pushed by :meth:`finish`; files git ignores stay, as in a local worker's
+        worktree. The cache's lock is held only for what changes the cache itself."""
         spec = self.spec
-        ref, branch = spec["ref"], spec["branch"]
-        self.mirror.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{self.mirror}.lock", "w") as lock:  # the workers on a node share the cache
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        branch, commit = spec["branch"], spec["commit"]
+        with self._cache_lock():
             if not (self.mirror / "HEAD").exists():
                 _node_git(self.mirror.parent, "init", "--quiet", "--bare", str(self.mirror))
-            _node_git(self.mirror, "fetch", "--quiet", "--force", spec["repo_url"], f"+{ref}:{ref}")
-            if (self.worktree / ".git").exists():
-                try:  # another worker's idle worktree may still have the branch
-                    _node_git(
-                        self.worktree,
-                        "checkout",
-                        "--quiet",
-                        "--force",
-                        "--ignore-other-worktrees",
-                        "-B",
-                        branch,
-                        ref,
-                    )
-                    return
-                except GitError as exc:
-                    log.warning("%s: worktree not reusable, adding it again: %s", branch, exc)
-            if self.worktree.exists():
-                shutil.rmtree(self.worktree)
-            _node_git(self.mirror, "worktree", "prune")
-            _node_git(
-                self.mirror,
-                "worktree",
-                "add",
-                "--quiet",
-                "--force",
-                "-B",
-                branch,
-                str(self.worktree),
-                ref,
-            )
+            try:
+                _node_git(self.mirror, "cat-file", "-e", f"{commit}^{{commit}}")
+            except GitError:
+                ref = spec["ref"]
+                _node_git(
+                    self.mirror, "fetch", "--quiet", "--force", spec["repo_url"], f"+{ref}:{ref}"
+                )
+            reuse = (self.worktree / ".git").exists()
+            if not reuse:
+                self._add_worktree()
+        if reuse:
+            try:  # another worker's idle worktree may still have the branch
+                _node_git(
+                    self.worktree,
+                    "checkout",
+                    "--quiet",
+                    "--force",
+                    "--ignore-other-worktrees",
+                    "-B",
+                    branch,
+                    commit,
+                )
+            except GitError as exc:
+                log.warning("%s: worktree not reusable, adding it again: %s", branch, exc)
+                with self._cache_lock():
+                    self._add_worktree()
+
+    @contextlib.contextmanager
+    def _cache_lock(self) -> Iterator[None]:
+        """The node's git cache is shared by the workers on the node (``flock``)."""
+        self.mirror.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.mirror}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _add_worktree(self) -> None:
+        """(Re)create the worker's worktree on the branch (the cache's lock held)."""
+        if self.worktree.exists():
+            shutil.rmtree(self.worktree)
+        _node_git(self.mirror, "worktree", "prune")
+        _node_git(
+            self.mirror,
+            "worktree",
+            "add",
+            "--quiet",
+            "--force",
+            "-B",
+            self.spec["branch"],
+            str(self.worktree),
+            self.spec["commit"],
+        )
 
     def _materialise(self) -> tuple[list[str], dict[str, str]]:
         """The argv and environment with the daemon's paths mapped to this node's."""
