@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input
@@ -122,7 +123,8 @@ async def test_event_replaces_ticket_row(make_app, fake_daemon) -> None:
         fake_daemon.push(fake_daemon.event("agent.stale", "agent-3: stale", agent_view=stale))
         agents = app.query_one(AgentsTable)
         await until(pilot, lambda: str(agents.row_cells("agent-3")[1]) == "stale")
-        assert agents.row_cells("agent-3")[1].style == "bold red"
+        stale = agents.row_cells("agent-3")[1]
+        assert [(span.start, span.end, span.style) for span in stale.spans] == [(0, 5, "bold red")]
 
 
 async def test_c_approves_awaiting_ticket_and_shows_reply(make_app, fake_daemon) -> None:
@@ -903,3 +905,19 @@ async def test_a_click_after_a_reorder_selects_the_row_drawn_there() -> None:
         await pilot.pause(0.05)
         drawn = [table.render_line(y).text for y in range(table.size.height)]
         assert any("TITLE R-20" in line for line in drawn), drawn
+
+
+async def test_text_that_looks_like_markup_is_shown_as_written() -> None:
+    """A table holds text cells as console markup (strings the garbage collector does
+    not track): a title with brackets and backslashes is escaped, and a styled cell
+    keeps its style."""
+    app = _TableApp()
+    async with app.run_test(size=(60, 8)) as pilot:
+        table = app.query_one(_PlainTable)
+        title = r"fix [bold]x[/bold] and C:\dir\ [link=x]"
+        table.set_rows([("R-1", ("R-1", title)), ("R-2", ("R-2", Text("red", style="red")))])
+        await pilot.pause(0.05)
+        assert table.cell_text("R-1", "title") == title
+        assert title in table.render_line(table.header_height).text
+        (span,) = table.row_cells("R-2")[1].spans
+        assert (span.start, span.end, span.style) == (0, 3, "red")
