@@ -171,6 +171,7 @@ def _measure(quick: bool, cluster: RayCluster, root: Path) -> list[Figure]:
             file=sys.stderr,
             flush=True,
         )
+        load_before = os.getloadavg()[0]
         watch, wall, daemon = _throughput(runner, cluster, root, quick, n, workers, agent_s, ci_s)
         where = ""
         if runner == "ray":
@@ -185,7 +186,8 @@ def _measure(quick: bool, cluster: RayCluster, root: Path) -> list[Figure]:
                 higher_is_better=True,
                 samples=len(watch.merged),
                 note=f"{n} agents of {agent_s:g} s, {workers} workers{where}, CI {ci_s:g} s: "
-                f"bound {bound:.1f} s / wall {wall:.1f} s (load {os.getloadavg()[0]:.1f})",
+                f"bound {bound:.1f} s / wall {wall:.1f} s (load average {load_before:.1f} "
+                f"before, {os.getloadavg()[0]:.1f} after: the run's own processes raise it)",
             ),
             Figure(f"{runner}.wall", wall, "s", None, note="first drop -> last merged"),
         ]
