@@ -22,11 +22,11 @@ kept, like an agent log). The answer is decoded by :func:`parse_review`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -35,10 +35,9 @@ from typing import Annotated, Literal
 import anyio
 import msgspec
 
-from orchestrator.daemon.contain import RUN_ID_VAR, end_attempt_processes
+from orchestrator.daemon.contain import RUN_ID_VAR, AttemptGroup
 from orchestrator.daemon.core import Review, ReviewResult
 from orchestrator.daemon.git import REF_TOKEN_VAR, git, run_git
-from orchestrator.daemon.runner import kill_group
 from orchestrator.daemon.workers import (
     PLACEHOLDER_RE,
     CappedLog,
@@ -75,10 +74,14 @@ class ReviewAnswer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
 _decoder = msgspec.json.Decoder(ReviewAnswer)
 
 
-def review_run_id(ticket: str, gen: int) -> str:
+def review_run_id(home: Path, ticket: str, gen: int) -> str:
     """``ORCH_RUN_ID`` of a reviewer run: derived from the persisted ``review_gen``, so the
-    daemon can end a reviewer that outlived a crash (daemon.contain)."""
-    return f"review-{ticket}-{gen}"
+    daemon can end a reviewer that outlived a crash (daemon.contain), and from the project
+    home ``home`` (a digest of its path), so that it never names another project's
+    reviewer: every process of the user that carries it is killed when the review ends,
+    and the daemons of two projects may well review tickets of the same name."""
+    digest = hashlib.sha256(os.fsencode(home.resolve())).hexdigest()[:12]
+    return f"review-{digest}-{ticket}-{gen}"
 
 
 def parse_review(stdout: bytes) -> ReviewAnswer | str:
@@ -211,10 +214,12 @@ class Reviewer:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(checkout, ignore_errors=True))
         await run_git(self.home.work, "worktree", "prune")
 
-    async def _end(self, pid: int, run_id: str) -> None:
-        """SIGKILL the reviewer's process group and whatever carries its ``ORCH_RUN_ID``."""
-        kill_group(pid, signal.SIGKILL)
-        await anyio.to_thread.run_sync(end_attempt_processes, pid, run_id)
+    async def _end(self, process: anyio.abc.Process, group: AttemptGroup) -> None:
+        """SIGKILL the reviewer's process group and whatever carries its ``ORCH_RUN_ID``
+        (by its :class:`AttemptGroup`: the group number may have been reused)."""
+        if process.returncode is not None:
+            group.exited()
+        await anyio.to_thread.run_sync(group.end)
 
     async def _ticket(self, effect: Review) -> Ticket | None:
         if not effect.ticket_file:
@@ -257,7 +262,7 @@ class Reviewer:
             if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", REF_TOKEN_VAR)
         }
         env.update(self.home.config.agent.env)
-        run_id = review_run_id(effect.ticket, effect.gen)
+        run_id = review_run_id(self.home.root, effect.ticket, effect.gen)
         env.update(
             {
                 "ORCH_TICKET_ID": effect.ticket,
@@ -295,6 +300,7 @@ class Reviewer:
                 )
                 out.write(f"{reason}\n".encode())
                 return reason
+            group = AttemptGroup(process.pid, run_id)  # at once: the leader's start
             stdout = bytearray()
             overflow = False
             closed = [anyio.Event(), anyio.Event()]
@@ -325,7 +331,7 @@ class Reviewer:
                         code = await process.wait()
                     timed_out = code is None
                     # What the reviewer left running ends too (that also closes the pipes).
-                    await self._end(process.pid, run_id)
+                    await self._end(process, group)
                     code = await process.wait()
                     with anyio.move_on_after(2):  # the pipes close once the group is gone
                         for done in closed:
@@ -333,7 +339,7 @@ class Reviewer:
                     tg.cancel_scope.cancel()
             finally:  # also when stopped or when the daemon stops: no reviewer outlives it
                 with anyio.CancelScope(shield=True):
-                    await self._end(process.pid, run_id)
+                    await self._end(process, group)
                     if process.returncode is None:
                         await process.wait()
             out.write(f"[orchestrator] reviewer exited with code {code}\n".encode())

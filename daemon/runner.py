@@ -23,7 +23,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import Process
 
-from orchestrator.daemon.contain import RUN_ID_VAR, end_attempt_processes
+from orchestrator.daemon.contain import RUN_ID_VAR, AttemptGroup
 
 
 class AgentProcess(Protocol):
@@ -129,7 +129,7 @@ class LocalAgent:
 
     def __init__(self, process: Process, run_id: str = "") -> None:
         self._process = process
-        self._run_id = run_id
+        self._group = AttemptGroup(process.pid, run_id)  # read at once: the leader's start
 
     @property
     def pid(self) -> int:
@@ -145,18 +145,20 @@ class LocalAgent:
             yield chunk
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        code = await self._process.wait()
+        self._group.exited()
+        return code
 
     def signal(self, sig: signal.Signals) -> None:
-        kill_group(self._process.pid, sig)
+        self._group.signal(sig)
 
     node = host = lost = ""
     worktree_status = None
 
     async def settle(self) -> None:
-        kill_group(self._process.pid, signal.SIGKILL)
-        if self._run_id:
-            await anyio.to_thread.run_sync(end_attempt_processes, self._process.pid, self._run_id)
+        if self._process.returncode is not None:
+            self._group.exited()
+        await anyio.to_thread.run_sync(self._group.end)
 
 
 class LocalRunner:
@@ -189,23 +191,29 @@ class LocalRunner:
     async def recover(
         self, agent: str, ticket: str, attempt: int, pid: int | None, worktree: Path
     ) -> None:
-        if pid and is_our_agent(pid, ticket):
+        if pid and is_our_agent(pid, ticket, worktree):
             kill_group(pid, signal.SIGKILL)
 
 
 def kill_group(pid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to process group ``pid``; a group that is gone is not an error."""
+    """Send ``sig`` to process group ``pid``; a group that is gone is not an error.
+
+    Only for a group whose leader is known to be alive (or checked, as by
+    :func:`is_our_agent`): a group number can be reused (daemon.contain). A local agent
+    is signalled through its :class:`~orchestrator.daemon.contain.AttemptGroup`."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def is_our_agent(pid: int, ticket: str) -> bool:
-    """Is local ``pid`` still the agent we started for ``ticket``? (pids are reused after a
-    reboot; checked in ``/proc/<pid>/environ`` before a crashed daemon's agent is killed)."""
+def is_our_agent(pid: int, ticket: str, worktree: Path) -> bool:
+    """Is local ``pid`` still the agent we started for ``ticket`` in ``worktree``? (pids
+    are reused; checked in ``/proc/<pid>/environ`` before a crashed daemon's agent is
+    killed: the ticket id alone is not enough, another project's daemon of the same user
+    may run an agent for a ticket of the same name.)"""
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
     except OSError:
         return False
-    return f"ORCH_TICKET_ID={ticket}".encode() in environ.split(b"\0")
+    return {f"ORCH_TICKET_ID={ticket}".encode(), f"ORCH_WORKTREE={worktree}".encode()} <= environ

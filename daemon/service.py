@@ -246,7 +246,7 @@ class Daemon:
         the agents' work."""
         for rec in records:
             if rec.state == TicketState.REVIEWING:  # its review runs again (Core.restore)
-                run_id = review_run_id(rec.id, rec.review_gen)
+                run_id = review_run_id(self.home.root, rec.id, rec.review_gen)
                 await anyio.to_thread.run_sync(end_attempt_processes, -1, run_id)
             if rec.state not in (TicketState.RUNNING, TicketState.NEEDS_INPUT):
                 continue

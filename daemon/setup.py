@@ -15,9 +15,7 @@ tail is the next attempt's feedback. docs/config.md#worktree-setup.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
+from orchestrator.daemon.contain import AttemptGroup
 from orchestrator.shared.config import Home
 
 #: Characters of the setup log kept for the reason's feedback.
@@ -112,11 +111,13 @@ async def run_setup(
             )
             out.write(f"{reason}\n".encode())
             return reason, reason
+        group = AttemptGroup(process.pid)
         started(process)
         code: int | None = None
         with anyio.move_on_after(timeout_s):
             code = await process.wait()
-        _kill_group(process.pid)  # what the setup left running ends too
+            group.exited()
+        await anyio.to_thread.run_sync(group.end)  # what the setup left running ends too
         if code is None:
             code = await process.wait()
             reason = f"worktree.setup `{name}` timed out after {timeout_s} s"
@@ -135,10 +136,3 @@ def tail(path: Path, chars: int = TAIL_CHARS) -> str:
             return f.read().decode(errors="replace")[-chars:]
     except OSError:
         return ""
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
