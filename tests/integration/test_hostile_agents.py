@@ -4,6 +4,7 @@ on 7e9918c."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -123,3 +124,86 @@ def test_a_merge_record_on_main_counts_only_with_the_tree_ci_passed_on(make_proj
     assert "\n" not in ticket.reason and f"is on main at {main[:10]}" in ticket.reason
     assert "planted.txt" not in git(project.home.repo, "ls-tree", "--name-only", "main").split()
     assert git(project.home.repo, "rev-parse", "main") == main  # nothing moved
+
+
+def _move_main(project, tmp_path: Path, name: str, record_for: str = "") -> str:
+    """Move repo.git's main outside the merge queue (as a person with the ref token
+    could): a commit adding ``name`` on top of main; with ``record_for``, also point
+    that ticket's merge record at it. Returns the new main."""
+    clone = tmp_path / f"mover-{name}"
+    git(tmp_path, "clone", "--quiet", str(project.home.repo), str(clone))
+    (clone / name).write_text("moved outside the queue\n")
+    git(clone, "add", name)
+    git(clone, "commit", "--quiet", "-m", f"outside the queue: {name}")
+    repo = project.home.repo
+    old = git(repo, "rev-parse", "main")
+    git(repo, "fetch", "--quiet", str(clone), "HEAD")
+    new = git(repo, "rev-parse", "FETCH_HEAD")
+    git(repo, "update-ref", "refs/heads/main", new, old)
+    if record_for:
+        git(repo, "update-ref", f"refs/orchestrator/merged/{record_for}", new)
+    return new
+
+
+def _queue_ci_running(project, tid: str) -> str:
+    """Wait until CI runs on ``tid``'s queue commit; return that commit's short sha."""
+    snap = project.wait_for(
+        lambda s: any(t.id == tid and "CI running on" in t.reason for t in s.tickets),
+        timeout_s=90,
+        what=f"CI on {tid}'s queue commit",
+    )
+    (ticket,) = [t for t in snap.tickets if t.id == tid]
+    return ticket.reason.rsplit(" ", 1)[1]
+
+
+def test_main_moved_while_the_queue_tested_a_commit_that_commit_never_lands(make_project, tmp_path):
+    """CI passed on a queue commit built on main M; by the fast-forward main is at M2.
+    Landing the ticket now means a tree CI never saw: the fast-forward (leased on M)
+    is refused, the entry is built again on M2 and tested again, and only that lands."""
+    project = make_project(workers=1, ci_prefix="sleep 3 && ")
+    project.ticket("t", description="write t.txt t")
+    project.wait_state("t", "awaiting_approval", timeout_s=90)
+    _move_main(project, tmp_path, "before.txt")  # the branch's CI saw the old main
+    assert project.send(P.Approve(ticket="t")).ok
+    tested = _queue_ci_running(project, "t")
+    moved = _move_main(project, tmp_path, "during.txt")
+    project.wait_state("t", "merged", timeout_s=120)
+    repo = project.home.repo
+    main = git(repo, "rev-parse", "main")
+    assert git(repo, "merge-base", "--is-ancestor", moved, main) == ""  # kept, not lost
+    assert not any(c.startswith(tested) for c in git(repo, "log", "--format=%H", main).split())
+    status = json.loads((project.home.ci_status_dir / f"{main}.json").read_text())
+    assert status["status"] == "pass"  # CI passed on exactly the tree on main
+    files = git(repo, "ls-tree", "--name-only", "main").split()
+    assert {"t.txt", "before.txt", "during.txt"} <= set(files)
+    events = project.cli("events", "--since", "0").stdout
+    assert "main moved outside the merge queue; every entry is stacked again" in events
+
+
+def test_a_merge_record_moved_onto_main_at_fast_forward_time_is_refused_by_tree(
+    make_project, tmp_path
+):
+    """The same race, but what moved main also recorded the ticket as merged there,
+    at a commit whose tree is not the one CI passed on: the refused fast-forward finds
+    the record on main, the tree check refuses it with one line naming both trees, and
+    nothing of the ticket reaches main."""
+    project = make_project(workers=1, ci_prefix="sleep 3 && ")
+    project.ticket("t", description="write t.txt t")
+    project.wait_state("t", "awaiting_approval", timeout_s=90)
+    _move_main(project, tmp_path, "before.txt")
+    assert project.send(P.Approve(ticket="t")).ok
+    tested = _queue_ci_running(project, "t")
+    moved = _move_main(project, tmp_path, "during.txt", record_for="t")
+    snap = project.wait_for(
+        lambda s: any(t.id == "t" and "not the tree CI passed on" in t.reason for t in s.tickets),
+        timeout_s=90,
+        what="the record refused",
+    )
+    (ticket,) = [t for t in snap.tickets if t.id == "t"]
+    assert ticket.state == "awaiting_approval", ticket
+    assert "\n" not in ticket.reason and f"is on main at {moved[:10]}" in ticket.reason
+    repo = project.home.repo
+    tested_tree = git(repo, "rev-parse", f"{tested}^{{tree}}")
+    assert f"({tested_tree[:10]})" in ticket.reason, ticket.reason
+    assert git(repo, "rev-parse", "main") == moved  # nothing of t landed
+    assert "t.txt" not in git(repo, "ls-tree", "--name-only", "main").split()
