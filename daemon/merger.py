@@ -21,8 +21,11 @@ git:
   whose record is in main is known to be merged (never inferred from commit
   messages), so no ticket is merged twice. A record counts only when its tree is
   the tree CI passed on (the fast-forwarded commit; after a restart, a commit with
-  a passing ``ci-status/<sha>.json`` or the branch commit CI passed on): otherwise
-  the merge is refused with a one-line reason naming both trees.
+  a passing ``ci-status/<sha>.json`` or the branch commit CI passed on; for an
+  earlier entry of a batch, whose own tree CI never saw, a commit that is exactly
+  its ticket's change on its parent with a CI pass on main at most ``MAX_BATCH``
+  commits later): otherwise the merge is refused with a one-line reason naming
+  both trees.
 
 main in repo.git is only ever updated by a push leased on the parent the
 entry was built on (``--force-with-lease=refs/heads/main:<parent>``: it moves
@@ -57,6 +60,9 @@ from orchestrator.shared.saferead import FileRefused
 #: Where the merger records each merged ticket (in repo.git), and where queue commits go.
 MERGED_REF = "refs/orchestrator/merged/"
 QUEUE_REF = "refs/orchestrator/queue/"
+#: The largest ``merge.batch`` (docs/config.md): how far after a batch entry's commit
+#: the commit CI passed on can be.
+MAX_BATCH = 32
 
 
 class Merger:
@@ -124,7 +130,7 @@ class Merger:
             if recorded:
                 passed = [recorded if await self._passed(recorded) else "", effect.verified_sha]
                 mismatch = await self._tree_mismatch(ticket, recorded, passed)
-                if mismatch:
+                if mismatch and not await self._covered_in_batch(effect.branch, recorded, parent):
                     return result(StackOutcome.ERROR, text=mismatch)
                 return result(StackOutcome.MERGED, sha=recorded)
         # An entry behind the head cannot have been merged: main moves through the queue
@@ -133,20 +139,9 @@ class Merger:
         tip, parent_tree = (
             await git(work, "rev-parse", f"refs/heads/{effect.branch}", f"{parent}^{{tree}}")
         ).split()
-        base = await git(work, "merge-base", tip, parent)
-        # The net change as one commit on the merge base; merging it into the parent is
-        # a 3-way merge with that base, i.e. the net change applied onto the parent.
-        net = await git(work, "commit-tree", f"{tip}^{{tree}}", "-p", base, stdin=b"net change\n")
-        merged = await run_git(
-            work, "merge-tree", "--write-tree", "--name-only", "--no-messages", parent, net
-        )
-        lines = merged.stdout.decode(errors="replace").splitlines()
-        if merged.returncode == 1:
-            files = ", ".join(line for line in lines[1:] if line) or "(unknown)"
-            return result(StackOutcome.CONFLICT, text=f"conflicting files: {files}")
-        if merged.returncode != 0 or not lines:
-            raise GitError(f"git merge-tree failed: {merged.stderr.decode(errors='replace')}")
-        tree = lines[0]
+        tree, conflict = await self._net_tree(tip, parent)
+        if conflict:
+            return result(StackOutcome.CONFLICT, text=conflict)
         if tree == parent_tree:
             return result(StackOutcome.EMPTY, parent=parent)
         sha = await self._reused(effect.reuse, parent, tree)
@@ -167,6 +162,53 @@ class Merger:
         return result(
             StackOutcome.STACKED, sha=sha, parent=parent, verified=verified, test=effect.test
         )
+
+    async def _net_tree(self, tip: str, parent: str) -> tuple[str, str]:
+        """The tree of the net change of the branch at ``tip`` (from its merge base with
+        ``parent``) applied onto ``parent``, and ""; or "" and the conflicting files (one
+        line) when it does not apply.
+
+        Raises:
+            GitError: git failed.
+        """
+        work = self.home.work
+        base = await git(work, "merge-base", tip, parent)
+        # The net change as one commit on the merge base; merging it into the parent is
+        # a 3-way merge with that base, i.e. the net change applied onto the parent.
+        net = await git(work, "commit-tree", f"{tip}^{{tree}}", "-p", base, stdin=b"net change\n")
+        merged = await run_git(
+            work, "merge-tree", "--write-tree", "--name-only", "--no-messages", parent, net
+        )
+        lines = merged.stdout.decode(errors="replace").splitlines()
+        if merged.returncode == 1:
+            files = ", ".join(line for line in lines[1:] if line) or "(unknown)"
+            return "", f"conflicting files: {files}"
+        if merged.returncode != 0 or not lines:
+            raise GitError(f"git merge-tree failed: {merged.stderr.decode(errors='replace')}")
+        return lines[0], ""
+
+    async def _covered_in_batch(self, branch: str, recorded: str, main: str) -> bool:
+        """Whether the record ``recorded`` (on ``main``) of an earlier entry of a batch
+        counts although CI never ran on its own tree (``merge.batch``): its commit is
+        exactly the ticket's net change (``branch``) applied on its parent, as the merge
+        queue builds it, and one of the next ``MAX_BATCH`` commits of main has a passing
+        CI status (the batch's last commit, whose tree holds it). A record planted at
+        another commit of main fails the first test."""
+        work = self.home.work
+        found = await run_git(work, "rev-parse", "--verify", "--quiet", f"{recorded}^1")
+        if found.returncode != 0:
+            return False
+        tip = await git(work, "rev-parse", f"refs/heads/{branch}")
+        tree, conflict = await self._net_tree(tip, found.stdout.decode().strip())
+        if conflict or tree != await git(work, "rev-parse", f"{recorded}^{{tree}}"):
+            return False
+        later = await git(
+            self.home.repo, "rev-list", "--reverse", "--ancestry-path", f"{recorded}..{main}"
+        )
+        for sha in later.split()[:MAX_BATCH]:
+            if await self._passed(sha):
+                return True
+        return False
 
     async def _reused(self, commit: str, parent: str, tree: str) -> str:
         """``commit`` when it is exactly the commit to build (its parent is ``parent``,

@@ -126,6 +126,42 @@ def test_a_merge_record_on_main_counts_only_with_the_tree_ci_passed_on(make_proj
     assert git(project.home.repo, "rev-parse", "main") == main  # nothing moved
 
 
+def test_a_merge_record_planted_at_another_tickets_commit_is_refused(make_project):
+    """A record planted at a commit of main that CI covers (o2's CI passed on the commit
+    after it), but that is another ticket's change: the batch rule (an entry's commit
+    counts when CI passed on a later one) does not take it, as its change is not this
+    ticket's."""
+    project = make_project(workers=1)
+    for tid in ("o1", "o2"):  # both branched from the first main: o2's queue commit runs CI
+        project.ticket(tid, locks=[f"{tid}.txt"], description=f"write {tid}.txt {tid}")
+    for tid in ("o1", "o2"):
+        project.wait_state(tid, "awaiting_approval", timeout_s=90)
+    for tid in ("o1", "o2"):
+        assert project.send(P.Approve(ticket=tid)).ok
+        project.wait_state(tid, "merged", timeout_s=90)
+    repo = project.home.repo
+    main = git(repo, "rev-parse", "main")
+    assert json.loads((project.home.ci_status_dir / f"{main}.json").read_text())["status"] == (
+        "pass"
+    )
+    o1 = git(repo, "rev-parse", "main^")
+    project.ticket("planted", description="write planted.txt p")
+    project.wait_state("planted", "awaiting_approval", timeout_s=90)
+    git(repo, "update-ref", "refs/orchestrator/merged/planted", o1)
+    assert project.send(P.Approve(ticket="planted")).ok
+    snap = project.wait_for(
+        lambda s: any(
+            t.id == "planted" and "not the tree CI passed on" in t.reason for t in s.tickets
+        ),
+        timeout_s=60,
+        what="the planted record refused",
+    )
+    (ticket,) = [t for t in snap.tickets if t.id == "planted"]
+    assert ticket.state == "awaiting_approval" and f"is on main at {o1[:10]}" in ticket.reason
+    assert git(repo, "rev-parse", "main") == main
+    assert "planted.txt" not in git(repo, "ls-tree", "--name-only", "main").split()
+
+
 def _move_main(project, tmp_path: Path, name: str, record_for: str = "") -> str:
     """Move repo.git's main outside the merge queue (as a person with the ref token
     could): a commit adding ``name`` on top of main; with ``record_for``, also point

@@ -347,3 +347,44 @@ def test_after_a_restart_the_queue_does_not_test_a_passed_stack_again(make_proje
     assert git(project.home.repo, "rev-parse", "main") == b_commit
     assert git(project.home.repo, "rev-parse", "main^") == a_commit
     assert_every_main_commit_passed_ci(project)
+
+
+def test_a_batch_fast_forwarded_just_before_a_crash_counts_as_merged_after_it(make_project):
+    """The daemon dies right after its atomic push moved main through a batch (b, c, d)
+    and recorded each entry, before it saved the answer. At the next start each record
+    is on main; b's and c's commits never had CI of their own (CI ran on d's, the
+    batch's last), so their trees match no CI run: what makes them count is that each
+    is exactly its ticket's change on its parent and a CI pass on main covers it."""
+    project = make_project(
+        workers=1,
+        approval="auto",
+        ci_prefix="sleep 6 && ",
+        extra="merge: {batch: 3}\n",
+        start=False,
+    )
+    for tid in "abcd":
+        project.ticket(tid, locks=[f"src/{tid}.py"], description=f"write src/{tid}.py V=1\\n")
+    project.start()
+    snap = project.wait_for(
+        lambda s: (
+            any(t.id == "a" and t.state == "merged" for t in s.tickets)
+            and any(t.id == "d" and "CI running on" in t.reason for t in s.tickets)
+        ),
+        90,
+        "a merged and the batch b, c, d under CI",
+    )
+    queued = {t.id: t.queue_sha for t in snap.tickets if t.id in "bcd"}
+    assert all(queued.values()), queued
+    project.kill9()
+    deadline = time.monotonic() + 60  # the CI job is detached: it finishes on its own
+    while ci_status(project, queued["d"] or "") != "pass":
+        assert time.monotonic() < deadline, "the batch's CI did not pass"
+        time.sleep(0.2)
+    repo = project.home.repo  # the merger's atomic push, as it was just before the crash
+    git(repo, "update-ref", "refs/heads/main", queued["d"] or "")
+    for tid, sha in queued.items():
+        git(repo, "update-ref", f"refs/orchestrator/merged/{tid}", sha or "")
+    project.start()
+    project.wait_for(all_merged(["a", "b", "c", "d"]), 60, "b, c and d merged after the restart")
+    assert git(repo, "rev-parse", "main") == queued["d"]  # nothing merged twice
+    assert_batch_tips_passed_ci(project, untested={"b", "c"})
