@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -42,7 +40,7 @@ from benchmarks.harness import (
     percentile,
     rss_mb,
 )
-from benchmarks.raycluster import RayCluster
+from benchmarks.raycluster import RayCluster, running_cluster
 from orchestrator.shared import protocol as P
 
 TARGET_DISPATCH_P99_MS = 500.0
@@ -129,21 +127,8 @@ def _dispatch(runner: str, cluster: RayCluster, cache: Path, n: int) -> list[flo
 
 
 def run(quick: bool) -> list[Figure]:
-    root = Path(tempfile.mkdtemp(prefix="orch-rb-", dir="/tmp"))
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    cluster = RayCluster(root)
-    try:
-        cluster.start()
-        return _measure(quick, cluster, root)
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with running_cluster("orch-rb-") as cluster:
+        return _measure(quick, cluster, cluster.root)
 
 
 def _measure(quick: bool, cluster: RayCluster, root: Path) -> list[Figure]:

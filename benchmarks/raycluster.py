@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -146,3 +150,25 @@ class RayCluster:
             if proc is not None:
                 self._kill(proc)
         self.node2 = self.head = None
+
+
+@contextmanager
+def running_cluster(prefix: str) -> Iterator[RayCluster]:
+    """A started :class:`RayCluster` in a new directory under /tmp named ``prefix``…,
+    with Ray's token authentication and usage reporting off for the daemons this
+    process starts; everything is stopped, removed and restored on exit."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    cluster = RayCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

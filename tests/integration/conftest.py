@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.raycluster import RayCluster
+from benchmarks.raycluster import RayCluster, running_cluster
 from orchestrator.daemon.home import init_home
 from orchestrator.demo import start_daemon, stop_daemon
 from orchestrator.shared import protocol as P
@@ -221,18 +221,5 @@ def main_log(project: Project) -> list[str]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     """One real Ray cluster for every Ray test of the session (starting one takes ~8 s)."""
-    root = Path(tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp"))
-    cluster = RayCluster(root)
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")  # the daemons
-    try:
-        cluster.start()
+    with running_cluster("orch-ray-") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
