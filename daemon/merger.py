@@ -37,6 +37,7 @@ Neither method raises: git failures become ``error`` results.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import anyio
@@ -226,24 +227,50 @@ class Merger:
         except GitError as exc:
             return MergeResult(effect.ticket, MergeOutcome.ERROR, time.time(), text=str(exc))
 
+    async def _move_main(
+        self, parent: str, sha: str, records: list[tuple[str, str]]
+    ) -> subprocess.CompletedProcess[bytes] | None:
+        """Move main from ``parent`` to ``sha`` and set each ``(ticket, commit)`` record,
+        all or nothing; None when done, else the failed push (its stderr says why).
+
+        One compare-and-swap: main moves only if it is still at ``parent``. It is a
+        ``git update-ref --stdin`` transaction in repo.git (git-update-ref(1): all
+        updates or none, each ``update`` with an old value checked) once ``sha``
+        descends from ``parent`` there, a few ms; a push costs tens of ms (receive-pack,
+        both hooks), which every merged ticket paid. The atomic push, leased on
+        ``parent`` (``--force-with-lease``; hooks/update still refuses anything but a
+        fast-forward), is the fallback: it carries commits repo.git lacks (an entry
+        whose tree CI had already passed is never pushed for CI), and when main moved
+        or the hook refuses, its stderr tells why.
+        """
+        repo = self.home.repo
+        descends = await run_git(repo, "merge-base", "--is-ancestor", parent, sha)
+        if descends.returncode == 0:
+            lines = [f"update refs/heads/main {sha} {parent}"]
+            lines += [f"update {MERGED_REF}{t} {commit}" for t, commit in records]
+            moved = await run_git(
+                repo, "update-ref", "--stdin", stdin="".join(f"{line}\n" for line in lines).encode()
+            )
+            if moved.returncode == 0:
+                return None
+        push = await run_git(
+            self.home.work,
+            "push",
+            "--atomic",
+            "--quiet",
+            f"--force-with-lease=refs/heads/main:{parent}",
+            "origin",
+            f"{sha}:refs/heads/main",
+            *(f"{commit}:{MERGED_REF}{t}" for t, commit in records),
+        )
+        return None if push.returncode == 0 else push
+
     async def _fast_forward(self, effect: FastForward) -> MergeResult:
         ticket = effect.ticket
-        # One atomic compare-and-swap: main moves only if it is still at the parent
-        # (--force-with-lease with an explicit value; the update hook still refuses
-        # anything but a fast-forward). Only when it fails is repo.git asked why.
-        records = [f"{sha}:{MERGED_REF}{t}" for t, sha in (*effect.batch, (ticket, effect.sha))]
+        records = [(t, sha) for t, sha in (*effect.batch, (ticket, effect.sha))]
         async with self.repo_lock:
-            push = await run_git(
-                self.home.work,
-                "push",
-                "--atomic",
-                "--quiet",
-                f"--force-with-lease=refs/heads/main:{effect.parent}",
-                "origin",
-                f"{effect.sha}:refs/heads/main",
-                *records,
-            )
-        if push.returncode == 0:
+            push = await self._move_main(effect.parent, effect.sha, records)
+        if push is None:
             return MergeResult(ticket, MergeOutcome.MERGED, time.time(), sha=effect.sha)
         main = await self._main()
         recorded = await self._recorded(ticket, main)
