@@ -1,26 +1,40 @@
 """The CI status document: ``repo.git/ci-status/<sha>.json`` (docs/ci.md).
 
 One struct, :class:`CIStatus`, is the single definition of the document: the CI
-runner (``orchestrator ci run``, called by ci.sh and hooks/post-receive) encodes
-it, the daemon (``daemon/ci.py``) decodes it, and ``orchestrator schema
-ci-status`` prints its JSON Schema (generated with ``msgspec.json.schema``).
+runner (``orchestrator ci run``, called by ci.sh, and ``ci job``, started by
+hooks/post-receive) encodes it, the daemon (``daemon/ci.py``) decodes it, and
+``orchestrator schema ci-status`` prints its JSON Schema (generated with
+``msgspec.json.schema``). :class:`CISetup` is the CI job's ``ci.setup`` settings
+(git config ``orchestrator.ciSetup``).
+
+The CI runner imports this module on every run, so it imports only msgspec and
+shared/fsutil.py (never shared/models.py, which loads PyYAML): :class:`CIVerdict`
+is defined here and re-exported by :mod:`orchestrator.shared.models`.
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 from orchestrator.shared.fsutil import atomic_write
-from orchestrator.shared.models import CIVerdict
 
 #: ``log_tail`` keeps at most this many lines...
 LOG_TAIL_LINES = 100
 #: ...and at most this many characters (the end of the log).
 LOG_TAIL_CHARS = 8000
+
+
+class CIVerdict(enum.StrEnum):
+    """The result CI reports for a commit (``status`` of a ci-status file, docs/ci.md)."""
+
+    PASS = "pass"  # noqa: S105 (a CI verdict, not a password)
+    FAIL = "fail"
+    ERROR = "error"
 
 
 class CheckResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -61,6 +75,20 @@ class CIStatus(msgspec.Struct, kw_only=True, frozen=True):
         list[CheckResult],
         msgspec.Meta(description="the ticket's acceptance checks, run after the test command"),
     ] = msgspec.field(default_factory=list)
+
+
+class CISetup(msgspec.Struct, forbid_unknown_fields=True):
+    """``ci.setup`` as the daemon records it in repo.git's git config ``orchestrator.ciSetup``
+    (JSON, daemon/home.py; ``{}`` = no setup): what the CI job copies into its checkout
+    and runs there first (docs/ci.md, step 5)."""
+
+    copy: list[str] = msgspec.field(default_factory=list)
+    """``worktree.copy``: paths relative to ``source``."""
+    source: str = ""
+    """The source repository the files are copied from."""
+    setup: list[str] = msgspec.field(default_factory=list)
+    """``worktree.setup``: argv (no shell); empty = nothing to run."""
+    timeout_s: int = 600
 
 
 _decoder = msgspec.json.Decoder(CIStatus)
@@ -132,6 +160,11 @@ def read_status(path: Path) -> CIStatus:
         OSError: unreadable; msgspec.DecodeError: not valid JSON or wrong schema.
     """
     return decode_status(path.read_bytes())
+
+
+def decode_setup(raw: str) -> CISetup:
+    """Decode ``orchestrator.ciSetup``. Raises msgspec.DecodeError (not JSON, or wrong fields)."""
+    return msgspec.json.decode(raw, type=CISetup)
 
 
 def status_schema() -> dict[str, Any]:

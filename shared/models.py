@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from orchestrator.shared.cistatus import CIVerdict as CIVerdict
 from orchestrator.shared.errors import TicketError
 from orchestrator.shared.lockspec import normalize_lock
 from orchestrator.shared.yamlsafe import decode_yaml
@@ -340,14 +341,6 @@ class AgentState(enum.StrEnum):
     WAITING_CI = "ci_running"
     AWAITING_APPROVAL = "awaiting_approval"
     MERGING = "merging"
-
-
-class CIVerdict(enum.StrEnum):
-    """The result CI reports for a commit (``status`` of a ci-status file, docs/ci.md)."""
-
-    PASS = "pass"  # noqa: S105 (a CI verdict, not a password)
-    FAIL = "fail"
-    ERROR = "error"
 
 
 class CIState(enum.StrEnum):
