@@ -4,7 +4,8 @@
 # This is the CI template used by the orchestrator.  `orchestrator init` copies it
 # to <home>/ci.sh; the post-receive hook of <home>/repo.git runs it inside a
 # throw-away checkout of every pushed agent branch.  The work is done by
-# `orchestrator ci run` (orchestrator/ci.py); see docs/ci.md for the contract.
+# `orchestrator ci run` (orchestrator/cirun.py; `python -m orchestrator.ci run` is the
+# same without the command line's start-up cost); see docs/ci.md for the contract.
 #
 # Usage (run from the root of a checkout):
 #     CI_COMMAND='python3 -m unittest discover -s tests -q' ./ci.sh
@@ -30,7 +31,7 @@
 set -euo pipefail
 
 if [[ -n ${ORCH_PYTHON:-} ]]; then
-    exec "$ORCH_PYTHON" -m orchestrator ci run
+    exec "$ORCH_PYTHON" -m orchestrator.ci run
 fi
 if command -v orchestrator >/dev/null 2>&1; then
     exec orchestrator ci run

@@ -1,247 +1,143 @@
-"""CI for pushed agent branches: the one implementation behind ci.sh and hooks/post-receive.
+"""CI for pushed commits: the one implementation behind hooks/post-receive and ci.sh.
 
-Both shipped scripts are thin shell that run ``<python> -m orchestrator ci ...``
-with the interpreter recorded in repo.git's git config (``orchestrator.python``):
+Both shipped scripts are thin shell; the Python they start is the interpreter
+recorded in repo.git's git config (``orchestrator.python``):
 
-- ``ci hook`` (hooks/post-receive): reads git's ``<old> <new> <ref>`` lines and,
-  for every pushed ``refs/heads/agent-*`` (unless the push carries the push
-  option ``ci=skip``) and ``refs/orchestrator/queue/*`` (merge queue commits),
-  starts ``ci job`` detached (own
-  session, output to ``ci-status/<sha>.log``), so ``git push`` returns at once.
-- ``ci job GIT_DIR SHA REF``: throw-away checkout of the sha, runs ci.sh in it,
-  writes an ``error`` status itself when ci.sh could not, then ``ci_notify``\\ s
-  the daemon over the shared client (:func:`orchestrator.shared.client.request`).
-- ``ci run`` (ci.sh): runs ``$CI_COMMAND`` under coreutils ``timeout`` and writes
-  the status document (:mod:`orchestrator.shared.cistatus`) atomically.
-- ``ci notify SHA``: the notification alone.
+- hooks/post-receive runs ``python -m orchestrator.cihook`` (:mod:`orchestrator.cihook`,
+  = ``orchestrator ci hook``): for every pushed ``refs/heads/agent-*`` (unless the
+  push carries the push option ``ci=skip``) and ``refs/orchestrator/queue/*`` (merge
+  queue commits) it starts ``python -m orchestrator.ci job GIT_DIR SHA REF``
+  detached (own session, output to ``ci-status/<sha>.log``), so ``git push``
+  returns at once.
+- ``ci job`` (:func:`job`): throw-away checkout of the sha, runs ci.sh in it,
+  writes an ``error`` status itself when ci.sh could not, then sends ``ci_notify``
+  to the daemon (:func:`notify`).
+- ``ci run`` (ci.sh execs ``python -m orchestrator.ci run``; :mod:`orchestrator.cirun`):
+  runs ``$CI_COMMAND`` under coreutils ``timeout`` and writes the status document
+  (:mod:`orchestrator.shared.cistatus`) atomically.
+- ``ci notify SHA`` (``orchestrator ci notify``): the notification alone.
+
+Every CI run starts ``ci job`` and ``ci run``, so neither goes through the
+command line (:mod:`orchestrator.cli`, argparse, the protocol, the ticket models,
+PyYAML): this module imports only the standard library (and shared/errors.py,
+which is no more); msgspec and shared/cistatus.py are imported where a status is
+written or ``orchestrator.ciSetup`` decoded, :mod:`orchestrator.cirun` by ``ci run``
+alone. ``orchestrator ci job|run|notify`` call the same functions.
 
 The contract (files, environment, exit codes, timeouts) is docs/ci.md.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TextIO
-
-import msgspec
+from typing import Any, BinaryIO, TextIO
 
 from orchestrator.cihook import without_git_env
-from orchestrator.shared.cistatus import CheckResult, make_status, write_status
-from orchestrator.shared.errors import OrchestratorError
-from orchestrator.shared.models import AcceptanceCheck, CIVerdict
+from orchestrator.shared.errors import DaemonNotRunning, ProtocolError
 
-#: Exit codes of ``ci run`` (and so of ci.sh).
-EXIT_PASS, EXIT_NOT_PASS, EXIT_NOT_WRITTEN = 0, 1, 2
-#: ``timeout`` sends SIGKILL this long after SIGTERM.
-KILL_AFTER_S = 10
 #: How long the job waits for the daemon's reply to ``ci_notify``.
 NOTIFY_TIMEOUT_S = 2.0
-#: Bytes of output kept in memory for ``log_tail`` (always covers 8000 characters).
-_KEEP_BYTES = 64 << 10
-
-
-# --- ci run (ci.sh) -----------------------------------------------------------
-
-
-class _Log:
-    """The run's output: echoed to ``out`` as it comes, its end kept for ``log_tail``."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.data = bytearray()
-
-    def write(self, chunk: bytes) -> None:
-        self.out.buffer.write(chunk)
-        self.out.flush()
-        self.data += chunk
-        del self.data[:-_KEEP_BYTES]
-
-    def note(self, text: str) -> None:
-        self.write(f"[ci] {text}\n".encode())
-
-
-def _verdict(exit_code: int, log: _Log, timeout_s: int) -> CIVerdict:
-    if exit_code == 0:
-        return CIVerdict.PASS
-    if exit_code in (124, 137):
-        log.note(f"timed out after {timeout_s} s (exit {exit_code})")
-        return CIVerdict.ERROR
-    if exit_code == 127:
-        log.note("command not found (exit 127)")
-        return CIVerdict.ERROR
-    return CIVerdict.FAIL
-
-
-def _git_head() -> str:
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        )
-    except OSError:
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+#: The daemon's protocol version, :data:`orchestrator.shared.protocol.PROTOCOL_VERSION`,
+#: repeated here so that the job need not import the protocol module (msgspec and every
+#: message struct); tests/integration/test_ci_entry.py checks that the two are equal.
+PROTOCOL_VERSION = 6
+#: Longest line read from the daemon (bytes); a ``ci_notify`` reply is one short line.
+MAX_REPLY_BYTES = 1 << 20
+USAGE = "usage: python -m orchestrator.ci job GIT_DIR SHA REF | run"
 
 
 def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
-    """Run the test command once in the current directory and record the result.
+    """``ci run``: :func:`orchestrator.cirun.run` (see there), imported on call so that
+    ``ci job`` never loads msgspec for it."""
+    from orchestrator.cirun import run as run_ci
 
-    Args:
-        env: ``CI_COMMAND`` (run with ``bash -c``; empty: status ``error``),
-            ``CI_ACCEPTANCE_FILE`` (the ticket's acceptance checks as JSON, run after
-            the command; a failing one makes a passing run ``fail``),
-            ``CI_TIMEOUT_S`` (whole seconds, default 600; SIGTERM on expiry,
-            SIGKILL 10 s later), ``CI_SHA`` (default ``git rev-parse HEAD``),
-            ``CI_REF``, ``CI_STATUS_FILE`` (written atomically; unset: the JSON
-            is printed as the last line of output).
-        out: where the command's combined stdout+stderr is echoed.
-
-    Returns:
-        0 when the status is ``pass``, 1 otherwise, 2 when the status file could
-        not be written.
-    """
-    log = _Log(out)
-    started = time.time()
-    checks: list[CheckResult] = []
-    command = env.get("CI_COMMAND", "")
-    timeout_raw = env.get("CI_TIMEOUT_S", "600")
-    timeout_s = 0
-    if not command:
-        log.note("no CI command configured (git config orchestrator.ciCommand)")
-        exit_code, verdict = 2, CIVerdict.ERROR
-    elif not timeout_raw.isascii() or not timeout_raw.isdigit() or int(timeout_raw) <= 0:
-        log.note(f"invalid CI_TIMEOUT_S: '{timeout_raw}' (expected a positive integer)")
-        exit_code, verdict = 2, CIVerdict.ERROR
-    else:
-        timeout_s = int(timeout_raw)
-        argv = ["timeout", f"--kill-after={KILL_AFTER_S}", str(timeout_s), "bash", "-c", command]
-        with subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        ) as proc:
-            assert proc.stdout is not None
-            while chunk := os.read(proc.stdout.fileno(), 1 << 16):
-                log.write(chunk)
-        exit_code = proc.returncode
-        verdict = _verdict(exit_code, log, timeout_s)
-        checks, failed = _run_acceptance(env.get("CI_ACCEPTANCE_FILE", ""), timeout_s, log)
-        if failed and verdict == CIVerdict.PASS:
-            verdict = CIVerdict.FAIL
-    status = make_status(
-        sha=env.get("CI_SHA") or _git_head(),
-        ref=env.get("CI_REF", ""),
-        status=verdict,
-        exit_code=exit_code,
-        started_s=started,
-        finished_s=time.time(),
-        log=bytes(log.data),
-        checks=checks,
-    )
-    target = env.get("CI_STATUS_FILE", "")
-    if not target:
-        out.write(msgspec.json.encode(status).decode() + "\n")
-    else:
-        try:
-            write_status(Path(target), status)
-        except OSError as exc:
-            print(f"ci: cannot write the status file {target}: {exc}", file=sys.stderr)
-            return EXIT_NOT_WRITTEN
-    return EXIT_PASS if verdict == CIVerdict.PASS else EXIT_NOT_PASS
-
-
-_checks_decoder = msgspec.json.Decoder(list[AcceptanceCheck])
-
-
-def _run_acceptance(path: str, timeout_s: int, log: _Log) -> tuple[list[CheckResult], bool]:
-    """Run the acceptance checks listed in ``path`` (JSON) at the checkout's root.
-
-    Returns the results and whether any did not pass. Check argv never reaches a
-    shell; each check gets ``timeout_s``. docs/tickets.md#acceptance-checks.
-    """
-    if not path:
-        return [], False
-    try:
-        checks = _checks_decoder.decode(Path(path).read_bytes())
-    except (OSError, msgspec.DecodeError) as exc:
-        log.note(f"acceptance: cannot read the checks in {path}: {exc}")
-        return [
-            CheckResult(name="acceptance checks", status=CIVerdict.ERROR, output_tail=str(exc))
-        ], True
-    results = [_check(check, Path.cwd(), timeout_s) for check in checks]
-    for r in results:
-        log.note(f"acceptance: {r.name}: {r.status}")
-        if r.status != CIVerdict.PASS and r.output_tail:
-            log.write(r.output_tail.encode() + (b"" if r.output_tail.endswith("\n") else b"\n"))
-    return results, any(r.status != CIVerdict.PASS for r in results)
-
-
-def _check(check: AcceptanceCheck, root: Path, timeout_s: int) -> CheckResult:
-    name = check.label
-
-    def result(status: CIVerdict, output: str) -> CheckResult:
-        return CheckResult(name=name, status=status, output_tail=output[-2000:])
-
-    if check.run is not None:
-        try:
-            proc = subprocess.Popen(
-                check.run,
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return result(CIVerdict.ERROR, f"cannot run {check.run[0]}: {exc.strerror or exc}")
-        try:
-            output, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            text = output.decode(errors="replace")
-            return result(CIVerdict.ERROR, f"{text}timed out after {timeout_s} s")
-        text = output.decode(errors="replace")
-        if proc.returncode != 0:
-            return result(CIVerdict.FAIL, f"{text}exited with code {proc.returncode}")
-        return result(CIVerdict.PASS, text)
-    rel = check.file_exists if check.file_exists is not None else check.contains.path  # type: ignore[union-attr]
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root.resolve()):
-        return result(CIVerdict.FAIL, f"{rel} is outside the repository")
-    if check.file_exists is not None:
-        if target.exists():
-            return result(CIVerdict.PASS, "")
-        return result(CIVerdict.FAIL, f"{rel} does not exist")
-    assert check.contains is not None
-    try:
-        content = target.read_text(errors="replace")
-    except OSError as exc:
-        return result(CIVerdict.FAIL, f"cannot read {rel}: {exc.strerror or exc}")
-    if check.contains.text in content:
-        return result(CIVerdict.PASS, "")
-    return result(CIVerdict.FAIL, f"{rel} does not contain {check.contains.text!r}")
+    return run_ci(env, out)
 
 
 # --- ci notify ----------------------------------------------------------------
 
 
 def notify(socket_path: Path, sha: str, timeout_s: float = NOTIFY_TIMEOUT_S) -> str:
-    """Send ``ci_notify`` for ``sha`` and return the daemon's reply line.
+    """Send ``ci_notify`` for ``sha`` and return the daemon's reply as one line.
+
+    The one-shot exchange of :func:`orchestrator.shared.client.request` (docs/protocol.md),
+    spoken with the standard library: read the daemon's ``hello`` (refuse another
+    protocol version), send ``{"type": "ci_notify", "sha": SHA, "req": "1"}``, read
+    lines until the ``reply`` with ``req`` ``"1"``.
+
+    Returns:
+        ``ok: <message>`` or ``refused: <message>`` (control characters escaped).
 
     Raises:
-        OrchestratorError: no daemon answers, or it did not reply in time.
+        DaemonNotRunning: nothing listens on ``socket_path``.
+        ProtocolError: another protocol version, an unreadable line, the connection
+            closed or failed, or no reply within ``timeout_s`` seconds.
     """
-    from orchestrator.shared import protocol as P
-    from orchestrator.shared.client import request
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(str(socket_path))
+    except OSError as exc:
+        sock.close()
+        raise DaemonNotRunning(
+            f"no daemon answers on {socket_path} ({exc.strerror or exc}); start it with "
+            "`orchestrator daemon --config CONFIG` or `systemctl --user start orchestrator`"
+        ) from None
+    with sock, sock.makefile("rb") as reader:
+        try:
+            hello = _read_message(reader, timeout_s)
+            if hello.get("type") != "hello":
+                raise ProtocolError(f"expected a hello from the daemon, got {hello.get('type')!r}")
+            if hello.get("version") != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"the daemon speaks protocol version {hello.get('version')}, this client "
+                    f"{PROTOCOL_VERSION}: restart the daemon after upgrading (or use the same "
+                    "version)"
+                )
+            command = {"type": "ci_notify", "sha": sha, "req": "1"}
+            sock.sendall(json.dumps(command, separators=(",", ":")).encode() + b"\n")
+            while True:
+                message = _read_message(reader, timeout_s)
+                if message.get("type") == "reply" and message.get("req") == "1":
+                    verdict = "ok" if message.get("ok") is True else "refused"
+                    return f"{verdict}: {_one_line(str(message.get('message', '')))}"
+        except OSError as exc:
+            raise ProtocolError(f"the connection to the daemon failed: {exc}") from None
 
-    reply = request(socket_path, P.CINotify(sha=sha), timeout_s=timeout_s)
-    return f"{'ok' if reply.ok else 'refused'}: {reply.message}"
+
+def _read_message(reader: BinaryIO, timeout_s: float) -> dict[str, Any]:
+    try:
+        line = reader.readline(MAX_REPLY_BYTES)
+    except TimeoutError:
+        raise ProtocolError(f"the daemon did not answer within {timeout_s:.0f} s") from None
+    if not line:
+        raise ProtocolError("the daemon closed the connection without answering")
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"the daemon sent an unreadable line: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"the daemon sent an unreadable line: {line[:200]!r}")
+    return message
+
+
+def _one_line(text: str) -> str:
+    """Every character that is not printable (controls, bidi, line separators: a superset
+    of shared/terminal.py's set) as a visible ``\\xNN``/``\\uNNNN`` escape."""
+    return "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text
+    )
 
 
 # --- ci job (started by the post-receive hook, orchestrator/cihook.py) ----------
@@ -252,37 +148,52 @@ def _log(text: str) -> None:
     print(f"[{stamp}] {text}", flush=True)
 
 
-def _git_config(git_dir: Path, key: str) -> str | None:
+def read_config(git_dir: Path) -> dict[str, str]:
+    """Every ``orchestrator.*`` key of ``git_dir``'s git config, with one ``git config`` call.
+
+    Keys as git prints them, lower-cased (``orchestrator.ciscript``); for a key set
+    more than once the last value wins (as with ``git config --get``); values are
+    stripped. Empty when none is set or git fails.
+    """
     proc = subprocess.run(
-        ["git", f"--git-dir={git_dir}", "config", "--get", key],
+        ["git", f"--git-dir={git_dir}", "config", "-z", "--get-regexp", r"^orchestrator\."],
         capture_output=True,
-        text=True,
         check=False,
     )
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:  # 1: no key matches
+        return {}
+    config: dict[str, str] = {}
+    for entry in proc.stdout.split(b"\0"):
+        key, _, value = entry.decode(errors="replace").partition("\n")
+        if key:
+            config[key] = value.strip()
+    return config
 
 
 def job(git_dir: Path, sha: str, ref: str) -> int:
     """The detached CI job for one pushed commit; logs to stdout (``ci-status/<sha>.log``).
 
-    Reads ``orchestrator.ciScript``, ``ciCommand``, ``ciTimeoutS`` and ``socket``
-    from repo.git's git config. Leaves ``ci-status/<sha>.json`` behind (ci.sh's,
-    or an ``error`` status of its own; if even that cannot be written, the log
-    says why) and returns 0.
+    Reads ``orchestrator.ciScript``, ``ciCommand``, ``ciTimeoutS``, ``socket`` and
+    ``ciSetup`` from repo.git's git config (:func:`read_config`). Leaves
+    ``ci-status/<sha>.json`` behind (ci.sh's, or an ``error`` status of its own; if
+    even that cannot be written, the log says why) and returns 0.
     """
     clean = without_git_env(os.environ)
     os.environ.clear()
     os.environ.update(clean)
-    ci_script = Path(_git_config(git_dir, "orchestrator.ciScript") or git_dir.parent / "ci.sh")
-    ci_command = _git_config(git_dir, "orchestrator.ciCommand") or ""
-    ci_timeout = _git_config(git_dir, "orchestrator.ciTimeoutS") or "600"
-    socket_path = _git_config(git_dir, "orchestrator.socket") or ""
+    config = read_config(git_dir)
+    ci_script = Path(config.get("orchestrator.ciscript") or git_dir.parent / "ci.sh")
+    ci_command = config.get("orchestrator.cicommand", "")
+    ci_timeout = config.get("orchestrator.citimeouts") or "600"
+    socket_path = config.get("orchestrator.socket", "")
     status_file = git_dir / "ci-status" / f"{sha}.json"
     status_file.unlink(missing_ok=True)  # a status file that exists is final
     started = time.time()
     _log(f"CI for {sha} ({ref}) started")
 
     def fail(exit_code: int, message: str) -> None:
+        from orchestrator.shared.cistatus import CIVerdict, make_status, write_status
+
         _log(message)
         status = make_status(
             sha=sha,
@@ -305,7 +216,7 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
     elif not ci_script.is_file():
         fail(2, f"CI script not found: {ci_script} (git config orchestrator.ciScript)")
     else:
-        _run_script(git_dir, sha, ref, ci_script, ci_command, ci_timeout, status_file, fail)
+        _run_script(git_dir, config, sha, ref, ci_script, ci_command, ci_timeout, status_file, fail)
     _notify_daemon(socket_path, sha)
     _log(f"CI for {sha} done")
     return 0
@@ -313,6 +224,7 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
 
 def _run_script(
     git_dir: Path,
+    config: Mapping[str, str],
     sha: str,
     ref: str,
     ci_script: Path,
@@ -333,7 +245,7 @@ def _run_script(
                 output = (proc.stdout + proc.stderr).strip()
                 fail(128, f"checkout of {sha} failed:\n{output}")
                 return
-        setup_failed = _ci_setup(git_dir, checkout)
+        setup_failed = _ci_setup(config.get("orchestrator.cisetup", ""), checkout)
         if setup_failed:
             fail(2, setup_failed)
             return
@@ -375,12 +287,18 @@ def _acceptance_file(git_dir: Path, ref: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _ci_setup(git_dir: Path, checkout: Path) -> str:
+def _ci_setup(raw: str, checkout: Path) -> str:
     """``ci.setup``: copy ``worktree.copy`` and run ``worktree.setup`` in the checkout, as
-    recorded in git config ``orchestrator.ciSetup`` (JSON); why it failed, or ""."""
-    raw = _git_config(git_dir, "orchestrator.ciSetup") or "{}"
+    recorded in git config ``orchestrator.ciSetup`` (JSON ``raw``; "" or ``{}``: nothing
+    to do, and msgspec is not even imported); why it failed, or ""."""
+    if raw.strip() in ("", "{}"):
+        return ""
+    import msgspec
+
+    from orchestrator.shared.cistatus import decode_setup
+
     try:
-        spec = msgspec.json.decode(raw, type=_CISetup)
+        spec = decode_setup(raw)
     except msgspec.DecodeError as exc:
         return f"ci.setup: invalid git config orchestrator.ciSetup: {exc}"
     for rel in spec.copy:
@@ -427,13 +345,6 @@ def _ci_setup(git_dir: Path, checkout: Path) -> str:
     return ""
 
 
-class _CISetup(msgspec.Struct, forbid_unknown_fields=True):
-    copy: list[str] = msgspec.field(default_factory=list)
-    source: str = ""
-    setup: list[str] = msgspec.field(default_factory=list)
-    timeout_s: int = 600
-
-
 def _notify_daemon(socket_path: str, sha: str) -> None:
     later = "the status file stays and is picked up when the daemon starts"
     if not socket_path or not Path(socket_path).is_socket():
@@ -442,7 +353,24 @@ def _notify_daemon(socket_path: str, sha: str) -> None:
         return
     try:
         answer = notify(Path(socket_path), sha)
-    except OrchestratorError as exc:
+    except (DaemonNotRunning, ProtocolError) as exc:
         _log(f"daemon not notified ({exc}); {later}")
     else:
         _log(f"notified daemon at {socket_path}: {answer}")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m orchestrator.ci job GIT_DIR SHA REF`` or ``... run`` (no argparse: every
+    CI run starts both); a wrong call gets the usage line on stderr and exit code 2."""
+    match argv:
+        case ["job", git_dir, sha, ref]:
+            return job(Path(git_dir), sha, ref)
+        case ["run"]:
+            return run(os.environ)
+        case _:
+            print(f"orchestrator.ci: {USAGE}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

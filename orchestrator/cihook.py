@@ -5,7 +5,12 @@ imports nothing but the standard library: it starts in a few tens of
 milliseconds, where ``python -m orchestrator ci hook`` (which loads msgspec and
 the ticket models) takes several times as long, and every push of a worker or
 of the merger paid for it (docs/performance.md, throughput). The CI job itself
-(``orchestrator ci job``, :mod:`orchestrator.ci`) runs detached, off the push.
+(``python -m orchestrator.ci job``, :mod:`orchestrator.ci`, also stdlib-only on
+its way) runs detached, off the push.
+
+hooks/post-receive does not even start this module for a push that cannot start
+CI (no agent branch and no merge queue commit, or agent branches pushed with
+``-o ci=skip``); what it passes, this module decides exactly.
 
 The rules (which refs are tested, how the job is detached) are docs/ci.md, "How
 a CI run happens", steps 1-3.
@@ -60,7 +65,7 @@ def hook(lines: Iterable[str], git_dir: Path, push_options: Iterable[str] = ()) 
         status_dir.mkdir(parents=True, exist_ok=True)
         with open(status_dir / f"{new}.log", "wb") as job_log:
             subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "ci", "job", str(git_dir), new, ref],
+                [sys.executable, "-m", "orchestrator.ci", "job", str(git_dir), new, ref],
                 stdin=subprocess.DEVNULL,
                 stdout=job_log,
                 stderr=subprocess.STDOUT,
