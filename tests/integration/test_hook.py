@@ -536,3 +536,72 @@ def test_ci_notify_by_hand(home: Home, daemon: FakeDaemon, short_dir: Path) -> N
     proc = subprocess.run(gone, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("orchestrator: no daemon answers on")
+
+
+def _record_python_starts(home: Home, tmp_path: Path) -> Path:
+    """Point ``orchestrator.python`` at a wrapper that appends its argv to a file, then
+    runs the real interpreter: the file lists every Python the hook starts."""
+    record = tmp_path / "python-starts.txt"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$*" >> {shlex.quote(str(record))}\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    home.config("orchestrator.python", str(wrapper))
+    home.config("receive.advertisePushOptions", "true")
+    return record
+
+
+def _push_with_options(home: Home, *args: str) -> str:
+    proc = subprocess.run(
+        ["git", "push", "-q", "origin", *args],
+        cwd=home.work,
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_ci_skip_push_of_agent_branches_starts_no_python(home: Home, tmp_path: Path) -> None:
+    # A worker's branch push under auto approval: the hook ends in the shell script.
+    record = _record_python_starts(home, tmp_path)
+    home.commit("agent-1/t1", {"a.txt": "a\n"})
+    home.commit("agent-2/t2", {"b.txt": "b\n"})
+    out = _push_with_options(home, "-o", "ci=skip", "agent-1/t1", "agent-2/t2")
+    assert "CI started" not in out
+    assert not record.exists()
+    assert not home.status_dir.exists() or list(home.status_dir.iterdir()) == []
+
+    # Another push option alone does not skip: the branch gets its CI run.
+    sha = home.commit("agent-1/t1", {"c.txt": "c\n"})
+    out = _push_with_options(home, "-o", "other=1", "agent-1/t1")
+    assert "CI started for agent-1/t1" in out
+    assert home.wait_status(sha)["status"] == "pass"
+    assert record.read_text().splitlines() == ["-m orchestrator.cihook"]
+
+
+def test_ci_skip_does_not_skip_a_merge_queue_commit(home: Home, tmp_path: Path) -> None:
+    # A queue commit pushed together with a skipped branch: Python starts, and
+    # cihook.py (authoritative) starts CI for the queue commit only.
+    record = _record_python_starts(home, tmp_path)
+    branch_sha = home.commit("agent-1/t1", {"a.txt": "a\n"})
+    queue_sha = home.commit("stack", {"q.txt": "q\n"})
+    out = _push_with_options(
+        home, "-o", "ci=skip", "agent-1/t1", "stack:refs/orchestrator/queue/t1"
+    )
+    assert "CI started for queue/t1" in out
+    assert "agent-1/t1" not in out
+    doc = home.wait_status(queue_sha)
+    assert_schema(doc, queue_sha, "refs/orchestrator/queue/t1")
+    assert doc["status"] == "pass", doc
+    assert record.read_text().splitlines() == ["-m orchestrator.cihook"]
+    assert not home.log_path(branch_sha).exists()
+    assert sorted(p.name for p in home.status_dir.iterdir()) == [
+        f"{queue_sha}.json",
+        f"{queue_sha}.log",
+    ]
