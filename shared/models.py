@@ -18,7 +18,6 @@ import msgspec
 from orchestrator.shared.cistatus import CIVerdict as CIVerdict
 from orchestrator.shared.errors import TicketError
 from orchestrator.shared.lockspec import normalize_lock
-from orchestrator.shared.yamlsafe import decode_yaml
 
 #: Ticket ids become part of a git branch name (``agent-K/<id>``), so they are
 #: restricted to a subset that git-check-ref-format(1) always accepts.
@@ -187,6 +186,10 @@ def check_ticket_file_name(name: str) -> str | None:
 
 
 def _yaml_decode(data: bytes) -> Ticket:
+    # Imported here: PyYAML is not needed by those who import the models only for their
+    # structs (the CI run's acceptance checks, orchestrator/cirun.py).
+    from orchestrator.shared.yamlsafe import decode_yaml
+
     return decode_yaml(data, Ticket)
 
 

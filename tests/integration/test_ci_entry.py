@@ -167,6 +167,24 @@ def test_the_entry_points_load_neither_the_cli_nor_the_models(
     assert "orchestrator.shared.cistatus" in loaded  # it did write the document
     assert loaded & HEAVY == set()
 
+    # With the ticket's acceptance checks the models are loaded, still without PyYAML.
+    checks = tmp_path / "acceptance.json"
+    checks.write_text(json.dumps([{"file_exists": "present.txt"}, {"run": ["false"]}]))
+    (tmp_path / "present.txt").write_text("")
+    result = run_entry(
+        tmp_path, "run", env={**env, "CI_ACCEPTANCE_FILE": str(checks)}, cwd=tmp_path
+    )
+    assert result["exit"] == 1, result["output"]
+    doc = json.loads(status.read_text())
+    assert doc["status"] == "fail"
+    assert [(c["name"], c["status"]) for c in doc["checks"]] == [
+        ("file_exists: present.txt", "pass"),
+        ("run: false", "fail"),
+    ]
+    loaded = set(result["modules"])
+    assert "orchestrator.shared.models" in loaded
+    assert loaded & (HEAVY - {"orchestrator.shared.models"}) == set()
+
     # Importing the module alone loads no msgspec either.
     code = "import json, sys, orchestrator.ci; print(json.dumps(sorted(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
