@@ -252,6 +252,9 @@ class Merger:
                 repo, "update-ref", "--stdin", stdin="".join(f"{line}\n" for line in lines).encode()
             )
             if moved.returncode == 0:
+                # As the push did: main's commits stay reachable in the clone, which
+                # built them (else a gc there could prune what later merges need).
+                await run_git(self.home.work, "update-ref", "refs/remotes/origin/main", sha)
                 return None
         push = await run_git(
             self.home.work,

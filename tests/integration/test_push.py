@@ -93,6 +93,8 @@ def test_fast_forward_moves_main_only_from_its_parent_and_only_forward(make_proj
     assert git(repo, "rev-parse", "refs/heads/main") == third
     assert git(repo, "rev-parse", MERGED_REF + "f2") == second
     assert git(repo, "rev-parse", MERGED_REF + "f3") == third
+    # The clone that built them keeps main's commits reachable, as after a push.
+    assert git(work, "rev-parse", "refs/remotes/origin/main") == third
 
     # Leased on a parent main is no longer at: nothing moves.
     stale = commit(first, "stale")
