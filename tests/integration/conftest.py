@@ -218,8 +218,13 @@ def main_log(project: Project) -> list[str]:
     return git(project.home.repo, "log", "--format=%s", "main").splitlines()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
-    """One real Ray cluster for every Ray test of the session (starting one takes ~8 s)."""
+    """One real Ray cluster for every Ray test of a module (starting one takes ~8 s).
+
+    Module-scoped, not session-scoped: the cluster's dozen idle processes (raylets, GCS,
+    log monitors, dashboard agents) would otherwise keep taking CPU from every test that
+    runs after the Ray tests. The Ray tests live in one module (test_ray.py), so it
+    still starts once per run."""
     with running_cluster("orch-ray-") as cluster:
         yield cluster

@@ -1,6 +1,6 @@
 """runner: ray against a real two-node Ray cluster on this machine (issue 14).
 
-The cluster (tests/integration/conftest.py, ``ray_cluster``) starts once per session:
+The cluster (tests/integration/conftest.py, ``ray_cluster``) starts once for this module:
 a head and a second node carrying the custom resource ``agent2``. Agents are the
 scripted agent, as everywhere; code travels through git between the daemon and
 the nodes' git cache (``ray.cache_dir``, here under the test's tmp_path).
@@ -16,9 +16,14 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from orchestrator.shared import protocol as P
 from tests.integration.conftest import Project, RayCluster, git, main_log
+
+#: With pytest-xdist (``--dist loadgroup``) every test here runs in one worker: they share
+#: one cluster, and a second cluster would double the load for nothing.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def ray_config(cluster: RayCluster, cache: Path, resources: str = "{}", wip_s: float = 0.5) -> str:

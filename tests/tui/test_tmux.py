@@ -22,6 +22,14 @@ ORCHESTRATOR = Path(sys.executable).with_name("orchestrator")
 TIMEOUT_S = 60.0
 
 
+def _env() -> dict[str, str]:
+    """The environment for tmux (its server passes it on to the pane): without COLUMNS
+    and LINES, which the TUI would obey instead of the pane's 120×36. They can be there:
+    GNU readline (loaded by pytest) exports COLUMNS=80 LINES=24 to the C environ, which a
+    child started with env=None inherits, and pytest-xdist's workers are such children."""
+    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+
 class Tmux:
     """One detached session of a private tmux server, 120×36, running one command."""
 
@@ -31,14 +39,12 @@ class Tmux:
         self.status_file = status_file
 
     def run(self, *args: str) -> str:
-        # An explicit env: with env=None a child inherits the C environ, where GNU
-        # readline (loaded by pytest) exported COLUMNS=80 LINES=24 for the TUI to obey.
         done = subprocess.run(
             ["tmux", "-L", self.server, "-f", "/dev/null", *args],
             capture_output=True,
             text=True,
             timeout=30,
-            env=dict(os.environ),
+            env=_env(),
         )
         if done.returncode != 0:
             raise AssertionError(f"tmux {' '.join(args)}: {done.stderr.strip()}")
@@ -99,7 +105,7 @@ class Tmux:
             capture_output=True,
             timeout=30,
             check=False,
-            env=dict(os.environ),
+            env=_env(),
         )
 
 
