@@ -50,6 +50,11 @@ def orchestrator(
     )
 
 
+#: With pytest-xdist (``--dist loadgroup``) the tests of ``demo_run`` run in one worker,
+#: which runs the demo once for them all.
+DEMO_GROUP = pytest.mark.xdist_group("report-demo")
+
+
 @pytest.fixture(scope="module")
 def demo_run() -> Iterator[tuple[Path, dict[str, str]]]:
     """The demo run once for the module: (its config.yaml, the env to run the CLI with)."""
@@ -119,6 +124,7 @@ def table_row(text: str, ticket: str) -> list[str]:
     return found[0]
 
 
+@DEMO_GROUP
 def test_report_of_the_demo(demo_run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     config, env = demo_run
     out = tmp_path / "report.md"
@@ -156,6 +162,7 @@ def test_report_of_the_demo(demo_run: tuple[Path, dict[str, str]], tmp_path: Pat
     assert row[3].startswith("CI fail")
 
 
+@DEMO_GROUP
 def test_the_demo_agent_asks_and_the_headless_demo_answers(
     demo_run: tuple[Path, dict[str, str]],
 ) -> None:
@@ -181,6 +188,7 @@ def test_the_demo_agent_asks_and_the_headless_demo_answers(
     assert "Called by the online shop, after a return." in readme
 
 
+@DEMO_GROUP
 def test_events_replay_as_json(demo_run: tuple[Path, dict[str, str]]) -> None:
     config, env = demo_run
     result = orchestrator("events", "--since", "0", "--json", "--config", str(config), env=env)
