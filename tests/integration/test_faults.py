@@ -19,6 +19,9 @@ from tests.integration.conftest import git
 
 ROUNDS = int(os.environ.get("FAULT_ROUNDS", "5"))
 SEED = int(os.environ.get("FAULT_SEED", str(int(time.time()))))
+#: How long the tickets may take to drain after the crashes: below pytest-timeout's 120 s,
+#: so a stuck run fails with the tickets' states, the daemon log and the seed.
+DRAIN_S = 80.0
 
 HEAD = "import unittest\\nclass T(unittest.TestCase):\\n    def test(self):\\n"
 BROKEN = HEAD + "        self.fail()\\n"
@@ -43,6 +46,7 @@ def _agent_processes(home: Path) -> list[int]:
 
 
 def test_kill_9_at_random_moments_loses_nothing(make_project):
+    print(f"FAULT_SEED={SEED} FAULT_ROUNDS={ROUNDS}")  # shown with any failure, a timeout too
     rng = random.Random(SEED)
     project = make_project(workers=2, approval="auto", extra="max_attempts: 6\n")
     ids = []
@@ -65,7 +69,7 @@ def test_kill_9_at_random_moments_loses_nothing(make_project):
         project.start()
     snap = project.wait_for(
         lambda s: len(s.tickets) == len(ids) and all(t.state == "merged" for t in s.tickets),
-        150,
+        DRAIN_S,
         f"every ticket merged (seed {SEED})",
     )
     assert sorted(t.id for t in snap.tickets) == ids, "no ticket lost or duplicated"
@@ -109,6 +113,7 @@ def test_kill_9_with_a_merge_queue_stack_in_flight(make_project):
     to trees that passed CI, each ticket is merged exactly once, nothing is lost."""
     from tests.integration.test_merge_queue import assert_every_main_commit_passed_ci, main_order
 
+    print(f"FAULT_SEED={SEED} FAULT_ROUNDS={ROUNDS}")
     rng = random.Random(SEED)
     project = make_project(
         workers=3, approval="auto", ci_prefix="sleep 1 && ", extra="max_attempts: 6\n"
@@ -132,7 +137,7 @@ def test_kill_9_with_a_merge_queue_stack_in_flight(make_project):
         time.sleep(rng.uniform(0.3, 2.0))
     snap = project.wait_for(
         lambda s: all(t.state == "merged" for t in s.tickets) and len(s.tickets) == len(ids),
-        150,
+        DRAIN_S,
         f"every ticket merged (seed {SEED})",
     )
     assert sorted(t.id for t in snap.tickets) == ids

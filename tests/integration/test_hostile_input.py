@@ -142,6 +142,17 @@ def test_a_full_disk_degrades_loses_nothing_and_recovers(make_project, tmp_path)
         project = make_project(workers=1, root=disk / "home")
         project.ticket("busy", description="sleep 120")  # holds the only worker
         project.wait_state("busy", "running")
+        # The agent itself runs (not only its ticket's state): the daemon has written the
+        # attempt's log header and started the agent before the disk fills. In `running`
+        # the daemon may still be preparing the attempt, and on a loaded machine the
+        # header then met the full disk (an internal error; another test's matter).
+        agent_log = project.home.runs / "busy" / "1" / "agent.log"
+        deadline = time.monotonic() + 30
+        while "scripted agent: busy attempt 1" not in (
+            agent_log.read_text() if agent_log.exists() else ""
+        ):
+            assert time.monotonic() < deadline, "the busy agent never started"
+            time.sleep(0.05)
         project.ticket("saved", title="saved before the disk filled")
         project.wait_state("saved", "queued")
         pending = project.home.backlog / ".during.tmp"  # written while there is room
