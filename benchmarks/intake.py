@@ -77,6 +77,10 @@ def run(quick: bool) -> list[Figure]:
                 inside = _drop_paced(
                     project, [f"i{i:05d}" for i in range(count)], queued, inside=True, seed=2
                 )
+            # The observer's thread may lag behind the daemon on a loaded machine: let it
+            # report the last renames before it stops (a rename it never reports still fails).
+            names = [f"{i}.yaml" for i in (*outside, *inside)]
+            wait_until(lambda: all(n in moves.seen for n in names), 30, "the watchdog floor")
         finally:
             observer.stop()
             observer.join(5)

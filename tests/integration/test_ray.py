@@ -46,6 +46,16 @@ def until_marker(marker: Path, folder: str, sleep_s: float = 20) -> str:
     return f"run {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
+def until_exists(marker: Path, timeout_s: float = 90) -> str:
+    """A scripted-agent line that waits (at most ``timeout_s``) until ``marker`` exists, so
+    the agent stays on its node while the test looks at it."""
+    code = (  # one line: the ticket's description is one command a line
+        f"import os, time; end = time.monotonic() + {timeout_s}; any(time.sleep(0.1) for _ in "
+        f"iter(lambda: os.path.exists({str(marker)!r}) or time.monotonic() > end, True))"
+    )
+    return f"run {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
 def wait_path(pattern: str, root: Path, timeout_s: float = 60) -> Path:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -92,7 +102,10 @@ def test_agent_pinned_to_second_node_runs_there(make_project, ray_cluster, tmp_p
         approval="auto",
         extra=ray_config(ray_cluster, tmp_path / "cache", resources="{agent2: 1}"),
     )
-    project.ticket("p1", description="spin 3\nwrite p1.txt pinned", locks=["p1.txt"])
+    looked = tmp_path / "looked"  # the agent runs until the test has looked at it
+    project.ticket(
+        "p1", description=f"{until_exists(looked)}\nwrite p1.txt pinned", locks=["p1.txt"]
+    )
     snap = project.wait_for(
         lambda s: any(a.ticket == "p1" and a.node for a in s.agents), what="p1 on a node"
     )
@@ -101,6 +114,7 @@ def test_agent_pinned_to_second_node_runs_there(make_project, ray_cluster, tmp_p
     assert agent.host  # the node's host name
     status = project.cli("status")
     assert agent.host in status.stdout, status.stdout
+    looked.write_text("")
     project.wait_state("p1", "merged", timeout_s=60)
 
 
