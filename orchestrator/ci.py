@@ -6,23 +6,25 @@ recorded in repo.git's git config (``orchestrator.python``):
 - hooks/post-receive runs ``python -m orchestrator.cihook`` (:mod:`orchestrator.cihook`,
   = ``orchestrator ci hook``): for every pushed ``refs/heads/agent-*`` (unless the
   push carries the push option ``ci=skip``) and ``refs/orchestrator/queue/*`` (merge
-  queue commits) it starts ``python -m orchestrator.ci job GIT_DIR SHA REF``
-  detached (own session, output to ``ci-status/<sha>.log``), so ``git push``
-  returns at once.
-- ``ci job`` (:func:`job`): throw-away checkout of the sha, runs ci.sh in it,
-  writes an ``error`` status itself when ci.sh could not, then sends ``ci_notify``
-  to the daemon (:func:`notify`).
+  queue commits) it forks a detached child (own session, output to
+  ``ci-status/<sha>.log``) that runs :func:`job` in the same interpreter, so
+  ``git push`` returns at once and no second Python starts.
+- ``ci job`` (:func:`job`; by hand ``python -m orchestrator.ci job GIT_DIR SHA REF``):
+  throw-away checkout of the sha, runs ci.sh in it, writes an ``error`` status
+  itself when ci.sh could not, then sends ``ci_notify`` to the daemon
+  (:func:`notify`). When ci.sh is the shipped template (:func:`is_shipped_ci_sh`),
+  whose only action is ``ci run``, the job runs :func:`run` itself.
 - ``ci run`` (ci.sh execs ``python -m orchestrator.ci run``; :mod:`orchestrator.cirun`):
   runs ``$CI_COMMAND`` under coreutils ``timeout`` and writes the status document
   (:mod:`orchestrator.shared.cistatus`) atomically.
 - ``ci notify SHA`` (``orchestrator ci notify``): the notification alone.
 
-Every CI run starts ``ci job`` and ``ci run``, so neither goes through the
-command line (:mod:`orchestrator.cli`, argparse, the protocol, the ticket models,
-PyYAML): this module imports only the standard library (and shared/errors.py,
-which is no more); msgspec and shared/cistatus.py are imported where a status is
-written or ``orchestrator.ciSetup`` decoded, :mod:`orchestrator.cirun` by ``ci run``
-alone. ``orchestrator ci job|run|notify`` call the same functions.
+Every CI run goes through this module, so it does not go through the command
+line (:mod:`orchestrator.cli`, argparse, the protocol, the ticket models,
+PyYAML): it imports only the standard library (and shared/errors.py, which is no
+more); msgspec and shared/cistatus.py are imported where a status is written,
+``orchestrator.ciSetup`` decoded or the tests run (:mod:`orchestrator.cirun`).
+``orchestrator ci job|run|notify`` call the same functions.
 
 The contract (files, environment, exit codes, timeouts) is docs/ci.md.
 """
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from orchestrator.cihook import without_git_env
-from orchestrator.shared.errors import DaemonNotRunning, ProtocolError
+from orchestrator.shared.errors import DaemonNotRunning, OrchestratorError, ProtocolError
 
 #: How long the job waits for the daemon's reply to ``ci_notify``.
 NOTIFY_TIMEOUT_S = 2.0
@@ -56,12 +58,26 @@ MAX_REPLY_BYTES = 1 << 20
 USAGE = "usage: python -m orchestrator.ci job GIT_DIR SHA REF | run"
 
 
-def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
+def run(env: Mapping[str, str], out: TextIO = sys.stdout, cwd: Path | None = None) -> int:
     """``ci run``: :func:`orchestrator.cirun.run` (see there), imported on call so that
-    ``ci job`` never loads msgspec for it."""
+    ``ci job`` loads msgspec only when it runs the tests itself."""
     from orchestrator.cirun import run as run_ci
 
-    return run_ci(env, out)
+    return run_ci(env, out, cwd)
+
+
+def is_shipped_ci_sh(ci_script: Path) -> bool:
+    """Whether ``ci_script`` is byte for byte the shipped ci.sh template
+    (:func:`orchestrator.shared.assets.asset`), whose only action is to exec
+    ``$ORCH_PYTHON -m orchestrator.ci run``: then :func:`job` calls :func:`run` itself
+    instead of starting bash and another Python. False when either cannot be read."""
+    from orchestrator.shared.assets import asset
+
+    try:
+        template = asset("ci.sh")
+        return ci_script.read_bytes() == template.read_bytes()
+    except (OSError, OrchestratorError):
+        return False
 
 
 # --- ci notify ----------------------------------------------------------------
@@ -175,21 +191,16 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
 
     Reads ``orchestrator.ciScript``, ``ciCommand``, ``ciTimeoutS``, ``socket`` and
     ``ciSetup`` from repo.git's git config (:func:`read_config`). Leaves
-    ``ci-status/<sha>.json`` behind (ci.sh's, or an ``error`` status of its own; if
-    even that cannot be written, the log says why) and returns 0.
+    ``ci-status/<sha>.json`` behind (ci.sh's, or an ``error`` status of its own, also
+    when the job itself fails with an exception, whose traceback goes to the log; if
+    even that cannot be written, the log says why), notifies the daemon and returns 0.
     """
     clean = without_git_env(os.environ)
     os.environ.clear()
     os.environ.update(clean)
-    config = read_config(git_dir)
-    ci_script = Path(config.get("orchestrator.ciscript") or git_dir.parent / "ci.sh")
-    ci_command = config.get("orchestrator.cicommand", "")
-    ci_timeout = config.get("orchestrator.citimeouts") or "600"
-    socket_path = config.get("orchestrator.socket", "")
     status_file = git_dir / "ci-status" / f"{sha}.json"
-    status_file.unlink(missing_ok=True)  # a status file that exists is final
     started = time.time()
-    _log(f"CI for {sha} ({ref}) started")
+    socket_path = ""
 
     def fail(exit_code: int, message: str) -> None:
         from orchestrator.shared.cistatus import CIVerdict, make_status, write_status
@@ -211,12 +222,27 @@ def job(git_dir: Path, sha: str, ref: str) -> int:
             return
         _log(f"wrote status 'error' to {status_file}")
 
-    if not ci_command:
-        fail(2, "no CI command configured (git config orchestrator.ciCommand)")
-    elif not ci_script.is_file():
-        fail(2, f"CI script not found: {ci_script} (git config orchestrator.ciScript)")
-    else:
-        _run_script(git_dir, config, sha, ref, ci_script, ci_command, ci_timeout, status_file, fail)
+    try:
+        status_file.unlink(missing_ok=True)  # a status file that exists is final
+        _log(f"CI for {sha} ({ref}) started")
+        config = read_config(git_dir)
+        socket_path = config.get("orchestrator.socket", "")
+        ci_script = Path(config.get("orchestrator.ciscript") or git_dir.parent / "ci.sh")
+        ci_command = config.get("orchestrator.cicommand", "")
+        ci_timeout = config.get("orchestrator.citimeouts") or "600"
+        if not ci_command:
+            fail(2, "no CI command configured (git config orchestrator.ciCommand)")
+        elif not ci_script.is_file():
+            fail(2, f"CI script not found: {ci_script} (git config orchestrator.ciScript)")
+        else:
+            _run_script(
+                git_dir, config, sha, ref, ci_script, ci_command, ci_timeout, status_file, fail
+            )
+    except Exception as exc:  # a bug or an unusable host: still a status for the daemon
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)
+        fail(1, f"the CI job failed: {type(exc).__name__}: {exc} (traceback in the log)")
     _notify_daemon(socket_path, sha)
     _log(f"CI for {sha} done")
     return 0
@@ -262,8 +288,13 @@ def _run_script(
         acceptance = _acceptance_file(git_dir, ref)
         if acceptance is not None:
             env["CI_ACCEPTANCE_FILE"] = str(acceptance)
-        sys.stdout.flush()
-        rc = subprocess.run(runner, cwd=checkout, env=env, stdin=subprocess.DEVNULL).returncode
+        if is_shipped_ci_sh(ci_script):
+            # All the shipped template does is exec `$ORCH_PYTHON -m orchestrator.ci run`.
+            _log(f"ci.sh ({ci_script}) is the shipped template: `ci run` in this process")
+            rc = run(env, sys.stdout, cwd=checkout)
+        else:
+            sys.stdout.flush()
+            rc = subprocess.run(runner, cwd=checkout, env=env, stdin=subprocess.DEVNULL).returncode
         _log(f"ci.sh exited with {rc}")
         if not status_file.exists():
             fail(

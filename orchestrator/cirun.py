@@ -1,7 +1,9 @@
 """``ci run``: the test command of one CI run and its status document (ci.sh's side).
 
 ci.sh (copied to ``<home>/ci.sh``) execs ``$ORCH_PYTHON -m orchestrator.ci run``,
-which lands here: :func:`run` runs ``$CI_COMMAND`` under coreutils ``timeout``,
+which lands here (or the CI job calls :func:`run` itself when ci.sh is the shipped
+template, :func:`orchestrator.ci.is_shipped_ci_sh`): it runs ``$CI_COMMAND`` under
+coreutils ``timeout``,
 then the ticket's acceptance checks, and writes the status document
 (:mod:`orchestrator.shared.cistatus`) atomically. Every CI run starts a Python
 for it, so this module imports only the standard library, msgspec,
@@ -66,18 +68,19 @@ def _verdict(exit_code: int, log: _Log, timeout_s: int) -> CIVerdict:
     return CIVerdict.FAIL
 
 
-def _git_head() -> str:
+def _git_head(cwd: Path | None) -> str:
     try:
         proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False
         )
     except OSError:
         return ""
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
-    """Run the test command once in the current directory and record the result.
+def run(env: Mapping[str, str], out: TextIO = sys.stdout, cwd: Path | None = None) -> int:
+    """Run the test command once in ``cwd`` (None: the current directory) and record
+    the result.
 
     Args:
         env: ``CI_COMMAND`` (run with ``bash -c``; empty: status ``error``),
@@ -87,7 +90,9 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
             SIGKILL 10 s later), ``CI_SHA`` (default ``git rev-parse HEAD``),
             ``CI_REF``, ``CI_STATUS_FILE`` (written atomically; unset: the JSON
             is printed as the last line of output).
+            ``env`` is also the environment of the command and the checks.
         out: where the command's combined stdout+stderr is echoed.
+        cwd: the checkout's root, where the command and the checks run.
 
     Returns:
         0 when the status is ``pass``, 1 otherwise, 2 when the status file could
@@ -109,18 +114,24 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
         timeout_s = int(timeout_raw)
         argv = ["timeout", f"--kill-after={KILL_AFTER_S}", str(timeout_s), "bash", "-c", command]
         with subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         ) as proc:
             assert proc.stdout is not None
             while chunk := os.read(proc.stdout.fileno(), 1 << 16):
                 log.write(chunk)
         exit_code = proc.returncode
         verdict = _verdict(exit_code, log, timeout_s)
-        checks, failed = _run_acceptance(env.get("CI_ACCEPTANCE_FILE", ""), timeout_s, log)
+        root = cwd if cwd is not None else Path.cwd()
+        checks, failed = _run_acceptance(env, root, timeout_s, log)
         if failed and verdict == CIVerdict.PASS:
             verdict = CIVerdict.FAIL
     status = make_status(
-        sha=env.get("CI_SHA") or _git_head(),
+        sha=env.get("CI_SHA") or _git_head(cwd),
         ref=env.get("CI_REF", ""),
         status=verdict,
         exit_code=exit_code,
@@ -141,12 +152,16 @@ def run(env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
     return EXIT_PASS if verdict == CIVerdict.PASS else EXIT_NOT_PASS
 
 
-def _run_acceptance(path: str, timeout_s: int, log: _Log) -> tuple[list[CheckResult], bool]:
-    """Run the acceptance checks listed in ``path`` (JSON) at the checkout's root.
+def _run_acceptance(
+    env: Mapping[str, str], root: Path, timeout_s: int, log: _Log
+) -> tuple[list[CheckResult], bool]:
+    """Run the acceptance checks listed in ``env["CI_ACCEPTANCE_FILE"]`` (JSON) at the
+    checkout's ``root``, with the environment ``env``.
 
     Returns the results and whether any did not pass. Check argv never reaches a
     shell; each check gets ``timeout_s``. docs/tickets.md#acceptance-checks.
     """
+    path = env.get("CI_ACCEPTANCE_FILE", "")
     if not path:
         return [], False
     from orchestrator.shared.models import AcceptanceCheck  # loads PyYAML: only when needed
@@ -158,7 +173,7 @@ def _run_acceptance(path: str, timeout_s: int, log: _Log) -> tuple[list[CheckRes
         return [
             CheckResult(name="acceptance checks", status=CIVerdict.ERROR, output_tail=str(exc))
         ], True
-    results = [_check(check, Path.cwd(), timeout_s) for check in checks]
+    results = [_check(check, root, env, timeout_s) for check in checks]
     for r in results:
         log.note(f"acceptance: {r.name}: {r.status}")
         if r.status != CIVerdict.PASS and r.output_tail:
@@ -166,7 +181,9 @@ def _run_acceptance(path: str, timeout_s: int, log: _Log) -> tuple[list[CheckRes
     return results, any(r.status != CIVerdict.PASS for r in results)
 
 
-def _check(check: AcceptanceCheck, root: Path, timeout_s: int) -> CheckResult:
+def _check(
+    check: AcceptanceCheck, root: Path, env: Mapping[str, str], timeout_s: int
+) -> CheckResult:
     name = check.label
 
     def result(status: CIVerdict, output: str) -> CheckResult:
@@ -177,6 +194,7 @@ def _check(check: AcceptanceCheck, root: Path, timeout_s: int) -> CheckResult:
             proc = subprocess.Popen(
                 check.run,
                 cwd=root,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -1,10 +1,11 @@
 """The cheap CI path: ``python -m orchestrator.ci job|run`` and its stdlib ``ci_notify``.
 
-Every CI run starts two Pythons (the detached ``ci job`` and ``ci run`` under
-ci.sh), so neither may load the command line, the protocol, the ticket models or
-PyYAML (docs/performance.md). These tests run the real entry points in real
-subprocesses, against a real bare repository, ci.sh, Unix socket and daemon, and
-look at what they imported (``sys.modules`` after the run).
+Every CI run goes through ``ci job`` (in the hook's interpreter) and ``ci run``
+(in the job, or under a customised ci.sh), so neither may load the command line,
+the protocol, the ticket models or PyYAML (docs/performance.md). These tests run
+the real entry points in real subprocesses, against a real bare repository,
+ci.sh, Unix socket and daemon, and look at what they imported (``sys.modules``
+after the run).
 """
 
 from __future__ import annotations
@@ -222,6 +223,11 @@ def test_ci_job_succeeds_on_the_standard_library_alone(
         ("orchestrator.ciSetup", "{}"),  # what the daemon writes without ci.setup
     ):
         git("--git-dir", str(bare), "config", key, value)
+    # A customised ci.sh (one comment line more than the template) runs as a script
+    # (its own `ci run` Python): the job itself loads nothing but the standard library.
+    ci_sh = bare.parent / "ci.sh"
+    ci_sh.write_text((REPO_ROOT / "ci.sh").read_text() + "# our own ci.sh\n")
+    assert not ci.is_shipped_ci_sh(ci_sh)
 
     result = run_entry(
         tmp_path, "job", str(bare), sha, "refs/heads/agent-1/t1", env=git_env, cwd=tmp_path
@@ -229,10 +235,26 @@ def test_ci_job_succeeds_on_the_standard_library_alone(
     assert result["exit"] == 0
     log = result["output"]
     assert "checkout-ok" in log and "ci.sh exited with 0" in log, log
+    assert "shipped template" not in log
     assert f"notified daemon at {server.path}: ok: applied" in log
     assert json.loads((bare / "ci-status" / f"{sha}.json").read_text())["status"] == "pass"
     assert P.decode_command(server.lines[0]) == P.CINotify(sha=sha, req="1")
     assert set(result["modules"]) & (HEAVY | NOT_IN_JOB) == set()
+
+    # The shipped template: the job runs `ci run` itself, loading what `ci run` loads
+    # (cirun, msgspec, cistatus) and still nothing heavy.
+    shutil.copyfile(REPO_ROOT / "ci.sh", ci_sh)
+    assert ci.is_shipped_ci_sh(ci_sh)
+    result = run_entry(
+        tmp_path, "job", str(bare), sha, "refs/heads/agent-1/t1", env=git_env, cwd=tmp_path
+    )
+    log = result["output"]
+    assert f"ci.sh ({ci_sh}) is the shipped template" in log, log
+    assert "checkout-ok" in log and "ci.sh exited with 0" in log, log
+    assert json.loads((bare / "ci-status" / f"{sha}.json").read_text())["status"] == "pass"
+    assert P.decode_command(server.lines[1]) == P.CINotify(sha=sha, req="1")
+    assert NOT_IN_JOB <= set(result["modules"])
+    assert set(result["modules"]) & HEAVY == set()
 
     # Without a CI command the job writes an `error` status itself (cistatus and
     # msgspec now), still without the heavy modules.
@@ -245,6 +267,21 @@ def test_ci_job_succeeds_on_the_standard_library_alone(
     assert "no CI command configured" in doc["log_tail"]
     assert "orchestrator.shared.cistatus" in result["modules"]
     assert set(result["modules"]) & HEAVY == set()
+
+
+def test_only_the_exact_template_counts_as_shipped(tmp_path: Path) -> None:
+    template = (REPO_ROOT / "ci.sh").read_bytes()
+    script = tmp_path / "ci.sh"
+    script.write_bytes(template)
+    assert ci.is_shipped_ci_sh(script)
+    script.chmod(0o644)  # the mode does not matter: run with bash, it does the same
+    assert ci.is_shipped_ci_sh(script)
+    for variant in (template + b"\n", template.replace(b"exit 2", b"exit 3"), template[:-1]):
+        script.write_bytes(variant)
+        assert not ci.is_shipped_ci_sh(script)
+    # Unreadable or missing: the job goes the ordinary way (and reports it there).
+    assert not ci.is_shipped_ci_sh(tmp_path)
+    assert not ci.is_shipped_ci_sh(tmp_path / "missing.sh")
 
 
 @pytest.mark.parametrize(

@@ -350,15 +350,18 @@ def test_passing_commit_writes_pass_status(home: Home) -> None:
 
 
 def test_push_returns_before_ci_finishes(home: Home) -> None:
-    sha = home.commit("agent-1/t1", {"tests/test_slow.py": sleeping_test(3)})
+    # The job runs in a fork of the hook's Python: it must hold none of git's pipes,
+    # or `git push` would wait for the 5 s command and the status would be there.
+    home.config("orchestrator.ciCommand", "sleep 5 && echo SLEPT")
+    sha = home.commit("agent-1/t1", {})
     home.push("agent-1/t1")
-    # The tests take >= 3 s, so if push had waited for CI the file would exist.
     assert not home.status_path(sha).exists()
     assert home.log_path(sha).exists()  # the job was started by the hook
 
     doc = home.wait_status(sha)
     assert doc["status"] == "pass", doc
-    assert doc["duration_s"] >= 2.5
+    assert "SLEPT" in doc["log_tail"]
+    assert doc["duration_s"] >= 4.5
 
 
 def test_failing_test_writes_fail_status(home: Home) -> None:
@@ -538,20 +541,50 @@ def test_ci_notify_by_hand(home: Home, daemon: FakeDaemon, short_dir: Path) -> N
     assert proc.stderr.startswith("orchestrator: no daemon answers on")
 
 
-def _record_python_starts(home: Home, tmp_path: Path) -> Path:
-    """Point ``orchestrator.python`` at a wrapper that appends its argv to a file, then
-    runs the real interpreter: the file lists every Python the hook starts."""
+def _python_recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A wrapper of the real interpreter that appends its argv to a file (the record,
+    returned with the wrapper) and puts a ``sitecustomize`` on ``PYTHONPATH`` that
+    appends the argv of every Python started below it (the CI job's environment
+    keeps ``PYTHONPATH``) to :func:`every_python` of the record."""
     record = tmp_path / "python-starts.txt"
+    site = tmp_path / "record-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"with open({str(every_python(record))!r}, 'a') as f:\n"
+        "    f.write(' '.join(sys.orig_argv[1:]) + '\\n')\n"
+    )
     wrapper = tmp_path / "python-wrapper"
     wrapper.write_text(
         "#!/bin/sh\n"
         f'printf "%s\\n" "$*" >> {shlex.quote(str(record))}\n'
+        f"export PYTHONPATH={shlex.quote(str(site))}\n"
         f'exec {shlex.quote(sys.executable)} "$@"\n'
     )
     wrapper.chmod(0o755)
+    return wrapper, record
+
+
+def _record_python_starts(home: Home, tmp_path: Path) -> Path:
+    """Point ``orchestrator.python`` at :func:`_python_recorder`'s wrapper: its record
+    lists every Python the hook starts, :func:`python_starts` every Python at all."""
+    wrapper, record = _python_recorder(tmp_path)
     home.config("orchestrator.python", str(wrapper))
     home.config("receive.advertisePushOptions", "true")
     return record
+
+
+def every_python(record: Path) -> Path:
+    """Where :func:`_record_python_starts` lists every Python started (argv after the
+    interpreter's path, one line each)."""
+    return record.with_name("every-python.txt")
+
+
+def python_starts(record: Path) -> list[str]:
+    try:
+        return every_python(record).read_text().splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def _push_with_options(home: Home, *args: str) -> str:
@@ -604,4 +637,166 @@ def test_ci_skip_does_not_skip_a_merge_queue_commit(home: Home, tmp_path: Path) 
     assert sorted(p.name for p in home.status_dir.iterdir()) == [
         f"{queue_sha}.json",
         f"{queue_sha}.log",
+    ]
+
+
+def test_the_shipped_ci_sh_runs_in_the_hooks_python(home: Home, tmp_path: Path) -> None:
+    # A merge queue commit with the shipped ci.sh: the hook's Python forks the job,
+    # which runs `ci run` itself: one Python for the whole CI run.
+    record = _record_python_starts(home, tmp_path)
+    home.config("orchestrator.ciCommand", "test -f q.txt && echo TESTS-RAN-HERE")
+    sha = home.commit("stack", {"q.txt": "q\n"})
+    out = home.push("stack:refs/orchestrator/queue/t1")
+    assert "CI started for queue/t1" in out
+
+    doc = home.wait_status(sha)
+    assert_schema(doc, sha, "refs/orchestrator/queue/t1")
+    assert (doc["status"], doc["exit_code"]) == ("pass", 0), doc
+    assert doc["log_tail"] == "TESTS-RAN-HERE\n"
+    assert "is the shipped template" in home.read_log(sha)
+    assert python_starts(record) == ["-m orchestrator.cihook"]
+    assert_cleaned_up(home)
+
+
+@pytest.mark.parametrize("change", ["comment", "marker"])
+def test_a_customised_ci_sh_really_runs(home: Home, tmp_path: Path, change: str) -> None:
+    record = _record_python_starts(home, tmp_path)
+    ci_sh = home.root / "ci.sh"
+    template = CI_SRC.read_text()
+    marker = tmp_path / "ci-sh-ran"
+    if change == "comment":
+        ci_sh.write_text(template + "# one line of our own\n")
+    else:
+        line = f'printf "%s\\n" "$CI_SHA" > {shlex.quote(str(marker))}\n'
+        ci_sh.write_text(template.replace("set -euo pipefail\n", "set -euo pipefail\n" + line))
+    home.config("orchestrator.ciCommand", "echo TESTS-RAN")
+    sha = home.commit("agent-1/t1", {})
+    home.push("agent-1/t1")
+
+    doc = home.wait_status(sha)
+    assert (doc["status"], doc["log_tail"]) == ("pass", "TESTS-RAN\n"), doc
+    assert "shipped template" not in home.read_log(sha)
+    # ci.sh ran, and exec'd its own `ci run` Python.
+    assert python_starts(record) == ["-m orchestrator.cihook", "-m orchestrator.ci run"]
+    if change == "marker":
+        assert marker.read_text() == f"{sha}\n"
+
+
+#: The CI command of the environment test: its own environment must hold no GIT_*
+#: and neither the ref token nor the run id, and neither may the initial environment
+#: of any process above it (/proc/<pid>/environ, readable by the code under test).
+CHECK_ENV = r"""
+env | grep -E '^(GIT_|ORCH_REF_TOKEN=|ORCH_RUN_ID=)' && exit 3
+pid=$PPID
+while [ "$pid" -gt 1 ]; do
+    if environ=$(tr '\0' '\n' < "/proc/$pid/environ"); then
+        printf '%s\n' "$environ" | grep -E '^(ORCH_REF_TOKEN|ORCH_RUN_ID)=' && exit 4
+        echo "checked $(cat "/proc/$pid/comm")"
+    fi
+    pid=$(sed 's/.*) //' "/proc/$pid/stat" | cut -d ' ' -f 2)
+done
+echo ENV-CLEAN
+"""
+
+
+@pytest.mark.parametrize("hook", ["shipped", "old copy"])
+def test_the_job_gets_neither_git_env_nor_the_daemons_secrets(
+    home: Home, tmp_path: Path, hook: str
+) -> None:
+    # The merger pushes with ORCH_REF_TOKEN; an agent's push would carry ORCH_RUN_ID.
+    # The shipped hook unsets both before Python starts, so the job is forked; a copy
+    # of the hook from before (no unset) gets the job exec'd with a clean environment.
+    if hook == "old copy":
+        text = HOOK_SRC.read_text()
+        assert "\nunset ORCH_REF_TOKEN ORCH_RUN_ID\n" in text
+        (home.bare / "hooks" / "post-receive").write_text(
+            text.replace("\nunset ORCH_REF_TOKEN ORCH_RUN_ID\n", "\n")
+        )
+    record = _record_python_starts(home, tmp_path)
+    script = tmp_path / "check-env.sh"
+    script.write_text(CHECK_ENV)
+    home.config("orchestrator.ciCommand", f"bash {shlex.quote(str(script))}")
+    home.env.update(ORCH_REF_TOKEN="the-daemons-secret", ORCH_RUN_ID="run-1234")
+    sha = home.commit("stack", {})
+    home.push("stack:refs/orchestrator/queue/t1")
+
+    doc = home.wait_status(sha)
+    assert doc["status"] == "pass", doc
+    log = doc["log_tail"]
+    assert "ENV-CLEAN" in log
+    assert "checked timeout" in log and "checked python" in log, log  # the job itself
+    starts = python_starts(record)
+    if hook == "shipped":
+        assert starts == ["-m orchestrator.cihook"]
+    else:
+        assert starts == [
+            "-m orchestrator.cihook",
+            f"-m orchestrator.ci job {home.bare} {sha} refs/orchestrator/queue/t1",
+        ]
+
+
+def test_an_exception_in_the_job_is_logged_and_gives_an_error_status(
+    home: Home, tmp_path: Path, daemon: FakeDaemon
+) -> None:
+    # A host without coreutils' `timeout` (a PATH holding only what git and the hook
+    # need): `ci run` inside the job raises FileNotFoundError.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "git", "cat"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    home.config("orchestrator.socket", daemon.path)
+    sha = home.commit("agent-1/t1", {})
+    home.env["PATH"] = str(bin_dir)
+    out = home.push("agent-1/t1")
+    assert "CI started for agent-1/t1" in out
+
+    doc = home.wait_status(sha)
+    assert_schema(doc, sha, "refs/heads/agent-1/t1")
+    assert (doc["status"], doc["exit_code"]) == ("error", 1), doc
+    assert "the CI job failed: FileNotFoundError" in doc["log_tail"]
+    log = home.read_log(sha)
+    assert "Traceback (most recent call last)" in log and "'timeout'" in log, log
+    # ...and the daemon still hears of it, and the checkout is gone.
+    assert daemon.received.get(timeout=POLL_TIMEOUT_S)["sha"] == sha
+    assert_cleaned_up(home)
+
+
+def test_one_python_per_ticket_and_a_real_daemon_is_notified(make_project, tmp_path: Path) -> None:
+    # The real pipeline under auto approval: the branch push (ci=skip) starts no Python,
+    # the merge queue commit's CI runs in the hook's Python, and the daemon merges it.
+    project = make_project(workers=1, approval="auto")
+    repo = project.home.repo
+    wrapper, record = _python_recorder(tmp_path)
+    # The daemon wrote orchestrator.python at its start; the hook reads it at each push.
+    subprocess.run(
+        ["git", "--git-dir", str(repo), "config", "orchestrator.python", str(wrapper)],
+        check=True,
+    )
+    project.ticket("t1", description="write src/one.py ONE = 1\\n")
+    project.wait_state("t1", "merged", timeout_s=90)
+
+    statuses = sorted((repo / "ci-status").glob("*.json"))
+    assert len(statuses) == 1, statuses
+    doc = json.loads(statuses[0].read_text())
+    sha = statuses[0].stem
+    assert_schema(doc, sha, "refs/orchestrator/queue/t1")
+    assert doc["status"] == "pass", doc
+    main = subprocess.run(
+        ["git", "--git-dir", str(repo), "rev-parse", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert main == sha  # main was fast-forwarded to the commit CI passed
+    log_path = repo / "ci-status" / f"{sha}.log"
+    wait_for(lambda: f"CI for {sha} done" in log_path.read_text(), "the CI job to finish")
+    log = log_path.read_text()
+    assert "is the shipped template" in log, log
+    assert f"notified daemon at {project.home.socket_path}: ok: applied" in log, log
+    # One Python for the ticket's CI besides the project's own tests (the CI command).
+    assert sorted(python_starts(record)) == [
+        "-m orchestrator.cihook",
+        "-m unittest discover -s tests -q",
     ]
