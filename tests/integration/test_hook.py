@@ -13,6 +13,7 @@ import queue
 import re
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -800,3 +801,77 @@ def test_one_python_per_ticket_and_a_real_daemon_is_notified(make_project, tmp_p
         "-m orchestrator.cihook",
         "-m unittest discover -s tests -q",
     ]
+
+
+def test_several_refs_in_one_push_each_get_their_own_job(home: Home) -> None:
+    # The hook forks once per ref; what it printed before a fork must not reach the
+    # next child's log (its stdout goes to git, buffered: flushed before each fork),
+    # and a child must not go on with the hook's loop after its job (os._exit).
+    home.env.pop("PYTHONUNBUFFERED", None)  # the hook's stdout buffered, as by default
+    shas = {
+        branch: home.commit(branch, {f"{branch[:7]}.txt": "x\n"})
+        for branch in ("agent-1/a", "agent-2/b", "agent-3/c")
+    }
+    out = home.push(*shas)
+    for branch, sha in shas.items():
+        assert out.count(f"orchestrator: CI started for {branch} ({sha[:12]})") == 1, out
+        assert home.wait_status(sha)["status"] == "pass"
+    # Every process of this push has ended (each carries the test's own HOME), so a
+    # child that went on with the hook's loop would have written its lines by now.
+    marker = f"HOME={home.env['HOME']}".encode()
+    wait_for(lambda: not _processes_with(marker), "the CI jobs to exit")
+    for branch, sha in shas.items():
+        log = home.read_log(sha)
+        assert log.count(f"CI for {sha} (refs/heads/{branch}) started") == 1, log
+        assert log.startswith("["), log
+        assert "orchestrator: CI started" not in log and "Traceback" not in log, log
+        assert log.endswith(f"CI for {sha} done\n"), log
+
+
+def test_an_interrupted_job_never_returns_into_the_hook(home: Home, tmp_path: Path) -> None:
+    # SIGINT to the job: the KeyboardInterrupt is no Exception the job handles (no
+    # status claims a result); its traceback goes to the log and the job ends there.
+    pid_file = tmp_path / "timeout.pid"
+    home.config("orchestrator.ciCommand", f"echo $PPID > {shlex.quote(str(pid_file))}; sleep 60")
+    sha = home.commit("agent-1/t1", {})
+    home.push("agent-1/t1")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the CI command")
+    timeout_pid = int(pid_file.read_text())
+    stat = Path(f"/proc/{timeout_pid}/stat").read_text()
+    job_pid = int(stat[stat.rfind(")") + 2 :].split()[1])
+    try:
+        assert Path(f"/proc/{job_pid}/cmdline").read_bytes().split(b"\0")[1:3] == [
+            b"-m",
+            b"orchestrator.cihook",
+        ]  # the hook's own interpreter, forked
+        os.kill(job_pid, signal.SIGINT)
+        wait_for(lambda: not Path(f"/proc/{job_pid}").exists() or _is_zombie(job_pid), "exit")
+    finally:
+        os.killpg(timeout_pid, signal.SIGKILL)  # coreutils timeout leads its own group
+    log = home.read_log(sha)
+    assert "Traceback (most recent call last)" in log and "KeyboardInterrupt" in log, log
+    assert log.count("Traceback") == 1, log
+    assert "orchestrator: CI started" not in log and f"CI for {sha} done" not in log, log
+    assert not home.status_path(sha).exists()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"
+
+
+def _processes_with(entry: bytes) -> list[int]:
+    """Pids whose initial environment (``/proc/<pid>/environ``) holds ``entry``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if entry in environ.split(b"\0"):
+                found.append(int(proc.name))
+    return found
