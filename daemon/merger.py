@@ -125,18 +125,23 @@ class Merger:
             return Stacked(ticket, effect.gen, outcome, time.time(), **kw)  # type: ignore[arg-type]
 
         parent = effect.parent
-        if not parent:  # the head of the queue: on main (merged before the daemon died?)
-            parent = await self._main()
-            recorded = await self._recorded(ticket, parent)
+        # Merged before the daemon died? Asked for the head of the queue, and for every
+        # entry stacked before (``reuse``): a restart orders the queue afresh, so an entry
+        # main was fast-forwarded to just before a crash can come back behind another.
+        # Any other entry behind the head cannot have been merged: main moves through
+        # the queue in order.
+        if not parent or effect.reuse:
+            main = await self._main()
+            recorded = await self._recorded(ticket, main)
             if recorded:
                 passed = [recorded if await self._passed(recorded) else "", effect.verified_sha]
                 mismatch = await self._tree_mismatch(ticket, recorded, passed)
-                if mismatch and not await self._covered_in_batch(effect.branch, recorded, parent):
+                if mismatch and not await self._covered_in_batch(effect.branch, recorded, main):
                     return result(StackOutcome.ERROR, text=mismatch)
                 return result(StackOutcome.MERGED, sha=recorded)
-        # An entry behind the head cannot have been merged: main moves through the queue
-        # in order. Its parent descends from main by queue commits only, which no branch
-        # contains, so its merge base with the branch is the branch's merge base with main.
+            parent = parent or main
+        # The parent descends from main by queue commits only, which no branch contains,
+        # so its merge base with the branch is the branch's merge base with main.
         tip, parent_tree = (
             await git(work, "rev-parse", f"refs/heads/{effect.branch}", f"{parent}^{{tree}}")
         ).split()

@@ -397,3 +397,45 @@ def test_a_batch_fast_forwarded_just_before_a_crash_counts_as_merged_after_it(ma
     project.wait_for(all_merged(["a", "b", "c", "d"]), 60, "b, c and d merged after the restart")
     assert git(repo, "rev-parse", "main") == queued["d"]  # nothing merged twice
     assert_batch_tips_passed_ci(project, untested={"b", "c"})
+
+
+def test_a_ticket_fast_forwarded_just_before_a_crash_counts_as_merged_behind_another(
+    make_project,
+):
+    """x (priority 4) is the head of the queue, y (priority 2) is stacked on it; the
+    daemon dies right after main moved to x's commit, before it saved the answer. The
+    restart orders the queue afresh, by priority, so y comes back ahead of x: x's record
+    on main must still count (not "the change is empty on top of main", an attempt
+    that fails for good and blocks what depends on x)."""
+    project = make_project(workers=2, approval="auto", ci_prefix="sleep 6 && ")
+    project.ticket("x", priority=4, locks=["src/x.py"], description="write src/x.py V=1\\n")
+    project.wait_for(lambda s: any(t.id == "x" and t.queue_sha for t in s.tickets), 60, "x")
+    project.ticket("y", priority=2, locks=["src/y.py"], description="write src/y.py V=1\\n")
+    project.ticket(
+        "z", priority=2, depends_on=["x"], locks=["src/z.py"], description="write src/z.py V=1\\n"
+    )
+    snap = project.wait_for(
+        lambda s: any(t.id == "y" and t.queue_sha for t in s.tickets), 60, "y stacked on x"
+    )
+    order = sorted(
+        (t for t in snap.tickets if t.queue_position is not None),
+        key=lambda t: t.queue_position or 0,
+    )
+    assert [t.id for t in order] == ["x", "y"], [t.id for t in order]
+    x_sha = next(t.queue_sha for t in snap.tickets if t.id == "x") or ""
+    project.kill9()
+    deadline = time.monotonic() + 60  # the CI job is detached: it finishes on its own
+    while ci_status(project, x_sha) != "pass":
+        assert time.monotonic() < deadline, "x's CI did not pass"
+        time.sleep(0.2)
+    repo = project.home.repo  # the merger's fast-forward, as it was just before the crash
+    git(repo, "update-ref", "refs/heads/main", x_sha)
+    git(repo, "update-ref", "refs/orchestrator/merged/x", x_sha)
+    project.start()
+    snap = project.wait_for(all_merged(["x", "y", "z"]), 90, "x, y and z merged after the restart")
+    tickets = {t.id: t for t in snap.tickets}
+    assert tickets["x"].attempt == 1, tickets["x"]
+    assert tickets["x"].reason == "merged before the restart", tickets["x"].reason
+    assert main_order(project).count("x") == 1  # nothing merged twice
+    assert not [m for m in event_messages(project, "attempt.failed") if m.startswith("x:")]
+    assert_every_main_commit_passed_ci(project)
