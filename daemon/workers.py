@@ -204,10 +204,15 @@ class Workers:
         try:
             await self._run(run)
         except Exception as exc:  # a bug here must not strand the ticket in `running`
-            log.exception("%s: attempt of %s failed", effect.agent, effect.ticket)
+            if isinstance(exc, OSError):  # the attempt's files (disk full...): one line
+                reason = f"cannot write the attempt's files: {exc}"
+                log.warning("%s: attempt of %s failed: %s", effect.agent, effect.ticket, reason)
+            else:
+                log.exception("%s: attempt of %s failed", effect.agent, effect.ticket)
+                reason = f"internal error: {exc}"
             if run.process is not None:
                 run.process.signal(signal.SIGKILL)
-            self._exited(effect, None, reason=f"internal error: {exc}")
+            self._exited(effect, None, reason=reason)
         finally:
             self.runs.pop(effect.agent, None)
             if not self.runs and not self._pushes:

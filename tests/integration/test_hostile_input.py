@@ -210,3 +210,28 @@ def test_sighup_takes_the_graceful_path(make_project):
     project.proc = None
     assert not project.home.socket_path.exists()
     assert "daemon stopped" in (project.root / "daemon.log").read_text()
+
+
+def test_an_attempt_whose_files_cannot_be_written_fails_with_one_line(make_project):
+    """The attempt's directory cannot be made (here a file stands where it goes; a full
+    disk gives the same OSError): the attempt fails with a one-line reason, the daemon
+    logs no traceback and goes on, and the ticket's file is kept."""
+    project = make_project(workers=1, approval="auto")
+    (project.home.runs).mkdir(parents=True, exist_ok=True)
+    (project.home.runs / "blocked").write_text("not a directory\n")
+    ticket_file = project.ticket("blocked", description="write a.txt x\\n")
+    snap = project.wait_for(
+        lambda s: any(t.id == "blocked" and t.state == "failed" for t in s.tickets),
+        60,
+        "the ticket failed",
+    )
+    reason = next(t.reason for t in snap.tickets if t.id == "blocked")
+    assert "cannot write the attempt's files" in reason and "\n" not in reason, reason
+    log = (project.root / "daemon.log").read_text()
+    assert "Traceback" not in log, log[-2000:]
+    assert project.proc is not None and project.proc.poll() is None, "the daemon died"
+    assert ticket_file.exists() or (project.home.backlog / "done" / ticket_file.name).exists()
+    project.ticket("after", description="write b.txt y\\n")  # the daemon goes on
+    project.wait_for(
+        lambda s: any(t.id == "after" and t.state == "merged" for t in s.tickets), 90, "after"
+    )
