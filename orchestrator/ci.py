@@ -21,8 +21,8 @@ recorded in repo.git's git config (``orchestrator.python``):
 
 Every CI run goes through this module, so it does not go through the command
 line (:mod:`orchestrator.cli`, argparse, the protocol, the ticket models,
-PyYAML): it imports only the standard library (and shared/errors.py, which is no
-more); msgspec and shared/cistatus.py are imported where a status is written,
+PyYAML): it imports only the standard library (and shared/errors.py and
+shared/terminal.py, which are no more); msgspec and shared/cistatus.py are imported where a status is written,
 ``orchestrator.ciSetup`` decoded or the tests run (:mod:`orchestrator.cirun`).
 ``orchestrator ci job|run|notify`` call the same functions.
 
@@ -46,6 +46,7 @@ from typing import Any, BinaryIO, TextIO
 
 from orchestrator.cihook import without_git_env
 from orchestrator.shared.errors import DaemonNotRunning, OrchestratorError, ProtocolError
+from orchestrator.shared.terminal import terminal_safe
 
 #: How long the job waits for the daemon's reply to ``ci_notify``.
 NOTIFY_TIMEOUT_S = 2.0
@@ -126,7 +127,7 @@ def notify(socket_path: Path, sha: str, timeout_s: float = NOTIFY_TIMEOUT_S) -> 
                 message = _read_message(reader, timeout_s)
                 if message.get("type") == "reply" and message.get("req") == "1":
                     verdict = "ok" if message.get("ok") is True else "refused"
-                    return f"{verdict}: {_one_line(str(message.get('message', '')))}"
+                    return f"{verdict}: {terminal_safe(str(message.get('message', '')))}"
         except OSError as exc:
             raise ProtocolError(f"the connection to the daemon failed: {exc}") from None
 
@@ -145,15 +146,6 @@ def _read_message(reader: BinaryIO, timeout_s: float) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"the daemon sent an unreadable line: {line[:200]!r}")
     return message
-
-
-def _one_line(text: str) -> str:
-    """Every character that is not printable (controls, bidi, line separators: a superset
-    of shared/terminal.py's set) as a visible ``\\xNN``/``\\uNNNN`` escape."""
-    return "".join(
-        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        for c in text
-    )
 
 
 # --- ci job (started by the post-receive hook, orchestrator/cihook.py) ----------

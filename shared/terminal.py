@@ -19,8 +19,6 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-import msgspec
-
 __all__ = ["MULTILINE_FIELDS", "sanitize_message", "terminal_safe"]
 
 _BIDI = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
@@ -71,8 +69,8 @@ def sanitize_message(value: T, multiline: bool = False) -> T:
 def _walk(value: Any, multiline: bool) -> Any:
     if isinstance(value, str):
         return terminal_safe(value, multiline)
-    if isinstance(value, msgspec.Struct):
-        changes = {}
+    if hasattr(type(value), "__struct_fields__"):  # a msgspec Struct (msgspec not imported:
+        changes = {}  # the CI job escapes the daemon's reply with terminal_safe alone)
         for name in value.__struct_fields__:
             old = getattr(value, name)
             if old is None or isinstance(old, bool | int | float):
@@ -80,7 +78,11 @@ def _walk(value: Any, multiline: bool) -> Any:
             new = _walk(old, multiline or name in MULTILINE_FIELDS)
             if new != old:
                 changes[name] = new
-        return msgspec.structs.replace(value, **changes) if changes else value
+        if not changes:
+            return value
+        from msgspec import structs
+
+        return structs.replace(value, **changes)
     if isinstance(value, dict):
         return {
             _walk(k, False): _walk(v, multiline or k in MULTILINE_FIELDS) for k, v in value.items()
