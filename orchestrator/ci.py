@@ -22,8 +22,9 @@ recorded in repo.git's git config (``orchestrator.python``):
 Every CI run goes through this module, so it does not go through the command
 line (:mod:`orchestrator.cli`, argparse, the protocol, the ticket models,
 PyYAML): it imports only the standard library (and shared/errors.py and
-shared/terminal.py, which are no more); msgspec and shared/cistatus.py are imported where a status is written,
-``orchestrator.ciSetup`` decoded or the tests run (:mod:`orchestrator.cirun`).
+shared/terminal.py, which are no more); msgspec and shared/cistatus.py are
+imported where a status is written, ``orchestrator.ciSetup`` decoded or the
+tests run (:mod:`orchestrator.cirun`).
 ``orchestrator ci job|run|notify`` call the same functions.
 
 The contract (files, environment, exit codes, timeouts) is docs/ci.md.
@@ -267,7 +268,6 @@ def _run_script(
         if setup_failed:
             fail(2, setup_failed)
             return
-        runner = [str(ci_script)] if os.access(ci_script, os.X_OK) else ["bash", str(ci_script)]
         env = dict(os.environ)
         env.update(
             CI_COMMAND=ci_command,
@@ -285,6 +285,7 @@ def _run_script(
             _log(f"ci.sh ({ci_script}) is the shipped template: `ci run` in this process")
             rc = run(env, sys.stdout, cwd=checkout)
         else:
+            runner = [str(ci_script)] if os.access(ci_script, os.X_OK) else ["bash", str(ci_script)]
             sys.stdout.flush()
             rc = subprocess.run(runner, cwd=checkout, env=env, stdin=subprocess.DEVNULL).returncode
         _log(f"ci.sh exited with {rc}")
@@ -383,8 +384,9 @@ def _notify_daemon(socket_path: str, sha: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m orchestrator.ci job GIT_DIR SHA REF`` or ``... run`` (no argparse: every
-    CI run starts both); a wrong call gets the usage line on stderr and exit code 2."""
+    """``python -m orchestrator.ci job GIT_DIR SHA REF`` or ``... run`` (no argparse: a
+    customised ci.sh starts ``run`` for every CI run); a wrong call gets the usage
+    line on stderr and exit code 2."""
     match argv:
         case ["job", git_dir, sha, ref]:
             return job(Path(git_dir), sha, ref)
