@@ -180,6 +180,15 @@ def ci_status(project: Project, sha: str) -> str:
     return json.loads(path.read_text())["status"] if path.exists() else ""
 
 
+def wait_ci_pass(project: Project, sha: str, whose: str) -> None:
+    """Wait until CI passed on ``sha``: the CI job is detached, it finishes on its own
+    (also after the daemon was killed)."""
+    deadline = time.monotonic() + 60
+    while ci_status(project, sha) != "pass":
+        assert time.monotonic() < deadline, f"{whose} CI did not pass"
+        time.sleep(0.2)
+
+
 def assert_batch_tips_passed_ci(project: Project, untested: set[str]) -> None:
     """merge.batch's guarantee: main moves only to commits CI passed on; the commits of a
     batch's earlier entries (``untested``) are ancestors of such a commit."""
@@ -385,10 +394,7 @@ def test_a_batch_fast_forwarded_just_before_a_crash_counts_as_merged_after_it(ma
     queued = {t.id: t.queue_sha for t in snap.tickets if t.id in "bcd"}
     assert all(queued.values()), queued
     project.kill9()
-    deadline = time.monotonic() + 60  # the CI job is detached: it finishes on its own
-    while ci_status(project, queued["d"] or "") != "pass":
-        assert time.monotonic() < deadline, "the batch's CI did not pass"
-        time.sleep(0.2)
+    wait_ci_pass(project, queued["d"] or "", "the batch's")
     repo = project.home.repo  # the merger's atomic push, as it was just before the crash
     git(repo, "update-ref", "refs/heads/main", queued["d"] or "")
     for tid, sha in queued.items():
@@ -424,10 +430,7 @@ def test_a_ticket_fast_forwarded_just_before_a_crash_counts_as_merged_behind_ano
     assert [t.id for t in order] == ["x", "y"], [t.id for t in order]
     x_sha = next(t.queue_sha for t in snap.tickets if t.id == "x") or ""
     project.kill9()
-    deadline = time.monotonic() + 60  # the CI job is detached: it finishes on its own
-    while ci_status(project, x_sha) != "pass":
-        assert time.monotonic() < deadline, "x's CI did not pass"
-        time.sleep(0.2)
+    wait_ci_pass(project, x_sha, "x's")
     repo = project.home.repo  # the merger's fast-forward, as it was just before the crash
     git(repo, "update-ref", "refs/heads/main", x_sha)
     git(repo, "update-ref", "refs/orchestrator/merged/x", x_sha)
