@@ -493,7 +493,7 @@ class Stack:
 @dataclass(frozen=True)
 class FastForward:
     """Fast-forward main from ``parent`` to ``sha`` (CI passed on exactly its tree) and
-    record ``refs/orchestrator/merged/<ticket>``, in one atomic push; ``batch`` lists
+    record ``refs/orchestrator/merged/<ticket>``, in one atomic update; ``batch`` lists
     the (ticket, commit) entries between ``parent`` and ``sha`` that reach main with
     it (a batch, ``merge.batch``), each recorded too. Answered by :class:`MergeResult`."""
 

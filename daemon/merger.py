@@ -236,7 +236,7 @@ class Merger:
         self, parent: str, sha: str, records: list[tuple[str, str]]
     ) -> subprocess.CompletedProcess[bytes] | None:
         """Move main from ``parent`` to ``sha`` and set each ``(ticket, commit)`` record,
-        all or nothing; None when done, else the failed push (its stderr says why).
+        all or nothing; None when done, else the failed git call (its stderr says why).
 
         One compare-and-swap: main moves only if it is still at ``parent``. It is a
         ``git update-ref --stdin`` transaction in repo.git (git-update-ref(1): all
@@ -244,9 +244,8 @@ class Merger:
         descends from ``parent`` there, a few ms; a push costs tens of ms (receive-pack,
         both hooks), which every merged ticket paid. The atomic push, leased on
         ``parent`` (``--force-with-lease``; hooks/update still refuses anything but a
-        fast-forward), is the fallback: it carries commits repo.git lacks (an entry
-        whose tree CI had already passed is never pushed for CI), and when main moved
-        or the hook refuses, its stderr tells why.
+        fast-forward), is the fallback when repo.git lacks the commit (an entry whose
+        tree CI had already passed is never pushed for CI): it carries it there.
         """
         repo = self.home.repo
         descends = await run_git(repo, "merge-base", "--is-ancestor", parent, sha)
@@ -256,11 +255,12 @@ class Merger:
             moved = await run_git(
                 repo, "update-ref", "--stdin", stdin="".join(f"{line}\n" for line in lines).encode()
             )
-            if moved.returncode == 0:
-                # As the push did: main's commits stay reachable in the clone, which
-                # built them (else a gc there could prune what later merges need).
-                await run_git(self.home.work, "update-ref", "refs/remotes/origin/main", sha)
-                return None
+            if moved.returncode != 0:  # main moved since (its stderr says so)
+                return moved
+            # As the push did: main's commits stay reachable in the clone, which
+            # built them (else a gc there could prune what later merges need).
+            await run_git(self.home.work, "update-ref", "refs/remotes/origin/main", sha)
+            return None
         push = await run_git(
             self.home.work,
             "push",
@@ -275,7 +275,7 @@ class Merger:
 
     async def _fast_forward(self, effect: FastForward) -> MergeResult:
         ticket = effect.ticket
-        records = [(t, sha) for t, sha in (*effect.batch, (ticket, effect.sha))]
+        records = [*effect.batch, (ticket, effect.sha)]
         async with self.repo_lock:
             push = await self._move_main(effect.parent, effect.sha, records)
         if push is None:
